@@ -1,0 +1,117 @@
+//! Process identity, pidfds, CPU placement and a monotonic clock.
+
+use rustix::fd::OwnedFd;
+use rustix::process::PidfdFlags;
+use rustix::thread::CpuSet;
+use rustix::time::ClockId;
+
+use crate::{Errno, Result};
+
+pub use rustix::process::{Gid, Pid, Uid};
+
+/// `pidfd_open(pid, 0)`—a descriptor referring to process `pid`.
+///
+/// It becomes readable (for `poll`) when the process exits, and keeps referring to the same
+/// process even if its pid is reused. Pidfds are always close-on-exec. Fails with
+/// [`Errno::SRCH`] if no such process exists.
+///
+/// # References
+///  - [Linux `pidfd_open(2)`]
+///
+/// [Linux `pidfd_open(2)`]: https://man7.org/linux/man-pages/man2/pidfd_open.2.html
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    rustix::process::pidfd_open(pid, PidfdFlags::empty())
+}
+
+/// `getpid()`—the calling process's id.
+///
+/// # References
+///  - [Linux `getpid(2)`]
+///
+/// [Linux `getpid(2)`]: https://man7.org/linux/man-pages/man2/getpid.2.html
+pub fn getpid() -> Pid {
+    rustix::process::getpid()
+}
+
+/// `sched_setaffinity(0, {cpu})`—pins the calling thread to CPU `cpu`.
+///
+/// Fails with [`Errno::INVAL`] if `cpu` does not exist or is outside the allowed set (e.g. a
+/// cgroup's cpuset).
+///
+/// # References
+///  - [Linux `sched_setaffinity(2)`]
+///
+/// [Linux `sched_setaffinity(2)`]: https://man7.org/linux/man-pages/man2/sched_setaffinity.2.html
+#[doc(alias = "sched_setaffinity")]
+pub fn set_cpu_affinity(cpu: usize) -> Result<()> {
+    if cpu >= CpuSet::MAX_CPU {
+        return Err(Errno::INVAL);
+    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)
+}
+
+/// `sched_getaffinity(0)`—how many CPUs the calling thread may run on.
+///
+/// # References
+///  - [Linux `sched_getaffinity(2)`]
+///
+/// [Linux `sched_getaffinity(2)`]: https://man7.org/linux/man-pages/man2/sched_getaffinity.2.html
+#[doc(alias = "sched_getaffinity")]
+pub fn available_cpus() -> Result<usize> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    Ok(set.count() as usize)
+}
+
+/// `sched_getcpu()`—the CPU the calling thread is running on right now.
+///
+/// # References
+///  - [Linux `sched_getcpu(3)`]
+///
+/// [Linux `sched_getcpu(3)`]: https://man7.org/linux/man-pages/man3/sched_getcpu.3.html
+#[doc(alias = "sched_getcpu")]
+pub fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds—a clock that never jumps, for measuring.
+///
+/// # References
+///  - [Linux `clock_gettime(2)`]
+///
+/// [Linux `clock_gettime(2)`]: https://man7.org/linux/man-pages/man2/clock_gettime.2.html
+#[doc(alias = "clock_gettime")]
+#[doc(alias = "CLOCK_MONOTONIC")]
+pub fn clock_monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(ClockId::Monotonic);
+    // CLOCK_MONOTONIC is non-negative and fits u64 nanoseconds for 584 years of uptime.
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_moves_forward() {
+        let a = clock_monotonic_ns();
+        let b = clock_monotonic_ns();
+        assert!(b >= a && a > 0);
+    }
+
+    #[test]
+    fn cpus_and_affinity() {
+        let n = available_cpus().unwrap();
+        assert!(n >= 1);
+        assert_eq!(set_cpu_affinity(CpuSet::MAX_CPU), Err(Errno::INVAL));
+    }
+
+    #[test]
+    fn pidfd_of_self() {
+        let fd = pidfd_open(getpid()).unwrap();
+        assert!(crate::fd::is_cloexec(rustix::fd::AsFd::as_fd(&fd)).unwrap());
+    }
+}
