@@ -1,0 +1,403 @@
+//! Unit tests of the arena; they also run under miri (counts shrink with `cfg!(miri)`).
+
+use super::layout::{self, class_info, st_alloc, HEADER_SIZE, NUM_CLASSES};
+use super::*;
+use alloc::vec::Vec;
+use std::collections::BTreeMap;
+
+/// Small spans keep regions (and miri) small: 4 KiB spans, classes 16 B..2 KiB.
+const SHIFT: u32 = 12;
+
+fn arena(len: usize) -> Arena {
+    Arena::new_owned(len, SHIFT).unwrap()
+}
+
+fn write(a: &Arena, off: Offset, len: u64, byte: u8) {
+    let p = a.payload_ptr(off, len).unwrap();
+    // SAFETY: the test owns the freshly allocated block of at least `len` bytes.
+    unsafe { core::ptr::write_bytes(p.as_ptr(), byte, len as usize) };
+}
+
+fn check(a: &Arena, off: Offset, len: u64, byte: u8) -> bool {
+    let p = a.payload_ptr(off, len).unwrap();
+    // SAFETY: the test owns the block; nobody else writes it.
+    let s = unsafe { core::slice::from_raw_parts(p.as_ptr(), len as usize) };
+    s.iter().all(|&b| b == byte)
+}
+
+#[test]
+fn class_geometry_fits_span() {
+    for shift in MIN_SPAN_SHIFT..=MAX_SPAN_SHIFT {
+        for c in 0..NUM_CLASSES {
+            let i = class_info(c, shift);
+            let span = 1u64 << shift;
+            if i.count > 0 {
+                assert!(i.first >= 8 * i.count, "state words overlap blocks");
+                assert_eq!(i.first % i.block, 0);
+                assert!(i.first + i.count * i.block <= span);
+                // Maximal: one more block would not fit.
+                let n = i.count + 1;
+                assert!(
+                    layout::round_up(8 * n, i.block) + n * i.block > span
+                        || n >= 1 << layout::BLOCK_BITS
+                );
+            }
+        }
+    }
+    assert_eq!(class_info(0, 18).count, 10922);
+    assert_eq!(class_info(12, 18).count, 3);
+    assert_eq!(class_info(4, 8).count, 0);
+}
+
+#[test]
+fn geometry_is_consistent() {
+    for len in [HEADER_SIZE as usize, 4096, 8192, 1 << 16, (1 << 20) + 123] {
+        if let Some((n, off)) = layout::geometry(len as u64, SHIFT) {
+            assert!(off >= HEADER_SIZE + n * 16);
+            assert_eq!(off % (1 << SHIFT), 0);
+            assert!(off + (n << SHIFT) <= len as u64);
+        }
+    }
+    assert!(layout::geometry(4096, SHIFT).is_none());
+    assert_eq!(layout::geometry(3 * 4096, SHIFT), Some((2, 4096)));
+}
+
+#[test]
+fn alloc_free_roundtrip_all_classes() {
+    let a = arena(1 << 20);
+    for c in 0..NUM_CLASSES {
+        let size = 16usize << c;
+        let off = a.alloc(size, 1).unwrap();
+        let info = a.info(off).unwrap();
+        assert!(info.capacity >= size as u64);
+        assert_eq!(info.refcount, 1);
+        write(&a, off, size as u64, c as u8);
+        assert!(check(&a, off, size as u64, c as u8));
+        a.free(off).unwrap();
+        assert!(matches!(a.free(off), Err(BlockError::DoubleFree)));
+    }
+    assert_eq!(a.stats().blocks_in_use(), 0);
+    assert_eq!(a.stats().bytes_in_use(), 0);
+}
+
+#[test]
+fn alignment_is_honoured() {
+    let a = arena(1 << 20);
+    for align in [1usize, 8, 16, 64, 256, 4096] {
+        for size in [1usize, 17, 100, 3000, 5000] {
+            let off = a.alloc(size, align).unwrap();
+            assert_eq!(off.get() % align as u64, 0, "size {size} align {align}");
+            // Absolute alignment too: the base is 4096-aligned.
+            assert_eq!(a.payload_ptr(off, 1).unwrap().as_ptr() as usize % align, 0);
+        }
+    }
+    assert_eq!(a.alloc(8, 3), Err(AllocError::BadAlign));
+    assert_eq!(a.alloc(8, 8192), Err(AllocError::BadAlign));
+}
+
+#[test]
+fn freed_blocks_are_reused() {
+    let a = arena(64 << 10);
+    let x = a.alloc(40, 8).unwrap();
+    let gen = a.info(x).unwrap().generation;
+    a.free(x).unwrap();
+    let y = a.alloc(40, 8).unwrap();
+    assert_eq!(x, y, "LIFO free list reuses the last freed block");
+    assert_eq!(a.info(y).unwrap().generation, gen + 1);
+}
+
+#[test]
+fn exhaustion_then_recovery() {
+    let a = arena(32 << 10);
+    let mut v = Vec::new();
+    loop {
+        match a.alloc(512, 1) {
+            Ok(o) => v.push(o),
+            Err(AllocError::OutOfMemory) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(!v.is_empty());
+    let n = v.len();
+    for o in v.drain(..) {
+        a.free(o).unwrap();
+    }
+    for _ in 0..n {
+        v.push(a.alloc(512, 1).unwrap());
+    }
+    assert_eq!(a.alloc(512, 1), Err(AllocError::OutOfMemory));
+    assert_eq!(a.stats().classes[5].blocks_in_use, n as u64);
+}
+
+#[test]
+fn large_runs() {
+    let a = arena(1 << 20);
+    let span = a.span_size();
+    let x = a.alloc(5000, 16).unwrap();
+    assert_eq!(a.info(x).unwrap().capacity, 2 * span);
+    let y = a.alloc(3 * span as usize, 16).unwrap();
+    assert_eq!(a.info(y).unwrap().capacity, 4 * span);
+    write(&a, x, 5000, 7);
+    write(&a, y, 3 * span, 9);
+    assert!(check(&a, x, 5000, 7));
+    let st = a.stats();
+    assert_eq!(st.large_blocks_in_use, 2);
+    assert_eq!(st.large_bytes_in_use, 6 * span);
+    a.free(x).unwrap();
+    a.free(y).unwrap();
+    assert_eq!(a.free(y), Err(BlockError::DoubleFree));
+    assert_eq!(a.alloc(3 * span as usize, 1), Ok(y));
+    assert_eq!(a.alloc(usize::MAX / 2, 1), Err(AllocError::TooLarge));
+    // An interior offset of a run is not a block.
+    assert_eq!(
+        a.free(Offset::new(y.get() + 16)),
+        Err(BlockError::NotABlock)
+    );
+    assert_eq!(
+        a.free(Offset::new(y.get() + span)),
+        Err(BlockError::NotABlock)
+    );
+}
+
+#[test]
+fn bad_frees_are_errors() {
+    let a = arena(64 << 10);
+    let x = a.alloc(64, 1).unwrap();
+    assert_eq!(a.free(Offset::new(0)), Err(BlockError::OutOfRange));
+    assert_eq!(a.free(Offset::new(u64::MAX)), Err(BlockError::OutOfRange));
+    assert_eq!(a.free(Offset::new(x.get() + 1)), Err(BlockError::NotABlock));
+    // The neighbouring block was carved but never allocated.
+    assert_eq!(
+        a.free(Offset::new(x.get() + 64)),
+        Err(BlockError::NotAllocated)
+    );
+    // A span never carved.
+    assert_eq!(
+        a.free(Offset::new(x.get() + 4 * 4096)),
+        Err(BlockError::NotABlock)
+    );
+    // The state words at the start of the span are not blocks.
+    assert_eq!(
+        a.free(Offset::new(x.get() - 64)),
+        Err(BlockError::NotABlock)
+    );
+    a.free(x).unwrap();
+    assert_eq!(a.free(x), Err(BlockError::DoubleFree));
+    // Lists intact: the next two allocations are distinct.
+    let p = a.alloc(64, 1).unwrap();
+    let q = a.alloc(64, 1).unwrap();
+    assert_ne!(p, q);
+}
+
+#[test]
+fn refcount_last_release_frees_once() {
+    let a = arena(64 << 10);
+    let x = a.alloc(100, 1).unwrap();
+    let g = a.info(x).unwrap().generation;
+    assert_eq!(a.retain(x, g), Ok(2));
+    assert_eq!(a.retain(x, g), Ok(3));
+    assert_eq!(a.retain(x, g + 1), Err(BlockError::StaleGeneration));
+    assert_eq!(a.release(x, g), Ok(false));
+    assert_eq!(a.release(x, g), Ok(false));
+    assert_eq!(a.stats().blocks_in_use(), 1);
+    assert_eq!(a.release(x, g), Ok(true));
+    assert_eq!(a.stats().blocks_in_use(), 0);
+    assert_eq!(a.release(x, g), Err(BlockError::StaleGeneration));
+    let y = a.alloc(100, 1).unwrap();
+    assert_eq!(y, x);
+    assert_eq!(
+        a.release(x, g),
+        Err(BlockError::StaleGeneration),
+        "old generation cannot free the new object"
+    );
+}
+
+#[test]
+fn handles_roundtrip_and_validate() {
+    let a = arena(64 << 10);
+    let x = a.alloc(100, 1).unwrap();
+    let info = a.info(x).unwrap();
+    let h = ArenaHandle {
+        pool_id: 7,
+        offset: x.get(),
+        len: 100,
+        generation: info.generation,
+        reserved: 0,
+    };
+    let b = h.to_bytes();
+    assert_eq!(ArenaHandle::from_bytes(&b), Ok(h));
+    assert_eq!(
+        ArenaHandle::from_bytes(&b[..31]),
+        Err(HandleDecodeError::BadLength)
+    );
+    let mut bad = b;
+    bad[30] = 1;
+    assert_eq!(
+        ArenaHandle::from_bytes(&bad),
+        Err(HandleDecodeError::Reserved)
+    );
+    assert!(a.check_handle(&h).is_ok());
+    assert_eq!(
+        a.check_handle(&ArenaHandle { len: 129, ..h }),
+        Err(BlockError::TooLong)
+    );
+    assert_eq!(
+        a.check_handle(&ArenaHandle { generation: 5, ..h }),
+        Err(BlockError::StaleGeneration)
+    );
+    a.free(x).unwrap();
+    assert_eq!(a.check_handle(&h), Err(BlockError::StaleGeneration));
+}
+
+#[test]
+fn attach_validates_header() {
+    let a = arena(64 << 10);
+    let x = a.alloc(64, 1).unwrap();
+    let base = a.payload_ptr(Offset::new(a.data_off), 0).unwrap();
+    // SAFETY: data_off bytes before the data area are the header: step back to the region base.
+    let base = unsafe { NonNull::new_unchecked(base.as_ptr().sub(a.data_off as usize)) };
+    // SAFETY: the region lives as long as `a`, which outlives `b`.
+    let b = unsafe { Arena::attach(base, 64 << 10) }.unwrap();
+    assert_eq!(b.info(x).unwrap().refcount, 1);
+    b.free(x).unwrap();
+    assert_eq!(a.free(x), Err(BlockError::DoubleFree));
+    let attach = |p: NonNull<u8>, len: usize| {
+        // SAFETY: the region lives as long as `a`; a misaligned base is refused before any access.
+        unsafe { Arena::attach(p, len) }.map(|_| ())
+    };
+    assert_eq!(attach(base, 32 << 10), Err(InitError::Corrupt));
+    a.header().magic.store(1, Ordering::Relaxed);
+    assert_eq!(attach(base, 64 << 10), Err(InitError::BadMagic));
+    a.header().magic.store(layout::MAGIC, Ordering::Relaxed);
+    a.header().version.store(2, Ordering::Relaxed);
+    assert_eq!(attach(base, 64 << 10), Err(InitError::BadVersion));
+    a.header().version.store(layout::VERSION, Ordering::Relaxed);
+    a.header().span_shift.store(40, Ordering::Relaxed);
+    assert_eq!(attach(base, 64 << 10), Err(InitError::BadSpanShift));
+    a.header().span_shift.store(SHIFT, Ordering::Relaxed);
+    a.header().data_off.store(0, Ordering::Relaxed);
+    assert_eq!(attach(base, 64 << 10), Err(InitError::Corrupt));
+    a.header().data_off.store(a.data_off, Ordering::Relaxed);
+    assert!(attach(base, 64 << 10).is_ok());
+    let odd = NonNull::new(base.as_ptr().wrapping_add(8)).unwrap();
+    assert_eq!(attach(odd, 1024), Err(InitError::Misaligned));
+}
+
+#[test]
+fn corrupt_free_list_is_reported_not_followed() {
+    let a = arena(64 << 10);
+    let x = a.alloc(32, 1).unwrap();
+    a.free(x).unwrap();
+    // Point the class-1 head at a block id in a span that does not exist.
+    a.header().small_heads[1].store(layout::head(0x7fff_0000, 3), Ordering::Relaxed);
+    assert_eq!(a.alloc(32, 1), Err(AllocError::Corrupt));
+    // A head pointing at an allocated block.
+    let y = a.alloc(64, 1).unwrap();
+    let (_, _, id, _) = a.locate(y).unwrap();
+    a.header().small_heads[2].store(layout::head(id, 9), Ordering::Relaxed);
+    assert_eq!(a.alloc(64, 1), Err(AllocError::Corrupt));
+    // A free block whose link leads out of range.
+    let (st, _, id, _) = a.locate(y).unwrap();
+    st.store(layout::st_free(1, 0x7ff0_0000), Ordering::Relaxed);
+    a.header().small_heads[2].store(layout::head(id, 10), Ordering::Relaxed);
+    assert_eq!(a.alloc(64, 1), Err(AllocError::Corrupt));
+    // An allocated state with refcount 0.
+    st.store(st_alloc(1, 0), Ordering::Relaxed);
+    assert_eq!(a.release(y, 1), Err(BlockError::Corrupt));
+    // A bump pointer beyond the end is clamped.
+    a.header().next_span.store(u64::MAX, Ordering::Relaxed);
+    assert_eq!(a.alloc(4000, 1), Err(AllocError::OutOfMemory));
+}
+
+#[test]
+fn threads_alloc_free_disjoint() {
+    let a = arena(256 << 10);
+    let iters = if cfg!(miri) { 30 } else { 20_000 };
+    std::thread::scope(|s| {
+        for t in 0..2u8 {
+            let a = &a;
+            s.spawn(move || {
+                let mut live: Vec<(Offset, u64, u8)> = Vec::new();
+                let mut seed = 0x9e37_79b9u32 ^ u32::from(t);
+                for i in 0..iters {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    if live.len() < 8 && seed % 3 != 0 {
+                        let size = 16u64 << (seed % 6);
+                        let off = a.alloc(size as usize, 1).unwrap();
+                        let tag = (i as u8) ^ (t << 7);
+                        write(a, off, size, tag);
+                        live.push((off, size, tag));
+                    } else if let Some((off, size, tag)) = live.pop() {
+                        assert!(
+                            check(a, off, size, tag),
+                            "block overwritten by the other thread"
+                        );
+                        a.free(off).unwrap();
+                    }
+                }
+                for (off, ..) in live {
+                    a.free(off).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(a.stats().blocks_in_use(), 0);
+}
+
+#[test]
+fn threads_race_to_free_once() {
+    let rounds = if cfg!(miri) { 5 } else { 2_000 };
+    let a = arena(64 << 10);
+    for _ in 0..rounds {
+        let x = a.alloc(48, 1).unwrap();
+        let wins: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| a.free(x).is_ok() as usize))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
+    }
+    assert_eq!(a.stats().blocks_in_use(), 0);
+}
+
+#[test]
+fn model_check_random_ops() {
+    // A sequential model: live blocks never overlap, accounting is exact.
+    let a = arena(512 << 10);
+    let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut seed = 12345u64;
+    let n = if cfg!(miri) { 200 } else { 50_000 };
+    for _ in 0..n {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = (seed >> 33) as usize;
+        if r % 5 < 3 {
+            let size = 1 + r % 9000;
+            match a.alloc(size, 1 << (r % 6)) {
+                Ok(o) => {
+                    let cap = a.info(o).unwrap().capacity;
+                    assert!(cap >= size as u64);
+                    if let Some((&s, &c)) = live.range(..=o.get()).next_back() {
+                        assert!(s + c <= o.get(), "overlap");
+                    }
+                    if let Some((&s, _)) = live.range(o.get()..).next() {
+                        assert!(o.get() + cap <= s, "overlap");
+                    }
+                    live.insert(o.get(), cap);
+                }
+                Err(AllocError::OutOfMemory) => {}
+                Err(e) => panic!("{e}"),
+            }
+        } else if let Some((&o, _)) = live.iter().nth(r % live.len().max(1)) {
+            live.remove(&o);
+            a.free(Offset::new(o)).unwrap();
+        }
+        let st = a.stats();
+        assert_eq!(st.blocks_in_use(), live.len() as u64);
+        assert_eq!(st.bytes_in_use(), live.values().sum::<u64>());
+    }
+}
