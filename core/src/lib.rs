@@ -13,6 +13,7 @@ extern crate alloc;
 #[cfg(any(flowipc_loom, test))]
 extern crate std;
 
+pub mod arena;
 pub mod cache_padded;
 pub mod sync;
 
