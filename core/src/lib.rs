@@ -15,6 +15,8 @@ extern crate std;
 
 pub mod arena;
 pub mod cache_padded;
+pub mod ring;
 pub mod sync;
+pub mod wait;
 
 pub use cache_padded::CachePadded;

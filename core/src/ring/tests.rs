@@ -1,0 +1,672 @@
+//! Unit tests of the ring: single-threaded against a `VecDeque` model, corruption, attach, and
+//! threaded producer/consumer (small counts under miri).
+
+use super::*;
+use crate::sync::AtomicU32;
+use crate::wait::{NoopNotifier, SpinWaiter, WaitOutcome, WakeKind};
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+use std::sync::{Arc, Condvar, Mutex};
+
+const N: &NoopNotifier = &NoopNotifier;
+
+/// A tiny deterministic generator (xorshift64*), so tests need no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i as u8))
+        .collect()
+}
+
+#[test]
+fn push_pop_roundtrip_with_tags() {
+    let (mut tx, mut rx) = Ring::with_capacity(256);
+    assert_eq!(tx.max_payload(), 120);
+    tx.try_push(b"hello", N).unwrap();
+    tx.try_push_tagged(b"", 7, N).unwrap();
+    tx.try_push_tagged(&[9; 120], 0xffff, N).unwrap();
+    let mut buf = [0u8; 128];
+    assert_eq!(rx.try_pop(&mut buf, N), Ok(FrameInfo { len: 5, tag: 0 }));
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(rx.try_pop(&mut buf, N), Ok(FrameInfo { len: 0, tag: 7 }));
+    assert_eq!(
+        rx.try_pop(&mut buf, N),
+        Ok(FrameInfo {
+            len: 120,
+            tag: 0xffff
+        })
+    );
+    assert_eq!(&buf[..120], &[9; 120]);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Empty));
+}
+
+#[test]
+fn errors_full_too_large_buffer_too_small() {
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    assert_eq!(
+        tx.try_push(&[0; 25], N),
+        Err(PushError::TooLarge { len: 25, max: 24 })
+    );
+    tx.try_push(&[1; 24], N).unwrap(); // 32 bytes
+    tx.try_push(&[2; 24], N).unwrap(); // 64 bytes: full
+    assert_eq!(tx.try_push(&[], N), Err(PushError::Full));
+    let mut small = [0u8; 10];
+    assert_eq!(
+        rx.try_pop(&mut small, N),
+        Err(PopError::BufferTooSmall { needed: 24 })
+    );
+    let mut buf = [0u8; 24];
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, 24);
+    assert_eq!(buf, [1; 24]);
+    tx.try_push(&[3; 24], N).unwrap();
+    assert_eq!(tx.try_push(&[], N), Err(PushError::Full));
+    assert!(!tx.is_poisoned() && !rx.is_poisoned());
+}
+
+#[test]
+fn write_chunk_commit_and_drop() {
+    let (mut tx, mut rx) = Ring::with_capacity(128);
+    // Dropped without commit: nothing is published.
+    {
+        let mut chunk = tx.write_chunk(16).unwrap();
+        chunk.write(0, &[5; 16]);
+    }
+    assert_eq!(rx.read_chunk(N).err(), Some(PopError::Empty));
+    // Commit fewer bytes than reserved.
+    let mut chunk = tx.write_chunk(40).unwrap();
+    assert_eq!(chunk.len(), 40);
+    chunk.write(0, b"abc");
+    chunk.write(3, b"def");
+    chunk.commit(6, 42, N);
+    let chunk = rx.read_chunk(N).unwrap();
+    assert_eq!((chunk.len(), chunk.tag()), (6, 42));
+    assert_eq!(chunk.to_vec(), b"abcdef");
+    let mut two = [0u8; 2];
+    assert_eq!(chunk.read(4, &mut two), 2);
+    assert_eq!(&two, b"ef");
+    assert_eq!(chunk.read(6, &mut two), 0);
+    assert_eq!(chunk.read(100, &mut two), 0);
+    drop(chunk);
+    assert_eq!(rx.read_chunk(N).err(), Some(PopError::Empty));
+}
+
+#[test]
+#[should_panic(expected = "past the chunk")]
+fn write_chunk_write_out_of_range_panics() {
+    let (mut tx, _rx) = Ring::with_capacity(128);
+    let mut chunk = tx.write_chunk(4).unwrap();
+    chunk.write(2, &[0; 3]);
+}
+
+/// Random pushes and pops (copying and in place) against a `VecDeque` model that also predicts the
+/// positions, padding included, so `Full` is checked exactly.
+#[test]
+fn model_random_ops_with_wrap() {
+    let steps = if cfg!(miri) { 400 } else { 200_000 };
+    for &cap in &[32usize, 64, 256, 4096] {
+        let (mut tx, mut rx) = Ring::with_capacity(cap);
+        let max = tx.max_payload();
+        // (payload, tag, bytes the frame took including padding before it)
+        let mut model: VecDeque<(Vec<u8>, u16, usize)> = VecDeque::new();
+        let (mut tail, mut head) = (0usize, 0usize);
+        let mut rng = Rng(cap as u64 * 7919 + 1);
+        let mut seq = 0u64;
+        let mut buf = vec![0u8; max];
+        for _ in 0..steps {
+            match rng.below(5) {
+                0 | 1 => {
+                    let len = if rng.below(4) == 0 {
+                        max
+                    } else {
+                        rng.below(max + 1)
+                    };
+                    let data = payload(seq, len);
+                    let tag = seq as u16;
+                    let pos = tail % cap;
+                    let size = frame_size(len);
+                    let taken = if size > cap - pos {
+                        cap - pos + size
+                    } else {
+                        size
+                    };
+                    let fits = cap - (tail - head) >= taken;
+                    let res = if rng.below(2) == 0 {
+                        tx.try_push_tagged(&data, tag, N)
+                    } else {
+                        tx.write_chunk(len).map(|mut c| {
+                            c.write(0, &data);
+                            c.commit(len, tag, N)
+                        })
+                    };
+                    match res {
+                        Ok(()) => {
+                            assert!(fits, "push succeeded without room");
+                            seq += 1;
+                            tail += taken;
+                            model.push_back((data, tag, taken));
+                        }
+                        Err(PushError::Full) => assert!(!fits, "spurious Full"),
+                        Err(e) => panic!("push: {e}"),
+                    }
+                }
+                2 | 3 => {
+                    let got = if rng.below(2) == 0 {
+                        rx.try_pop(&mut buf, N)
+                            .map(|i| (buf[..i.len].to_vec(), i.tag))
+                    } else {
+                        rx.read_chunk(N).map(|c| (c.to_vec(), c.tag()))
+                    };
+                    match (got, model.pop_front()) {
+                        (Ok(frame), Some((data, tag, taken))) => {
+                            head += taken;
+                            assert_eq!(frame, (data, tag));
+                        }
+                        (Err(PopError::Empty), None) => {}
+                        (got, expected) => panic!("pop {got:?}, model {expected:?}"),
+                    }
+                }
+                _ => {
+                    // Peek and release without copying.
+                    if let Ok(c) = rx.read_chunk(N) {
+                        let (data, _, taken) = model.pop_front().expect("model has the frame");
+                        assert_eq!(c.len(), data.len());
+                        head += taken;
+                    } else {
+                        assert!(model.is_empty());
+                    }
+                }
+            }
+            assert_eq!(rx.raw().header().tail.load(Ordering::Relaxed), tail as u64);
+            assert_eq!(rx.raw().header().head.load(Ordering::Relaxed), head as u64);
+        }
+    }
+}
+
+/// A frame of the largest size always fits into an empty ring, wherever the wrap falls.
+#[test]
+fn max_frame_fits_at_every_offset() {
+    let cap = 128;
+    let max = max_payload(cap);
+    let mut buf = vec![0u8; max];
+    for offset in (0..cap).step_by(8) {
+        let (mut tx, mut rx) = Ring::with_capacity(cap);
+        let mut advanced = 0;
+        while advanced < offset {
+            let step = (offset - advanced).min(64);
+            tx.try_push(&vec![1; step - 8], N).unwrap();
+            rx.try_pop(&mut buf, N).unwrap();
+            advanced += step;
+        }
+        tx.try_push(&vec![2; max], N).unwrap();
+        assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, max);
+        assert!(buf.iter().all(|&b| b == 2));
+    }
+}
+
+#[test]
+fn close_is_delivered_after_data() {
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    tx.try_push(b"last", N).unwrap();
+    tx.close(N);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, 4);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Closed));
+    drop(tx);
+
+    let (mut tx, rx) = Ring::with_capacity(64);
+    drop(rx);
+    assert!(tx.is_closed());
+    assert_eq!(tx.try_push(b"x", N), Err(PushError::Closed));
+}
+
+fn buf_ptr(ring: &RawRing) -> *mut u8 {
+    ring.buf.as_ptr()
+}
+
+fn write_word(ring: &RawRing, pos: usize, word: u64) {
+    // SAFETY: tests write in-bounds, aligned frame words of an owned ring no other thread uses.
+    unsafe { ring.write_frame_word(pos, word) };
+}
+
+#[test]
+fn corrupt_positions_poison_the_consumer() {
+    // tail beyond head + capacity
+    let (tx, mut rx) = Ring::with_capacity(64);
+    rx.raw().header().tail.store(72, Ordering::Relaxed);
+    let mut buf = [0u8; 64];
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Corrupt));
+    assert!(rx.is_poisoned());
+    rx.raw().header().tail.store(0, Ordering::Relaxed);
+    assert_eq!(
+        rx.try_pop(&mut buf, N),
+        Err(PopError::Corrupt),
+        "stays poisoned"
+    );
+    drop(tx);
+
+    // misaligned tail
+    let (_tx, mut rx) = Ring::with_capacity(64);
+    rx.raw().header().tail.store(4, Ordering::Relaxed);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Corrupt));
+
+    // tail moving backwards
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    tx.try_push(&[1; 8], N).unwrap();
+    tx.try_push(&[1; 8], N).unwrap();
+    rx.try_pop(&mut buf, N).unwrap();
+    rx.try_pop(&mut buf, N).unwrap();
+    rx.raw().header().tail.store(16, Ordering::Relaxed);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Corrupt));
+}
+
+#[test]
+fn corrupt_frames_poison_the_consumer() {
+    let mut buf = [0u8; 64];
+    let cases: [(&str, u64, u64); 7] = [
+        (
+            "length past the published bytes",
+            encode_frame(16, KIND_DATA, 0),
+            16,
+        ),
+        (
+            "length above the maximum",
+            encode_frame(25, KIND_DATA, 0),
+            64,
+        ),
+        ("unknown kind", encode_frame(0, 3, 0), 8),
+        ("padding at offset 0", encode_frame(56, KIND_PAD, 0), 64),
+        (
+            "padding of the wrong length",
+            encode_frame(8, KIND_PAD, 0),
+            64,
+        ),
+        ("huge length", encode_frame(u32::MAX, KIND_DATA, 0), 64),
+        ("kind zero", 0, 8),
+    ];
+    for (what, word, tail) in cases {
+        let (_tx, mut rx) = Ring::with_capacity(64);
+        write_word(rx.raw(), 0, word);
+        rx.raw().header().tail.store(tail, Ordering::Relaxed);
+        assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Corrupt), "{what}");
+        assert!(rx.is_poisoned(), "{what}");
+    }
+
+    // Padding at the wrap that is not followed by a published frame.
+    let (mut tx, mut rx) = Ring::with_capacity(128);
+    for _ in 0..2 {
+        tx.try_push(&[0; 48], N).unwrap();
+        rx.try_pop(&mut buf, N).unwrap();
+    }
+    write_word(rx.raw(), 112, encode_frame(8, KIND_PAD, 0));
+    rx.raw().header().tail.store(128, Ordering::Relaxed);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Corrupt));
+
+    // Valid padding at the wrap followed by a frame is accepted.
+    let (mut tx, mut rx) = Ring::with_capacity(128);
+    for _ in 0..2 {
+        tx.try_push(&[0; 48], N).unwrap();
+        rx.try_pop(&mut buf, N).unwrap();
+    }
+    tx.try_push(&[7; 16], N).unwrap();
+    assert_eq!(rx.raw().header().tail.load(Ordering::Relaxed), 152);
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, 16);
+    assert_eq!(&buf[..16], &[7; 16]);
+}
+
+#[test]
+fn corrupt_head_poisons_the_producer() {
+    let (mut tx, rx) = Ring::with_capacity(64);
+    tx.try_push(&[0; 24], N).unwrap();
+    tx.try_push(&[0; 24], N).unwrap();
+    // Consumer claims to have read past what was published.
+    rx.raw().header().head.store(72, Ordering::Relaxed);
+    assert_eq!(tx.try_push(&[0; 8], N), Err(PushError::Corrupt));
+    assert!(tx.is_poisoned());
+    assert_eq!(tx.try_push(&[], N), Err(PushError::Corrupt));
+
+    let (mut tx, rx) = Ring::with_capacity(64);
+    tx.try_push(&[0; 24], N).unwrap();
+    tx.try_push(&[0; 24], N).unwrap();
+    rx.raw().header().head.store(4, Ordering::Relaxed);
+    assert_eq!(tx.try_push(&[0; 8], N), Err(PushError::Corrupt));
+    // A head moving backwards past the cached one.
+    let (mut tx, rx) = Ring::with_capacity(64);
+    tx.try_push(&[0; 24], N).unwrap();
+    tx.try_push(&[0; 24], N).unwrap();
+    rx.raw()
+        .header()
+        .head
+        .store(u64::MAX - 7, Ordering::Relaxed);
+    assert_eq!(tx.try_push(&[0; 8], N), Err(PushError::Corrupt));
+    let _ = buf_ptr(rx.raw());
+}
+
+/// A 128-byte aligned heap region for `init`/`attach` tests.
+struct Region {
+    ptr: *mut u8,
+    layout: core::alloc::Layout,
+}
+
+impl Region {
+    fn new(len: usize) -> Self {
+        let layout = core::alloc::Layout::from_size_align(len, REGION_ALIGN).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        Region { ptr, layout }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { alloc::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+#[test]
+fn init_attach_and_validation() {
+    let cap = 256;
+    let region = Region::new(region_size(cap) + 128);
+    let len = region_size(cap);
+    // SAFETY: `region` is valid for `len` bytes, outlives every view and handle below.
+    unsafe {
+        assert_eq!(
+            RawRing::attach(region.ptr, len).err(),
+            Some(AttachError::BadMagic)
+        );
+        assert_eq!(
+            RawRing::init(region.ptr, len, 100).err(),
+            Some(AttachError::BadCapacity(100))
+        );
+        assert_eq!(
+            RawRing::init(region.ptr, len - 1, cap).err(),
+            Some(AttachError::TooSmall {
+                needed: len,
+                len: len - 1
+            })
+        );
+        assert_eq!(
+            RawRing::init(region.ptr.add(8), len, cap).err(),
+            Some(AttachError::Misaligned)
+        );
+        let made = RawRing::init(region.ptr, len, cap).unwrap();
+        let seen = RawRing::attach(region.ptr, len).unwrap();
+        assert_eq!(seen.capacity(), cap);
+        assert_eq!(
+            RawRing::attach(region.ptr, len - 8).err(),
+            Some(AttachError::TooSmall {
+                needed: len,
+                len: len - 8
+            })
+        );
+        let mut tx = made.producer().unwrap();
+        let mut rx = seen.consumer().unwrap();
+        tx.try_push(b"over raw memory", N).unwrap();
+        let mut buf = [0u8; 32];
+        let info = rx.try_pop(&mut buf, N).unwrap();
+        assert_eq!(&buf[..info.len], b"over raw memory");
+
+        let h = made.header();
+        h.config.version.store(9, Ordering::Relaxed);
+        assert_eq!(
+            RawRing::attach(region.ptr, len).err(),
+            Some(AttachError::BadVersion(9))
+        );
+        h.config.version.store(RING_VERSION, Ordering::Relaxed);
+        h.config.capacity.store(1 << 40, Ordering::Relaxed);
+        assert_eq!(
+            RawRing::attach(region.ptr, len).err(),
+            Some(AttachError::BadCapacity(1 << 40))
+        );
+        h.config.capacity.store(512, Ordering::Relaxed);
+        assert!(matches!(
+            RawRing::attach(region.ptr, len),
+            Err(AttachError::TooSmall { .. })
+        ));
+        h.config.capacity.store(cap as u64, Ordering::Relaxed);
+        h.head.store(3, Ordering::Relaxed);
+        assert_eq!(seen.consumer().err(), Some(AttachError::Corrupt));
+        assert_eq!(seen.producer().err(), Some(AttachError::Corrupt));
+        h.head.store(0, Ordering::Relaxed);
+        h.tail.store(1024, Ordering::Relaxed);
+        assert_eq!(seen.producer().err(), Some(AttachError::Corrupt));
+        h.tail.store(24, Ordering::Relaxed);
+        drop(tx);
+        drop(rx);
+    }
+}
+
+/// A futex stand-in for threads: one mutex + condvar shared by both sides.
+#[derive(Default)]
+struct ThreadFutex {
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Waiter for ThreadFutex {
+    fn wake_kind(&self) -> WakeKind {
+        WakeKind::Futex
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome {
+        let guard = self.lock.lock().unwrap();
+        if word.load(Ordering::SeqCst) != expected {
+            return WaitOutcome::Woken;
+        }
+        let timeout = timeout.unwrap_or(Duration::from_secs(3600));
+        let (_guard, res) = self.cond.wait_timeout(guard, timeout).unwrap();
+        if res.timed_out() {
+            WaitOutcome::TimedOut
+        } else {
+            WaitOutcome::Woken
+        }
+    }
+}
+
+impl Notifier for ThreadFutex {
+    fn wake(&self, _word: &AtomicU32, _kind: WakeKind) {
+        let _guard = self.lock.lock().unwrap();
+        self.cond.notify_all();
+    }
+}
+
+fn no_check() -> Result<Option<Duration>, PopError> {
+    Ok(None)
+}
+
+/// Producer and consumer threads, frames of random sizes with sequence numbers, per policy.
+fn threaded(policy: WaitPolicy, cap: usize, frames: u64) {
+    let (mut tx, mut rx) = Ring::with_capacity(cap);
+    let futex = Arc::new(ThreadFutex::default());
+    let max = tx.max_payload();
+    let f2 = futex.clone();
+    let producer = std::thread::spawn(move || {
+        let mut rng = Rng(99);
+        for seq in 0..frames {
+            let len = 8 + rng.below(max - 7);
+            let mut data = payload(seq, len);
+            data[..8].copy_from_slice(&seq.to_le_bytes());
+            tx.push_wait(&data, seq as u16, &*f2, &*f2, policy, || {
+                Ok::<_, PushError>(None)
+            })
+            .unwrap();
+        }
+        tx.close(&*f2);
+    });
+    let mut rng = Rng(99);
+    let mut buf = vec![0u8; max];
+    for seq in 0..frames {
+        let len = 8 + rng.below(max - 7);
+        let info = rx
+            .pop_wait(&mut buf, &*futex, &*futex, policy, no_check)
+            .unwrap();
+        assert_eq!(info.len, len);
+        assert_eq!(info.tag, seq as u16);
+        assert_eq!(u64::from_le_bytes(buf[..8].try_into().unwrap()), seq);
+        let mut expected = payload(seq, len);
+        expected[..8].copy_from_slice(&seq.to_le_bytes());
+        assert_eq!(&buf[..len], &expected[..]);
+    }
+    assert_eq!(
+        rx.pop_wait(&mut buf, &*futex, &*futex, policy, no_check),
+        Err(PopError::Closed)
+    );
+    producer.join().unwrap();
+}
+
+#[test]
+fn threaded_block() {
+    threaded(WaitPolicy::Block, 64, if cfg!(miri) { 60 } else { 200_000 });
+}
+
+#[test]
+fn threaded_spin_then_block() {
+    threaded(
+        WaitPolicy::SpinThenBlock { spins: 16 },
+        128,
+        if cfg!(miri) { 60 } else { 200_000 },
+    );
+}
+
+#[test]
+fn threaded_busy_poll() {
+    let frames = if cfg!(miri) { 40 } else { 200_000 };
+    threaded(WaitPolicy::BusyPoll, 256, frames);
+}
+
+#[test]
+fn threaded_spin_waiter_noop_notifier() {
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    let frames: u64 = if cfg!(miri) { 40 } else { 100_000 };
+    let producer = std::thread::spawn(move || {
+        for seq in 0..frames {
+            tx.push_wait(
+                &seq.to_le_bytes(),
+                0,
+                N,
+                &SpinWaiter,
+                WaitPolicy::Block,
+                || Ok::<_, PushError>(None),
+            )
+            .unwrap();
+        }
+    });
+    let mut buf = [0u8; 8];
+    for seq in 0..frames {
+        rx.pop_wait(&mut buf, N, &SpinWaiter, WaitPolicy::Block, no_check)
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(buf), seq);
+    }
+    producer.join().unwrap();
+}
+
+#[derive(Debug, PartialEq)]
+enum TestError {
+    Pop(PopError),
+    Push(PushError),
+    Deadline,
+}
+
+impl From<PopError> for TestError {
+    fn from(e: PopError) -> Self {
+        TestError::Pop(e)
+    }
+}
+
+impl From<PushError> for TestError {
+    fn from(e: PushError) -> Self {
+        TestError::Push(e)
+    }
+}
+
+#[test]
+fn check_callback_ends_waits() {
+    let futex = ThreadFutex::default();
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    let mut buf = [0u8; 8];
+    for policy in [
+        WaitPolicy::Block,
+        WaitPolicy::SpinThenBlock { spins: 3 },
+        WaitPolicy::BusyPoll,
+    ] {
+        let mut calls = 0;
+        let res = rx.pop_wait(&mut buf, &futex, &futex, policy, || {
+            calls += 1;
+            if calls == 3 {
+                Err(TestError::Deadline)
+            } else {
+                Ok(Some(Duration::from_millis(1)))
+            }
+        });
+        assert_eq!(res, Err(TestError::Deadline));
+        assert_eq!(calls, 3);
+        assert_eq!(
+            rx.raw().header().consumer_waiting.load(Ordering::Relaxed),
+            0
+        );
+    }
+    tx.try_push(&[0; 24], N).unwrap();
+    tx.try_push(&[0; 24], N).unwrap();
+    let mut calls = 0;
+    let res = tx.push_wait(&[1], 0, &futex, &futex, WaitPolicy::Block, || {
+        calls += 1;
+        if calls == 2 {
+            Err(TestError::Deadline)
+        } else {
+            Ok(Some(Duration::from_millis(1)))
+        }
+    });
+    assert_eq!(res, Err(TestError::Deadline));
+    assert_eq!(
+        tx.raw().header().producer_waiting.load(Ordering::Relaxed),
+        0
+    );
+    // A closed consumer ends the producer's wait.
+    rx.close(&futex);
+    let res = tx.push_wait(&[1], 0, &futex, &futex, WaitPolicy::Block, || {
+        Ok::<_, TestError>(None)
+    });
+    assert_eq!(res, Err(TestError::Push(PushError::Closed)));
+}
+
+/// The waiting word is set only while a side sleeps, and a publish resets it and wakes.
+#[test]
+fn waiting_word_protocol() {
+    struct CountingNotifier(core::cell::Cell<u32>);
+    impl Notifier for CountingNotifier {
+        fn wake(&self, word: &AtomicU32, kind: WakeKind) {
+            assert_eq!(word.load(Ordering::Relaxed), 0, "reset before waking");
+            assert_eq!(kind, WakeKind::EventFd);
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let count = CountingNotifier(core::cell::Cell::new(0));
+    let (mut tx, rx) = Ring::with_capacity(64);
+    tx.try_push(b"a", &count).unwrap();
+    assert_eq!(count.0.get(), 0, "no wake without a sleeper");
+    rx.raw()
+        .header()
+        .consumer_waiting
+        .store(WakeKind::EventFd.word(), Ordering::Relaxed);
+    tx.try_push(b"b", &count).unwrap();
+    assert_eq!(count.0.get(), 1);
+    tx.try_push(b"c", &count).unwrap();
+    assert_eq!(count.0.get(), 1, "one wake per sleep");
+    drop(rx);
+}
