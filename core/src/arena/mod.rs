@@ -487,7 +487,10 @@ impl Arena {
                 return Ok(None);
             }
             let next_ok = self.resolve(kind, id).and_then(|st| {
-                let s = st.load(Ordering::Relaxed);
+                // SYNC POINT: Acquire pairs with the Release of the claim CAS below in another
+                // popper: if we see the block already claimed, we also see the head CAS that came
+                // before the claim, so the re-load of the head below cannot return the stale `h`.
+                let s = st.load(Ordering::Acquire);
                 let next = st_field(s);
                 let valid = !st_is_alloc(s) && (next == NIL || self.resolve(kind, next).is_some());
                 valid.then_some((st, s, next))
@@ -513,7 +516,9 @@ impl Arena {
                     return match st.compare_exchange(
                         s,
                         st_alloc(gen, 1),
-                        Ordering::Relaxed,
+                        // SYNC POINT: Release pairs with the Acquire state load above in a popper
+                        // holding a stale head (see there).
+                        Ordering::Release,
                         Ordering::Relaxed,
                     ) {
                         Ok(_) => Ok(Some((id, gen))),
