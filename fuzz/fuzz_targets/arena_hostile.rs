@@ -1,0 +1,121 @@
+//! Hostile input for the arena: arbitrary region bytes (a fresh region overwritten at arbitrary
+//! places, or a region that is nothing but fuzz bytes) followed by alloc/free/attach, and arbitrary
+//! handle bytes. Errors are fine; a panic, an out-of-bounds access (ASan), a hang or a returned block
+//! outside the region is a bug.
+#![no_main]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+use arbitrary::Arbitrary;
+use flowipc_core::arena::{Arena, ArenaHandle, Offset};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Alloc { size: u32, align_log: u8 },
+    Free { off: u32 },
+    FreeLast,
+    Retain { off: u32, gen: u32 },
+    Release { off: u32, gen: u32 },
+    Poke { at: u16, bytes: [u8; 8] },
+    Handle { bytes: [u8; 32] },
+    Reattach,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// `false`: a valid `init` first, then pokes; `true`: the region starts as fuzz bytes.
+    raw: bool,
+    shift: u8,
+    fill: Vec<u8>,
+    ops: Vec<Op>,
+}
+
+const LEN: usize = 64 << 10;
+
+struct Region(NonNull<u8>, Layout);
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `fuzz_target!` below with this layout.
+        unsafe { dealloc(self.0.as_ptr(), self.1) }
+    }
+}
+
+fn poke(r: &Region, at: usize, bytes: &[u8]) {
+    let at = at.min(LEN - bytes.len()) & !7;
+    // SAFETY: in bounds; the fuzz target is single-threaded, so this write races with nothing.
+    // (It stands for a peer writing the shared region; the arena reads only through atomics.)
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), r.0.as_ptr().add(at), bytes.len()) };
+}
+
+fuzz_target!(|input: Input| {
+    let layout = Layout::from_size_align(LEN, 4096).unwrap();
+    // SAFETY: non-zero size.
+    let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else { return };
+    let region = Region(base, layout);
+    let shift = 8 + u32::from(input.shift % 11);
+    let mut arena = if input.raw {
+        for (i, chunk) in input.fill.chunks(8).enumerate().take(LEN / 8) {
+            poke(&region, i * 8, chunk);
+        }
+        // SAFETY: `region` is 4096-aligned, LEN bytes, outlives the arena, and accessed otherwise
+        // only by `poke` between arena calls.
+        match unsafe { Arena::attach(base, LEN) } {
+            Ok(a) => a,
+            Err(_) => return,
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe { Arena::init(base, LEN, shift) }.unwrap()
+    };
+    let mut last = None;
+    for op in input.ops.iter().take(500) {
+        match *op {
+            Op::Alloc { size, align_log } => {
+                if let Ok(off) = arena.alloc(size as usize % (LEN * 2), 1 << (align_log % 14)) {
+                    let cap = arena.info(off).map(|i| i.capacity).unwrap_or(1);
+                    assert!(off.get() + cap <= LEN as u64, "block outside the region");
+                    assert!(arena.payload_ptr(off, cap).is_some());
+                    last = Some(off);
+                }
+            }
+            Op::Free { off } => {
+                let _ = arena.free(Offset::new(u64::from(off)));
+            }
+            Op::FreeLast => {
+                if let Some(o) = last.take() {
+                    let _ = arena.free(o);
+                }
+            }
+            Op::Retain { off, gen } => {
+                let _ = arena.retain(Offset::new(u64::from(off)), gen);
+            }
+            Op::Release { off, gen } => {
+                let _ = arena.release(Offset::new(u64::from(off)), gen);
+            }
+            Op::Poke { at, bytes } => poke(&region, usize::from(at), &bytes),
+            Op::Handle { bytes } => {
+                if let Ok(h) = ArenaHandle::from_bytes(&bytes) {
+                    assert_eq!(h.to_bytes(), bytes);
+                    if let Ok(info) = arena.check_handle(&h) {
+                        assert!(h.offset + h.len <= LEN as u64 && h.len <= info.capacity);
+                        assert!(arena.payload_ptr(Offset::new(h.offset), h.len).is_some());
+                    }
+                }
+            }
+            Op::Reattach => {
+                drop(arena);
+                // SAFETY: as above.
+                match unsafe { Arena::attach(base, LEN) } {
+                    Ok(a) => arena = a,
+                    Err(_) => return,
+                }
+            }
+        }
+        let _ = arena.stats();
+    }
+    drop(arena);
+    drop(region);
+});
