@@ -71,8 +71,10 @@ pub struct ArenaHeader {
     pub span_count: AtomicU64,
     /// Offset of span 0.
     pub data_off: AtomicU64,
+    /// Free for the user of the arena (flowipc stores the pool id here); never interpreted.
+    pub pool_tag: AtomicU64,
     /// Reserved, zero.
-    pub reserved0: [AtomicU64; 3],
+    pub reserved0: [AtomicU64; 2],
     /// Bump pointer: index of the first span never carved.
     pub next_span: AtomicU64,
     /// Reserved, zero (keeps `next_span` on its own cache line).
@@ -108,6 +110,7 @@ mod layout_checks {
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, region_len), 16);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, span_count), 24);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, data_off), 32);
+    static_assertions::const_assert_eq!(offset_of!(ArenaHeader, pool_tag), 40);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, next_span), 64);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, small_heads), 128);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, large_heads), 232);
@@ -134,6 +137,7 @@ impl ArenaHeader {
             region_len: AtomicU64::new(0),
             span_count: AtomicU64::new(0),
             data_off: AtomicU64::new(0),
+            pool_tag: AtomicU64::new(0),
             reserved0: z(),
             next_span: AtomicU64::new(0),
             reserved1: z(),

@@ -54,7 +54,7 @@ use layout::{
 };
 pub use layout::{DEFAULT_SPAN_SHIFT, MAX_SPAN_SHIFT, MIN_SPAN_SHIFT};
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering};
 
 /// Largest alignment `alloc` supports (further capped by the span size).
 pub const MAX_ALIGN: usize = 4096;
@@ -318,10 +318,13 @@ impl Arena {
         // SAFETY: the region holds at least HEADER_SIZE bytes at a 4096-aligned base, and every
         // header field is atomic, so the peer may write it concurrently.
         let h = unsafe { &*base.as_ptr().cast::<ArenaHeader>() };
-        // SYNC POINT: pairs with the Release store of `magic` at the end of `write_header`.
-        if h.magic.load(Ordering::Acquire) != MAGIC {
+        // Relaxed load + Acquire fence rather than an Acquire load: the region may be mapped
+        // read-only, where only Relaxed atomic loads are guaranteed not to write.
+        if h.magic.load(Ordering::Relaxed) != MAGIC {
             return Err(InitError::BadMagic);
         }
+        // SYNC POINT: pairs with the Release store of `magic` at the end of `write_header`.
+        fence(Ordering::Acquire);
         if h.version.load(Ordering::Relaxed) != VERSION {
             return Err(InitError::BadVersion);
         }
@@ -366,6 +369,7 @@ impl Arena {
         h.large_in_use.store(0, Ordering::Relaxed);
         h.large_spans_in_use.store(0, Ordering::Relaxed);
         h.next_span.store(0, Ordering::Relaxed);
+        h.pool_tag.store(0, Ordering::Relaxed);
         h.version.store(VERSION, Ordering::Relaxed);
         h.span_shift.store(self.span_shift, Ordering::Relaxed);
         h.region_len.store(len, Ordering::Relaxed);
@@ -429,8 +433,11 @@ impl Arena {
 
     /// Span kind, as claimed by the region.
     fn kind(&self, span: u64) -> u64 {
-        // SYNC POINT: pairs with the Release store of the kind when the span is carved.
-        self.kind_word(span).load(Ordering::Acquire)
+        let kind = self.kind_word(span).load(Ordering::Relaxed);
+        // SYNC POINT: pairs with the Release store of the kind when the span is carved. (A fence
+        // instead of an Acquire load keeps this usable on read-only mappings; see `attach`.)
+        fence(Ordering::Acquire);
+        kind
     }
 
     /// Validates a small block id of class `c` read from the region.
@@ -866,6 +873,16 @@ impl Arena {
         out
     }
 
+    /// The user's tag stored in the header (flowipc keeps the pool id there). A claim by the peer.
+    pub fn pool_tag(&self) -> u64 {
+        self.header().pool_tag.load(Ordering::Relaxed)
+    }
+
+    /// Stores the user's tag in the header (the creator does this once, before sharing the region).
+    pub fn set_pool_tag(&self, tag: u64) {
+        self.header().pool_tag.store(tag, Ordering::Relaxed);
+    }
+
     /// Bytes per span.
     pub fn span_size(&self) -> u64 {
         1 << self.span_shift
@@ -899,5 +916,45 @@ impl Arena {
             }
         }
         round_up(need, 1 << self.span_shift).next_power_of_two()
+    }
+}
+
+/// A read-only attachment to an arena that another process owns (the lend mode): it can check
+/// handles and locate their bytes, nothing else. Every access it makes is a Relaxed atomic load
+/// (plus fences), which is sound on a `PROT_READ` mapping.
+#[cfg(not(flowipc_loom))]
+#[derive(Debug)]
+pub struct ArenaReader {
+    inner: Arena,
+}
+
+#[cfg(not(flowipc_loom))]
+impl ArenaReader {
+    /// Attaches read-only to the arena in `len` bytes at `base`, checking the header as
+    /// [`Arena::attach`] does.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be valid for reads of `len` bytes for the life of the reader and aligned to
+    /// 4096; it may be mapped read-only. Its content may be anything and may change at any time.
+    pub unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Self, InitError> {
+        // SAFETY: forwarded from the caller; `Arena::attach` only loads (Relaxed), and the reader
+        // exposes no method that stores.
+        unsafe { Arena::attach(base, len) }.map(|inner| ArenaReader { inner })
+    }
+
+    /// Checks a handle as [`Arena::check_handle`] does.
+    pub fn check_handle(&self, h: &ArenaHandle) -> Result<BlockInfo, BlockError> {
+        self.inner.check_handle(h)
+    }
+
+    /// The pool tag in the header (a claim by the owner).
+    pub fn pool_tag(&self) -> u64 {
+        self.inner.pool_tag()
+    }
+
+    /// Pointer to `len` bytes at `off` if they lie inside the region; see [`Arena::payload_ptr`].
+    pub fn payload_ptr(&self, off: Offset, len: u64) -> Option<NonNull<u8>> {
+        self.inner.payload_ptr(off, len)
     }
 }

@@ -259,7 +259,22 @@ fn attach_validates_header() {
     // SAFETY: the region lives as long as `a`, which outlives `b`.
     let b = unsafe { Arena::attach(base, 64 << 10) }.unwrap();
     assert_eq!(b.info(x).unwrap().refcount, 1);
+    a.set_pool_tag(99);
+    assert_eq!(b.pool_tag(), 99);
+    // SAFETY: as above; the reader only loads.
+    let r = unsafe { ArenaReader::attach(base, 64 << 10) }.unwrap();
+    assert_eq!(r.pool_tag(), 99);
+    let h = ArenaHandle {
+        pool_id: 99,
+        offset: x.get(),
+        len: 64,
+        generation: 0,
+        reserved: 0,
+    };
+    assert_eq!(r.check_handle(&h).unwrap().capacity, 64);
+    assert!(r.payload_ptr(x, 64).is_some());
     b.free(x).unwrap();
+    assert_eq!(r.check_handle(&h), Err(BlockError::StaleGeneration));
     assert_eq!(a.free(x), Err(BlockError::DoubleFree));
     let attach = |p: NonNull<u8>, len: usize| {
         // SAFETY: the region lives as long as `a`; a misaligned base is refused before any access.
