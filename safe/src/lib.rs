@@ -9,3 +9,7 @@
 //! back in and say why at their top.
 
 #![deny(unsafe_code)]
+
+pub mod ring;
+pub mod shm;
+pub mod wait;

@@ -1,0 +1,869 @@
+//! A one-way shared-memory ring between two processes: [`ShmRing`], [`RingSender`],
+//! [`RingReceiver`].
+//!
+//! The ring is `flowipc_core`'s lock-free SPSC ring of variable-length frames, laid out in a sealed
+//! memfd that one process creates ([`ShmRing::create`]) and sends to the other as a file descriptor
+//! (e.g. over a Unix socket with `SCM_RIGHTS`), which maps it with [`ShmRing::open`]. Each process
+//! then takes one side: [`ShmRing::sender`] or [`ShmRing::receiver`].
+//!
+//! On the fast path a send or receive is a copy plus a few atomic operations: no allocation and no
+//! system call unless the other side sleeps. Blocking calls follow the side's [`WaitPolicy`] (spin,
+//! then sleep on a futex by default) and end with [`RingSendError::PeerGone`] /
+//! [`RingRecvError::PeerGone`] when the peer check set with `set_peer_check` or
+//! `watch_peer_process` reports the peer dead (checked every [`DEFAULT_PEER_CHECK_INTERVAL`] while
+//! blocked), with `Timeout` after the deadline of the `_timeout` variants, and with `Closed` after
+//! the other side closed (for a receiver: once every frame sent before was read).
+//!
+//! ```
+//! use flowipc::ring::ShmRing;
+//!
+//! let ring = ShmRing::create(64 * 1024)?;
+//! // ... send `ring.fd()` to the other process, which calls `ShmRing::open(fd)?.receiver()?` ...
+//! let mut tx = ring.sender()?;
+//! let mut rx = ring.receiver()?; // here: both sides in one process
+//! tx.send(b"hello")?;
+//! let mut buf = [0u8; 64];
+//! let n = rx.recv(&mut buf)?.len;
+//! assert_eq!(&buf[..n], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use flowipc_core::ring::{PopError, PushError, WriteChunk};
+use flowipc_core::sync::AtomicU32;
+use flowipc_sys::process::{pidfd_open, Pid};
+use flowipc_sys::socket::{poll, PollFd, PollFlags};
+use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
+
+use crate::shm::ring::{ConsumerHandle, ProducerHandle, RingRegion};
+use crate::wait::{EventFdWaiter, FutexWaiter, PeerWaker, WaitOutcome, WakeKind};
+
+pub use crate::shm::ring::{RingOpenError, Role};
+pub use crate::wait::WaitPolicy;
+pub use flowipc_core::ring::{max_payload, FrameInfo, MAX_CAPACITY, MIN_CAPACITY};
+
+/// The frame read in place by [`RingReceiver::try_read_chunk`]; freed when dropped.
+pub type RingReadChunk<'a> = flowipc_core::ring::ReadChunk<'a, PeerWaker>;
+
+/// How often a blocked side runs its peer check (unless the deadline comes first).
+pub const DEFAULT_PEER_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Why a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingSendError {
+    /// The ring is full (`try_` calls only); retry when the receiver has drained it.
+    #[error("the ring is full; retry once the receiver has drained it")]
+    WouldBlock,
+    /// The message is larger than the ring's largest frame.
+    #[error(
+        "message of {len} bytes exceeds the ring's largest frame of {max} bytes; \
+         create a larger ring or send it through a shared-memory arena"
+    )]
+    TooLarge {
+        /// Message length.
+        len: usize,
+        /// Largest frame payload of this ring.
+        max: usize,
+    },
+    /// The receiver closed the ring.
+    #[error("the receiver closed the ring")]
+    Closed,
+    /// The peer check reported the receiving process gone.
+    #[error("the receiving process is gone")]
+    PeerGone,
+    /// The deadline passed before there was room.
+    #[error("timed out waiting for room in the ring")]
+    Timeout,
+    /// The ring's memory holds values no correct receiver writes; the ring is unusable.
+    #[error("the shared-memory ring is corrupt (misbehaving peer); drop it")]
+    Corrupt,
+}
+
+impl From<PushError> for RingSendError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Full => RingSendError::WouldBlock,
+            PushError::TooLarge { len, max } => RingSendError::TooLarge { len, max },
+            PushError::Closed => RingSendError::Closed,
+            PushError::Corrupt => RingSendError::Corrupt,
+        }
+    }
+}
+
+/// Why a receive failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingRecvError {
+    /// Nothing to read (`try_` calls only).
+    #[error("no message in the ring")]
+    WouldBlock,
+    /// The sender closed the ring and every message was read.
+    #[error("the sender closed the ring")]
+    Closed,
+    /// The buffer is shorter than the next message, which stays in the ring.
+    #[error("buffer too small: the next message needs {needed} bytes")]
+    BufferTooSmall {
+        /// Length of the next message.
+        needed: usize,
+    },
+    /// The peer check reported the sending process gone.
+    #[error("the sending process is gone")]
+    PeerGone,
+    /// The deadline passed before a message came.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The ring's memory holds values no correct sender writes; the ring is unusable.
+    #[error("the shared-memory ring is corrupt (misbehaving peer); drop it")]
+    Corrupt,
+}
+
+impl From<PopError> for RingRecvError {
+    fn from(e: PopError) -> Self {
+        match e {
+            PopError::Empty => RingRecvError::WouldBlock,
+            PopError::Closed => RingRecvError::Closed,
+            PopError::BufferTooSmall { needed } => RingRecvError::BufferTooSmall { needed },
+            PopError::Corrupt => RingRecvError::Corrupt,
+        }
+    }
+}
+
+/// A ring in a shared memfd, from which this process takes one side (or both, in tests).
+#[derive(Debug, Clone)]
+pub struct ShmRing {
+    region: RingRegion,
+}
+
+impl ShmRing {
+    /// Creates a sealed memfd holding an empty ring of `capacity` bytes (a power of two in
+    /// [`MIN_CAPACITY`]`..=`[`MAX_CAPACITY`]); the largest message is `capacity / 2 - 8` bytes.
+    ///
+    /// # Errors
+    ///
+    /// A bad capacity, or the failing system call.
+    pub fn create(capacity: usize) -> Result<Self, RingOpenError> {
+        Ok(ShmRing {
+            region: RingRegion::create(capacity)?,
+        })
+    }
+
+    /// Maps a ring created by a peer, checking the memfd's seals and size and the ring header.
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is not a sealed memfd, or does not hold a valid ring, or a system call failed.
+    pub fn open(fd: OwnedFd) -> Result<Self, RingOpenError> {
+        Ok(ShmRing {
+            region: RingRegion::open(fd)?,
+        })
+    }
+
+    /// The memfd, to send to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.region.fd()
+    }
+
+    /// Capacity of the frame buffer in bytes.
+    pub fn capacity(&self) -> usize {
+        self.region.capacity()
+    }
+
+    /// The largest message: `capacity / 2 - 8` bytes.
+    pub fn max_payload(&self) -> usize {
+        max_payload(self.capacity())
+    }
+
+    /// Takes the sending side.
+    ///
+    /// # Errors
+    ///
+    /// [`RingOpenError::RoleTaken`] if this process already holds it, or inconsistent positions.
+    pub fn sender(&self) -> Result<RingSender, RingOpenError> {
+        Ok(RingSender {
+            handle: self.region.producer()?,
+            waker: PeerWaker::futex(),
+            waiter: SideWaiter::Futex(FutexWaiter),
+            policy: WaitPolicy::default(),
+            peer: PeerCheck::default(),
+        })
+    }
+
+    /// Takes the receiving side.
+    ///
+    /// # Errors
+    ///
+    /// [`RingOpenError::RoleTaken`] if this process already holds it, or an inconsistent position.
+    pub fn receiver(&self) -> Result<RingReceiver, RingOpenError> {
+        Ok(RingReceiver {
+            handle: self.region.consumer()?,
+            waker: PeerWaker::futex(),
+            waiter: SideWaiter::Futex(FutexWaiter),
+            policy: WaitPolicy::default(),
+            peer: PeerCheck::default(),
+        })
+    }
+}
+
+/// The sleep mechanism of one side.
+#[derive(Debug)]
+enum SideWaiter {
+    Futex(FutexWaiter),
+    EventFd(EventFdWaiter),
+}
+
+impl crate::wait::Waiter for SideWaiter {
+    fn wake_kind(&self) -> WakeKind {
+        match self {
+            SideWaiter::Futex(w) => w.wake_kind(),
+            SideWaiter::EventFd(w) => w.wake_kind(),
+        }
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome {
+        match self {
+            SideWaiter::Futex(w) => w.wait(word, expected, timeout),
+            SideWaiter::EventFd(w) => w.wait(word, expected, timeout),
+        }
+    }
+}
+
+/// The liveness check of the peer, run at most every `interval` while blocked.
+struct PeerCheck {
+    check: Option<Box<dyn FnMut() -> bool + Send>>,
+    interval: Duration,
+}
+
+impl Default for PeerCheck {
+    fn default() -> Self {
+        PeerCheck {
+            check: None,
+            interval: DEFAULT_PEER_CHECK_INTERVAL,
+        }
+    }
+}
+
+impl fmt::Debug for PeerCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCheck")
+            .field("set", &self.check.is_some())
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+impl PeerCheck {
+    /// The `check` callback of the core's blocking calls: ends the wait with `timeout` after
+    /// `deadline` or `gone` when the peer check fails, and bounds each sleep so both are noticed.
+    fn callback<'a, E: Copy + 'a>(
+        &'a mut self,
+        deadline: Option<Instant>,
+        timeout: E,
+        gone: E,
+    ) -> impl FnMut() -> Result<Option<Duration>, E> + 'a {
+        let mut last_check: Option<Instant> = None;
+        move || {
+            let now = Instant::now();
+            let mut slice = None;
+            if let Some(d) = deadline {
+                if now >= d {
+                    return Err(timeout);
+                }
+                slice = Some(d - now);
+            }
+            if let Some(check) = self.check.as_mut() {
+                if last_check.is_none_or(|t| now.duration_since(t) >= self.interval) {
+                    last_check = Some(now);
+                    if !check() {
+                        return Err(gone);
+                    }
+                }
+                slice = Some(slice.map_or(self.interval, |s| s.min(self.interval)));
+            }
+            Ok(slice)
+        }
+    }
+
+    fn watch_process(&mut self, pid: Pid) -> Result<(), Errno> {
+        let pidfd = pidfd_open(pid)?;
+        self.check = Some(Box::new(move || process_alive(&pidfd)));
+        Ok(())
+    }
+}
+
+/// `false` once the process behind `pidfd` has exited (the pidfd polls readable).
+fn process_alive(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    !matches!(poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
+}
+
+/// The sending side of a [`ShmRing`]. Dropping it closes the ring (the receiver reads what was
+/// sent, then gets [`RingRecvError::Closed`]).
+#[derive(Debug)]
+pub struct RingSender {
+    handle: ProducerHandle,
+    waker: PeerWaker,
+    waiter: SideWaiter,
+    policy: WaitPolicy,
+    peer: PeerCheck,
+}
+
+impl RingSender {
+    /// The largest message: `capacity / 2 - 8` bytes.
+    pub fn max_payload(&self) -> usize {
+        self.handle.max_payload()
+    }
+
+    /// Capacity of the ring's frame buffer in bytes.
+    pub fn capacity(&self) -> usize {
+        self.handle.capacity()
+    }
+
+    /// `true` once the receiver has closed the ring.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// `true` once corruption was detected; every call then fails with `Corrupt`.
+    pub fn is_poisoned(&self) -> bool {
+        self.handle.is_poisoned()
+    }
+
+    /// Sets how blocking sends wait for room (default: spin briefly, then futex).
+    pub fn set_policy(&mut self, policy: WaitPolicy) {
+        self.policy = policy;
+    }
+
+    /// Sets a check run every `interval` while blocked; when it returns `false`, the blocked call
+    /// fails with [`RingSendError::PeerGone`].
+    pub fn set_peer_check(
+        &mut self,
+        interval: Duration,
+        check: impl FnMut() -> bool + Send + 'static,
+    ) {
+        self.peer = PeerCheck {
+            check: Some(Box::new(check)),
+            interval,
+        };
+    }
+
+    /// Makes blocked calls fail with [`RingSendError::PeerGone`] once process `pid` has exited
+    /// (checked with a pidfd every [`DEFAULT_PEER_CHECK_INTERVAL`]).
+    ///
+    /// # Errors
+    ///
+    /// `ESRCH` if no such process exists.
+    pub fn watch_peer_process(&mut self, pid: Pid) -> Result<(), Errno> {
+        self.peer.watch_process(pid)
+    }
+
+    /// Sleep on `waiter`'s eventfd instead of a futex when the ring is full; the receiver must wake
+    /// it through [`RingReceiver::set_peer_eventfd`] with a duplicate of [`EventFdWaiter::fd`].
+    pub fn use_eventfd(&mut self, waiter: EventFdWaiter) {
+        self.waiter = SideWaiter::EventFd(waiter);
+    }
+
+    /// The eventfd to write when the receiver sleeps on one (see [`RingReceiver::use_eventfd`]).
+    pub fn set_peer_eventfd(&mut self, fd: OwnedFd) {
+        self.waker.set_eventfd(Some(fd));
+    }
+
+    /// Sends `data` as one message if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`RingSendError::WouldBlock`] when full, `TooLarge`, `Closed`, `Corrupt`.
+    #[inline]
+    pub fn try_send(&mut self, data: &[u8]) -> Result<(), RingSendError> {
+        self.try_send_tagged(data, 0)
+    }
+
+    /// [`try_send`](Self::try_send) with a 16-bit tag delivered with the message.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send`](Self::try_send).
+    #[inline]
+    pub fn try_send_tagged(&mut self, data: &[u8], tag: u16) -> Result<(), RingSendError> {
+        self.handle
+            .try_push_tagged(data, tag, &self.waker)
+            .map_err(RingSendError::from)
+    }
+
+    /// Sends `data` as one message, waiting for room per the policy.
+    ///
+    /// # Errors
+    ///
+    /// `TooLarge`, `Closed`, `PeerGone`, `Corrupt`.
+    #[inline]
+    pub fn send(&mut self, data: &[u8]) -> Result<(), RingSendError> {
+        self.send_until(data, 0, None)
+    }
+
+    /// [`send`](Self::send) with a 16-bit tag delivered with the message.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    #[inline]
+    pub fn send_tagged(&mut self, data: &[u8], tag: u16) -> Result<(), RingSendError> {
+        self.send_until(data, tag, None)
+    }
+
+    /// [`send`](Self::send) giving up with [`RingSendError::Timeout`] after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus `Timeout`.
+    pub fn send_timeout(&mut self, data: &[u8], timeout: Duration) -> Result<(), RingSendError> {
+        self.send_until(data, 0, Some(Instant::now() + timeout))
+    }
+
+    #[inline]
+    fn send_until(
+        &mut self,
+        data: &[u8],
+        tag: u16,
+        deadline: Option<Instant>,
+    ) -> Result<(), RingSendError> {
+        match self.handle.try_push_tagged(data, tag, &self.waker) {
+            Err(PushError::Full) => {}
+            other => return other.map_err(RingSendError::from),
+        }
+        self.wait_room(data.len(), deadline)?;
+        self.try_send_tagged(data, tag)
+    }
+
+    /// Waits until a message of `len` bytes fits.
+    #[cold]
+    fn wait_room(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), RingSendError> {
+        let check = self
+            .peer
+            .callback(deadline, RingSendError::Timeout, RingSendError::PeerGone);
+        self.handle
+            .wait_writable(len, &self.waiter, self.policy, check)
+    }
+
+    /// Reserves room for a message of up to `len` bytes to build in place, if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send`](Self::try_send).
+    #[inline]
+    pub fn try_write_chunk(&mut self, len: usize) -> Result<RingWriteChunk<'_>, RingSendError> {
+        let chunk = self.handle.write_chunk(len)?;
+        Ok(RingWriteChunk {
+            chunk,
+            waker: &self.waker,
+        })
+    }
+
+    /// [`try_write_chunk`](Self::try_write_chunk), waiting for room per the policy (and up to
+    /// `timeout`, if given).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus `Timeout`.
+    pub fn write_chunk(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<RingWriteChunk<'_>, RingSendError> {
+        if matches!(self.handle.write_chunk(len).map(drop), Err(PushError::Full)) {
+            self.wait_room(len, timeout.map(|t| Instant::now() + t))?;
+        }
+        self.try_write_chunk(len)
+    }
+
+    /// Closes the ring and wakes the receiver (also done on drop).
+    pub fn close(&mut self) {
+        self.handle.close(&self.waker);
+    }
+}
+
+impl Drop for RingSender {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Room for one message reserved in the ring, built in place and sent by [`commit`](Self::commit);
+/// dropping it sends nothing.
+#[derive(Debug)]
+pub struct RingWriteChunk<'a> {
+    chunk: WriteChunk<'a>,
+    waker: &'a PeerWaker,
+}
+
+impl RingWriteChunk<'_> {
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.chunk.len()
+    }
+
+    /// `true` if no bytes are reserved.
+    pub fn is_empty(&self) -> bool {
+        self.chunk.is_empty()
+    }
+
+    /// Copies `data` to offset `offset` of the message.
+    ///
+    /// # Panics
+    ///
+    /// If `offset + data.len() > self.len()`.
+    #[inline]
+    pub fn write(&mut self, offset: usize, data: &[u8]) {
+        self.chunk.write(offset, data);
+    }
+
+    /// The reserved bytes (8-byte aligned), valid for writes of [`len`](Self::len) bytes until
+    /// commit or drop. Shared memory: write through the pointer, never make a reference.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.chunk.as_mut_ptr()
+    }
+
+    /// Sends the first `len` bytes as one message.
+    ///
+    /// # Panics
+    ///
+    /// If `len > self.len()`.
+    #[inline]
+    pub fn commit(self, len: usize) {
+        self.commit_tagged(len, 0);
+    }
+
+    /// Sends the first `len` bytes as one message carrying `tag`.
+    ///
+    /// # Panics
+    ///
+    /// If `len > self.len()`.
+    #[inline]
+    pub fn commit_tagged(self, len: usize, tag: u16) {
+        self.chunk.commit(len, tag, self.waker);
+    }
+}
+
+/// The receiving side of a [`ShmRing`]. Dropping it closes the ring (sends then fail with
+/// [`RingSendError::Closed`]).
+#[derive(Debug)]
+pub struct RingReceiver {
+    handle: ConsumerHandle,
+    waker: PeerWaker,
+    waiter: SideWaiter,
+    policy: WaitPolicy,
+    peer: PeerCheck,
+}
+
+impl RingReceiver {
+    /// Capacity of the ring's frame buffer in bytes.
+    pub fn capacity(&self) -> usize {
+        self.handle.capacity()
+    }
+
+    /// The largest message: `capacity / 2 - 8` bytes.
+    pub fn max_payload(&self) -> usize {
+        max_payload(self.handle.capacity())
+    }
+
+    /// `true` once the sender has closed the ring (messages sent before may still be pending).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// `true` once corruption was detected; every call then fails with `Corrupt`.
+    pub fn is_poisoned(&self) -> bool {
+        self.handle.is_poisoned()
+    }
+
+    /// Sets how blocking receives wait for a message (default: spin briefly, then futex).
+    pub fn set_policy(&mut self, policy: WaitPolicy) {
+        self.policy = policy;
+    }
+
+    /// Sets a check run every `interval` while blocked; when it returns `false`, the blocked call
+    /// fails with [`RingRecvError::PeerGone`].
+    pub fn set_peer_check(
+        &mut self,
+        interval: Duration,
+        check: impl FnMut() -> bool + Send + 'static,
+    ) {
+        self.peer = PeerCheck {
+            check: Some(Box::new(check)),
+            interval,
+        };
+    }
+
+    /// Makes blocked calls fail with [`RingRecvError::PeerGone`] once process `pid` has exited
+    /// (checked with a pidfd every [`DEFAULT_PEER_CHECK_INTERVAL`]).
+    ///
+    /// # Errors
+    ///
+    /// `ESRCH` if no such process exists.
+    pub fn watch_peer_process(&mut self, pid: Pid) -> Result<(), Errno> {
+        self.peer.watch_process(pid)
+    }
+
+    /// Sleep on `waiter`'s eventfd instead of a futex when the ring is empty; the sender must wake
+    /// it through [`RingSender::set_peer_eventfd`] with a duplicate of [`EventFdWaiter::fd`].
+    pub fn use_eventfd(&mut self, waiter: EventFdWaiter) {
+        self.waiter = SideWaiter::EventFd(waiter);
+    }
+
+    /// The eventfd to write when the sender sleeps on one (see [`RingSender::use_eventfd`]).
+    pub fn set_peer_eventfd(&mut self, fd: OwnedFd) {
+        self.waker.set_eventfd(Some(fd));
+    }
+
+    /// Copies the next message into `buf` if there is one.
+    ///
+    /// # Errors
+    ///
+    /// [`RingRecvError::WouldBlock`] when empty, `Closed`, `BufferTooSmall` (the message stays),
+    /// `Corrupt`.
+    #[inline]
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<FrameInfo, RingRecvError> {
+        self.handle
+            .try_pop(buf, &self.waker)
+            .map_err(RingRecvError::from)
+    }
+
+    /// Copies the next message into `buf`, waiting for one per the policy.
+    ///
+    /// # Errors
+    ///
+    /// `Closed`, `BufferTooSmall` (the message stays), `PeerGone`, `Corrupt`.
+    #[inline]
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<FrameInfo, RingRecvError> {
+        self.recv_until(buf, None)
+    }
+
+    /// [`recv`](Self::recv) giving up with [`RingRecvError::Timeout`] after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus `Timeout`.
+    pub fn recv_timeout(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<FrameInfo, RingRecvError> {
+        self.recv_until(buf, Some(Instant::now() + timeout))
+    }
+
+    #[inline]
+    fn recv_until(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<FrameInfo, RingRecvError> {
+        match self.handle.try_pop(buf, &self.waker) {
+            Err(PopError::Empty) => {}
+            other => return other.map_err(RingRecvError::from),
+        }
+        self.wait_message(deadline)?;
+        self.try_recv(buf)
+    }
+
+    /// Waits until a message is pending.
+    #[cold]
+    fn wait_message(&mut self, deadline: Option<Instant>) -> Result<(), RingRecvError> {
+        let check = self
+            .peer
+            .callback(deadline, RingRecvError::Timeout, RingRecvError::PeerGone);
+        self.handle.wait_readable(&self.waiter, self.policy, check)
+    }
+
+    /// Gives in-place access to the next message if there is one; it is freed when the chunk is
+    /// dropped. The bytes are read by copying ([`RingReadChunk::read`]) or through a raw pointer.
+    ///
+    /// # Errors
+    ///
+    /// [`RingRecvError::WouldBlock`] when empty, `Closed`, `Corrupt`.
+    #[inline]
+    pub fn try_read_chunk(&mut self) -> Result<RingReadChunk<'_>, RingRecvError> {
+        self.handle
+            .read_chunk(&self.waker)
+            .map_err(RingRecvError::from)
+    }
+
+    /// [`try_read_chunk`](Self::try_read_chunk), waiting for a message per the policy (and up to
+    /// `timeout`, if given).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus `Timeout`.
+    pub fn read_chunk(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<RingReadChunk<'_>, RingRecvError> {
+        self.wait_message(timeout.map(|t| Instant::now() + t))?;
+        self.try_read_chunk()
+    }
+
+    /// Closes the ring and wakes the sender (also done on drop).
+    pub fn close(&mut self) {
+        self.handle.close(&self.waker);
+    }
+}
+
+impl Drop for RingReceiver {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_recv_in_one_process() {
+        let ring = ShmRing::create(4096).unwrap();
+        assert_eq!(ring.max_payload(), 2040);
+        let mut tx = ring.sender().unwrap();
+        let mut rx = ring.receiver().unwrap();
+        assert!(matches!(
+            ring.sender(),
+            Err(RingOpenError::RoleTaken(Role::Sender))
+        ));
+        tx.send(b"one").unwrap();
+        tx.try_send_tagged(b"two", 2).unwrap();
+        let mut chunk = tx.try_write_chunk(16).unwrap();
+        chunk.write(0, b"three!");
+        chunk.commit_tagged(5, 3);
+        let mut buf = [0u8; 16];
+        assert_eq!(rx.recv(&mut buf).unwrap(), FrameInfo { len: 3, tag: 0 });
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(rx.try_recv(&mut buf).unwrap(), FrameInfo { len: 3, tag: 2 });
+        let c = rx.try_read_chunk().unwrap();
+        assert_eq!((c.len(), c.tag()), (5, 3));
+        assert_eq!(c.read(0, &mut buf), 5);
+        drop(c);
+        assert_eq!(&buf[..5], b"three");
+        assert_eq!(rx.try_recv(&mut buf), Err(RingRecvError::WouldBlock));
+        assert_eq!(
+            rx.recv_timeout(&mut buf, Duration::from_millis(5)),
+            Err(RingRecvError::Timeout)
+        );
+        assert_eq!(
+            tx.try_send(&[0; 2041]),
+            Err(RingSendError::TooLarge {
+                len: 2041,
+                max: 2040
+            })
+        );
+        drop(tx);
+        assert_eq!(rx.recv(&mut buf), Err(RingRecvError::Closed));
+        // The role is free again once the handle is gone.
+        let _tx = ring.sender().unwrap();
+    }
+
+    #[test]
+    fn open_checks_the_descriptor() {
+        let ring = ShmRing::create(1024).unwrap();
+        let other = ShmRing::open(ring.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(other.capacity(), 1024);
+        let _rx = ring.receiver().unwrap();
+        // Same memfd mapped twice in one process: still one receiver.
+        assert!(matches!(
+            other.receiver(),
+            Err(RingOpenError::RoleTaken(Role::Receiver))
+        ));
+        // Not sealed: an unsealed memfd.
+        let fd = flowipc_sys::memfd::memfd_create(c"plain").unwrap();
+        flowipc_sys::memfd::set_size(std::os::fd::AsFd::as_fd(&fd), 8192).unwrap();
+        assert!(matches!(
+            ShmRing::open(fd),
+            Err(RingOpenError::Region(crate::shm::RegionError::NotSealed))
+        ));
+        // Sealed but not a ring.
+        let fd = flowipc_sys::memfd::create_sealed(c"zeros", 8192).unwrap();
+        assert!(matches!(
+            ShmRing::open(fd),
+            Err(RingOpenError::Attach(
+                flowipc_core::ring::AttachError::BadMagic
+            ))
+        ));
+    }
+
+    #[test]
+    fn blocked_sides_wake_each_other_across_threads() {
+        for policy in [
+            WaitPolicy::Block,
+            WaitPolicy::default(),
+            WaitPolicy::BusyPoll,
+        ] {
+            let ring = ShmRing::create(256).unwrap();
+            let mut tx = ring.sender().unwrap();
+            let mut rx = ring.receiver().unwrap();
+            tx.set_policy(policy);
+            rx.set_policy(policy);
+            let n = 20_000u64;
+            let t = std::thread::spawn(move || {
+                for i in 0..n {
+                    tx.send(&i.to_le_bytes()).unwrap();
+                }
+            });
+            let mut buf = [0u8; 8];
+            for i in 0..n {
+                rx.recv(&mut buf).unwrap();
+                assert_eq!(u64::from_le_bytes(buf), i);
+            }
+            assert_eq!(rx.recv(&mut buf), Err(RingRecvError::Closed));
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn eventfd_wakeups() {
+        let ring = ShmRing::create(256).unwrap();
+        let mut tx = ring.sender().unwrap();
+        let mut rx = ring.receiver().unwrap();
+        let rx_waiter = EventFdWaiter::new().unwrap();
+        tx.set_peer_eventfd(rx_waiter.fd().try_clone_to_owned().unwrap());
+        rx.use_eventfd(rx_waiter);
+        let tx_waiter = EventFdWaiter::new().unwrap();
+        rx.set_peer_eventfd(tx_waiter.fd().try_clone_to_owned().unwrap());
+        tx.use_eventfd(tx_waiter);
+        tx.set_policy(WaitPolicy::Block);
+        rx.set_policy(WaitPolicy::Block);
+        let n = 20_000u64;
+        let t = std::thread::spawn(move || {
+            for i in 0..n {
+                tx.send(&i.to_le_bytes()).unwrap();
+            }
+        });
+        let mut buf = [0u8; 8];
+        for i in 0..n {
+            rx.recv(&mut buf).unwrap();
+            assert_eq!(u64::from_le_bytes(buf), i);
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn peer_check_ends_blocked_calls() {
+        let ring = ShmRing::create(64).unwrap();
+        let mut rx = ring.receiver().unwrap();
+        let mut tx = ring.sender().unwrap();
+        let start = Instant::now();
+        let mut calls = 0;
+        rx.set_peer_check(Duration::from_millis(10), move || {
+            calls += 1;
+            calls < 3
+        });
+        let mut buf = [0u8; 8];
+        assert_eq!(rx.recv(&mut buf), Err(RingRecvError::PeerGone));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        tx.send(&[0; 24]).unwrap();
+        tx.send(&[0; 24]).unwrap();
+        tx.set_peer_check(Duration::from_millis(5), || false);
+        assert_eq!(tx.send(&[0; 8]), Err(RingSendError::PeerGone));
+        assert_eq!(
+            tx.write_chunk(8, Some(Duration::from_millis(1))).err(),
+            Some(RingSendError::PeerGone)
+        );
+    }
+}
