@@ -1,7 +1,322 @@
 //! `flowipc-bench`: cross-process latency and throughput of flowipc against raw baselines.
+//!
+//! ```text
+//! cargo run --release -p flowipc-benches --bin flowipc-bench -- [--quick] [--json FILE] [--only SYSTEM,...]
+//! ```
+//!
+//! Every configuration runs in a fresh pair of processes (see [`harness`]). Absolute figures drift on
+//! shared machines, so the targets at the end are ratios between rows of the same run.
 
+mod harness;
+mod raw;
 mod report;
 
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+
+use harness::{Config, Kind, Mode, Placement, System};
+use report::Row;
+
+/// Cross-process latency and throughput of flowipc against raw transports.
+#[derive(Parser, Debug)]
+#[command(name = "flowipc-bench", version)]
+struct Args {
+    /// A short run (about a minute): fewer sizes and a shorter budget per configuration.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the rows as a JSON array to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Only these systems (comma-separated), e.g. `flowipc-ring,raw-futex`.
+    #[arg(long, value_delimiter = ',', value_name = "SYSTEM,...")]
+    only: Vec<String>,
+    /// Payload sizes in bytes (comma-separated); overrides the defaults.
+    #[arg(long, value_delimiter = ',', value_name = "BYTES,...")]
+    sizes: Vec<usize>,
+    /// Measured time per configuration, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    budget_ms: Option<u64>,
+}
+
+fn systems() -> Vec<&'static dyn System> {
+    vec![
+        &raw::Slot::SPIN,
+        &raw::Slot::FUTEX,
+        &raw::Slot::EVENTFD,
+        &raw::Pipe,
+        &raw::Uds,
+        &raw::Mq,
+    ]
+}
+
+fn configs(args: &Args, systems: &[&'static dyn System]) -> Vec<(&'static dyn System, Config)> {
+    let sizes: Vec<usize> = if !args.sizes.is_empty() {
+        args.sizes.clone()
+    } else if args.quick {
+        vec![64, 65536]
+    } else {
+        vec![64, 1024, 65536, 1 << 20]
+    };
+    let budget_ms = args
+        .budget_ms
+        .unwrap_or(if args.quick { 300 } else { 2000 });
+    // Counted before this process pins itself: afterwards its mask holds one CPU.
+    let cross_core = flowipc_sys::process::available_cpus().unwrap_or(1) >= 2;
+    if !cross_core {
+        eprintln!("flowipc-bench: only one CPU available; cross-core configurations are skipped");
+    }
+    let mut out = Vec::new();
+    for &system in systems {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == system.name()) {
+            continue;
+        }
+        for kind in [Kind::Rtt, Kind::Stream] {
+            for mode in [Mode::BusyPoll, Mode::SpinThenBlock, Mode::Block] {
+                for placement in [Placement::CrossCore, Placement::SameCore] {
+                    if placement == Placement::CrossCore && !cross_core {
+                        continue;
+                    }
+                    for &size in &sizes {
+                        if system.supports(mode, placement, kind, size) {
+                            let system_name = system.name().to_string();
+                            out.push((
+                                system,
+                                Config {
+                                    system: system_name,
+                                    mode,
+                                    placement,
+                                    kind,
+                                    size,
+                                    budget_ms,
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn fmt_ns(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(ns) if ns < 10_000.0 => format!("{:.2} us", ns / 1e3),
+        Some(ns) if ns < 10_000_000.0 => format!("{:.1} us", ns / 1e3),
+        Some(ns) => format!("{:.1} ms", ns / 1e6),
+    }
+}
+
+fn fmt_size(b: u64) -> String {
+    match b {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<24} {:<16} {:<11} {:<6} {:>8} {:>10} {:>10} {:>10} {:>12} {:>8}",
+        "system", "mode", "placement", "kind", "size", "p50", "p99", "p99.9", "msgs/s", "GB/s"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<16} {:<11} {:<6} {:>8} {:>10} {:>10} {:>10} {:>12} {:>8}",
+            r.system,
+            r.mode,
+            r.placement,
+            r.kind,
+            fmt_size(r.size_bytes),
+            fmt_ns(r.p50_ns),
+            fmt_ns(r.p99_ns),
+            fmt_ns(r.p999_ns),
+            r.msgs_per_s
+                .map_or("-".into(), |m| format!("{:.2}M", m / 1e6)),
+            r.gbytes_per_s.map_or("-".into(), |g| format!("{g:.2}")),
+        );
+    }
+}
+
+/// A target of the issues, checked as a ratio of two rows of this run.
+struct Target {
+    what: &'static str,
+    /// (system, mode, placement, kind, size) of the measured row and of the reference row.
+    row: (&'static str, &'static str, &'static str, &'static str, u64),
+    reference: Option<(&'static str, &'static str, &'static str, &'static str, u64)>,
+    /// For latency: ratio must be <= bound. For throughput: ratio (or absolute msgs/s) must be >= bound.
+    bound: f64,
+    higher_is_better: bool,
+}
+
+fn find<'a>(rows: &'a [Row], k: (&str, &str, &str, &str, u64)) -> Option<&'a Row> {
+    rows.iter().find(|r| {
+        r.system == k.0
+            && r.mode == k.1
+            && r.placement == k.2
+            && r.kind == k.3
+            && r.size_bytes == k.4
+    })
+}
+
+fn figure(r: &Row, higher_is_better: bool) -> Option<f64> {
+    if higher_is_better {
+        r.msgs_per_s
+    } else {
+        r.p50_ns
+    }
+}
+
+fn check_targets(rows: &[Row]) {
+    let targets = [
+        Target {
+            what: "flowipc-ring spin-then-block cross-core p50 <= 1.3 x raw-futex",
+            row: ("flowipc-ring", "spin-then-block", "cross-core", "rtt", 64),
+            reference: Some(("raw-futex", "spin-then-block", "cross-core", "rtt", 64)),
+            bound: 1.3,
+            higher_is_better: false,
+        },
+        Target {
+            what: "flowipc-ring block same-core p50 <= 1.2 x raw-futex",
+            row: ("flowipc-ring", "block", "same-core", "rtt", 64),
+            reference: Some(("raw-futex", "block", "same-core", "rtt", 64)),
+            bound: 1.2,
+            higher_is_better: false,
+        },
+        Target {
+            what: "flowipc-ring stream 64 B cross-core >= 10 M msgs/s",
+            row: (
+                "flowipc-ring",
+                "spin-then-block",
+                "cross-core",
+                "stream",
+                64,
+            ),
+            reference: None,
+            bound: 10e6,
+            higher_is_better: true,
+        },
+        Target {
+            what: "flowipc-ring stream 64 KiB >= 2 x raw-uds",
+            row: (
+                "flowipc-ring",
+                "spin-then-block",
+                "cross-core",
+                "stream",
+                65536,
+            ),
+            reference: Some(("raw-uds", "block", "cross-core", "stream", 65536)),
+            bound: 2.0,
+            higher_is_better: true,
+        },
+    ];
+    println!("\ntargets (ratios within this run):");
+    for t in &targets {
+        let Some(row) = find(rows, t.row).and_then(|r| figure(r, t.higher_is_better)) else {
+            println!("  [skip] {}: row not measured", t.what);
+            continue;
+        };
+        let value = match t.reference {
+            Some(k) => match find(rows, k).and_then(|r| figure(r, t.higher_is_better)) {
+                Some(reference) if reference > 0.0 => row / reference,
+                _ => {
+                    println!("  [skip] {}: reference row not measured", t.what);
+                    continue;
+                }
+            },
+            None => row,
+        };
+        let ok = if t.higher_is_better {
+            value >= t.bound
+        } else {
+            value <= t.bound
+        };
+        let shown = if t.reference.is_some() {
+            format!("{value:.2}x")
+        } else {
+            format!("{:.2}M", value / 1e6)
+        };
+        println!(
+            "  [{}] {}: {shown}",
+            if ok { "met" } else { "MISSED" },
+            t.what
+        );
+    }
+}
+
 fn main() {
-    println!("flowipc-bench: no systems yet");
+    let systems = systems();
+    if std::env::args().nth(1).as_deref() == Some("__child") {
+        if let Err(e) = harness::child_main(&systems) {
+            eprintln!("flowipc-bench server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args = Args::parse();
+    let known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
+    for o in &args.only {
+        if !known.contains(&o.as_str()) {
+            eprintln!(
+                "flowipc-bench: unknown system {o:?}; known: {}",
+                known.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+    let configs = configs(&args, &systems);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    for (i, (system, cfg)) in configs.iter().enumerate() {
+        eprint!(
+            "\r[{:>3}/{}] {:<22} {:<16} {:<11} {:<6} {:>8}   ",
+            i + 1,
+            configs.len(),
+            cfg.system,
+            cfg.mode.as_str(),
+            cfg.placement.as_str(),
+            cfg.kind.as_str(),
+            fmt_size(cfg.size as u64)
+        );
+        let _ = std::io::stderr().flush();
+        match harness::run(*system, cfg) {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                failures += 1;
+                eprintln!("\nflowipc-bench: {} {:?} failed: {e}", cfg.system, cfg);
+            }
+        }
+    }
+    eprintln!(
+        "\rmeasured {} configurations in {:.0} s{}",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        " ".repeat(40)
+    );
+    print_table(&rows);
+    check_targets(&rows);
+    if let Some(path) = &args.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => {
+                if let Err(e) = std::fs::write(path, s) {
+                    eprintln!("flowipc-bench: cannot write {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+                println!("\nrows written to {}", path.display());
+            }
+            Err(e) => {
+                eprintln!("flowipc-bench: cannot serialize rows: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if failures > 0 {
+        eprintln!("flowipc-bench: {failures} configuration(s) failed");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,398 @@
+//! The two-process measurement harness shared by every system.
+//!
+//! The bench process is the *client*: for each configuration it spawns a copy of itself as the
+//! *server* (`flowipc-bench __child`), hands it the configuration and the transport's file descriptors
+//! over a control socket (the child's stdin), pins both processes, and measures:
+//!
+//! - `rtt`: the client sends a message of `size` bytes, the server echoes one of the same size; the
+//!   round trip of each is recorded in an HDR histogram after a warm-up period;
+//! - `stream`: the client sends messages back to back for the time budget, the server counts them and
+//!   acknowledges the last one; throughput is messages (and payload bytes) per second.
+//!
+//! Both sides touch the payload (write every cache line before sending, read every cache line after
+//! receiving), so a zero-copy trick that never looks at the data cannot win by skipping work.
+
+use std::io::{self, Read as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::report::Row;
+
+/// How a receiver waits for the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Spin on shared memory and never sleep.
+    BusyPoll,
+    /// Spin for a bounded time, then sleep in the kernel.
+    SpinThenBlock,
+    /// Sleep in the kernel at once.
+    Block,
+}
+
+impl Mode {
+    /// The name used in result rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::BusyPoll => "busy-poll",
+            Mode::SpinThenBlock => "spin-then-block",
+            Mode::Block => "block",
+        }
+    }
+}
+
+/// Where the server runs relative to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Client on CPU 0, server on CPU 1.
+    CrossCore,
+    /// Both on CPU 0.
+    SameCore,
+}
+
+impl Placement {
+    /// The name used in result rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::CrossCore => "cross-core",
+            Placement::SameCore => "same-core",
+        }
+    }
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Round-trip latency of one message and its echo.
+    Rtt,
+    /// One-way throughput of back-to-back messages.
+    Stream,
+}
+
+impl Kind {
+    /// The name used in result rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Rtt => "rtt",
+            Kind::Stream => "stream",
+        }
+    }
+}
+
+/// One configuration to measure; sent to the server as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// System name, as in [`System::name`].
+    pub system: String,
+    /// Waiting mode.
+    pub mode: Mode,
+    /// Placement of the server.
+    pub placement: Placement,
+    /// Latency or throughput.
+    pub kind: Kind,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// How long the measured phase runs.
+    pub budget_ms: u64,
+}
+
+/// One side of a transport, as seen by the harness.
+pub trait Endpoint {
+    /// Sends one message.
+    fn send(&mut self, msg: &[u8]) -> io::Result<()>;
+    /// Receives one message into `buf` (large enough for any message of the configuration) and
+    /// returns its length.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A transport under test.
+pub trait System: Sync {
+    /// The name in result rows, e.g. `raw-futex`.
+    fn name(&self) -> &'static str;
+    /// Whether this system runs the configuration at all.
+    fn supports(&self, mode: Mode, placement: Placement, kind: Kind, size: usize) -> bool;
+    /// Client side: creates the transport; returns the client's endpoint and the fds for the server.
+    fn setup(&self, cfg: &Config) -> io::Result<(Box<dyn Endpoint>, Vec<OwnedFd>)>;
+    /// Server side: builds the server's endpoint from the fds the client sent, in the same order.
+    fn attach(&self, cfg: &Config, fds: Vec<OwnedFd>) -> io::Result<Box<dyn Endpoint>>;
+}
+
+/// First payload byte: an ordinary message.
+const FLAG_DATA: u8 = 0;
+/// First payload byte: the last message of the run (echoed, or acknowledged with the count).
+const FLAG_END: u8 = 1;
+/// Smallest payload the protocol needs (flag byte plus a u64 count).
+pub const MIN_SIZE: usize = 16;
+/// The server's CPU in cross-core runs; the client always runs on CPU 0.
+const OTHER_CPU: usize = 1;
+/// Time not recorded at the start of an rtt run.
+const WARMUP: Duration = Duration::from_millis(50);
+/// Upper bound on recorded round trips, to bound memory and time at tiny latencies.
+const MAX_ROUND_TRIPS: u64 = 5_000_000;
+
+/// Writes every cache line of `buf` (the sender's share of touching the payload).
+#[inline]
+fn touch_write(buf: &mut [u8], seq: u64) {
+    let v = seq as u8;
+    for b in buf.iter_mut().skip(64).step_by(64) {
+        *b = v;
+    }
+    if buf.len() >= MIN_SIZE {
+        buf[8..16].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Reads every cache line of `buf` (the receiver's share of touching the payload).
+#[inline]
+fn touch_read(buf: &[u8]) -> u64 {
+    let mut sum = 0u64;
+    for b in buf.iter().step_by(64) {
+        sum = sum.wrapping_add(u64::from(*b));
+    }
+    std::hint::black_box(sum)
+}
+
+fn payload_seq(buf: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[8..16]);
+    u64::from_le_bytes(b)
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Pins the calling thread to `cpu`.
+///
+/// The CPU is absolute: a child inherits its parent's mask, so a count taken after pinning would say
+/// one CPU. The client checks once, before any pinning, that cross-core runs are possible.
+pub fn pin(cpu: usize) -> io::Result<()> {
+    flowipc_sys::process::set_cpu_affinity(cpu).map_err(io::Error::from)
+}
+
+/// Runs one configuration end to end and returns its result row.
+pub fn run(system: &dyn System, cfg: &Config) -> io::Result<Row> {
+    let (ctl, ctl_child) = UnixStream::pair()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("__child")
+        .stdin(Stdio::from(OwnedFd::from(ctl_child)))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+
+    let result = (|| {
+        let (mut ep, fds) = system.setup(cfg)?;
+        let json = serde_json::to_vec(cfg).map_err(|e| invalid(e.to_string()))?;
+        let mut msg = (json.len() as u32).to_le_bytes().to_vec();
+        msg.extend_from_slice(&json);
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        flowipc_sys::socket::send_with_fds(
+            ctl.as_fd(),
+            &msg,
+            &borrowed,
+            flowipc_sys::socket::SendFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        drop(fds);
+        pin(0)?;
+        let mut ready = [0u8; 1];
+        (&ctl).read_exact(&mut ready)?;
+        match cfg.kind {
+            Kind::Rtt => client_rtt(&mut *ep, cfg, system.name()),
+            Kind::Stream => client_stream(&mut *ep, cfg, system.name()),
+        }
+    })();
+
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let row = result?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "{} server process failed: {status}",
+            system.name()
+        )));
+    }
+    Ok(row)
+}
+
+fn client_rtt(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row> {
+    let size = cfg.size.max(MIN_SIZE);
+    let mut out = vec![0u8; size];
+    let mut inb = vec![0u8; size];
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| invalid(e.to_string()))?;
+    let start = Instant::now();
+    let budget = WARMUP + Duration::from_millis(cfg.budget_ms);
+    let mut seq = 0u64;
+    loop {
+        let t0 = Instant::now();
+        let elapsed = t0 - start;
+        let last = elapsed >= budget || hist.len() >= MAX_ROUND_TRIPS;
+        touch_write(&mut out, seq);
+        out[0] = if last { FLAG_END } else { FLAG_DATA };
+        ep.send(&out)?;
+        let n = ep.recv(&mut inb)?;
+        let t1 = Instant::now();
+        if n != size || payload_seq(&inb) != seq {
+            return Err(invalid(format!(
+                "{name}: echo mismatch (len {n}, expected {size}; seq {} vs {seq})",
+                payload_seq(&inb[..n.min(size).max(MIN_SIZE)])
+            )));
+        }
+        touch_read(&inb[..n]);
+        if last {
+            break;
+        }
+        if elapsed >= WARMUP {
+            hist.record((t1 - t0).as_nanos() as u64)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        seq += 1;
+    }
+    Ok(Row {
+        system: name.to_string(),
+        mode: cfg.mode.as_str().to_string(),
+        placement: cfg.placement.as_str().to_string(),
+        kind: Kind::Rtt.as_str().to_string(),
+        size_bytes: cfg.size as u64,
+        p50_ns: Some(hist.value_at_quantile(0.50) as f64),
+        p99_ns: Some(hist.value_at_quantile(0.99) as f64),
+        p999_ns: Some(hist.value_at_quantile(0.999) as f64),
+        msgs_per_s: None,
+        gbytes_per_s: None,
+    })
+}
+
+fn client_stream(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row> {
+    let size = cfg.size.max(MIN_SIZE);
+    let mut out = vec![0u8; size];
+    let mut inb = vec![0u8; size];
+    let budget = Duration::from_millis(cfg.budget_ms);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    // Reading the clock every message would cost more than a 64-byte ring push.
+    let check_every = if size >= 4096 { 1 } else { 256 };
+    loop {
+        let last = sent % check_every == 0 && start.elapsed() >= budget;
+        touch_write(&mut out, sent);
+        out[0] = if last { FLAG_END } else { FLAG_DATA };
+        ep.send(&out)?;
+        sent += 1;
+        if last {
+            break;
+        }
+    }
+    let n = ep.recv(&mut inb)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    if n < MIN_SIZE || payload_seq(&inb) != sent {
+        return Err(invalid(format!(
+            "{name}: server acknowledged {} messages, {sent} were sent",
+            payload_seq(&inb[..n.max(MIN_SIZE).min(size)])
+        )));
+    }
+    let msgs_per_s = sent as f64 / elapsed;
+    Ok(Row {
+        system: name.to_string(),
+        mode: cfg.mode.as_str().to_string(),
+        placement: cfg.placement.as_str().to_string(),
+        kind: Kind::Stream.as_str().to_string(),
+        size_bytes: cfg.size as u64,
+        p50_ns: None,
+        p99_ns: None,
+        p999_ns: None,
+        msgs_per_s: Some(msgs_per_s),
+        gbytes_per_s: Some(msgs_per_s * cfg.size as f64 / 1e9),
+    })
+}
+
+/// Entry point of the server process (`flowipc-bench __child`); `systems` is the same list the
+/// client uses, so the names resolve to the same code.
+pub fn child_main(systems: &[&dyn System]) -> io::Result<()> {
+    let ctl: OwnedFd = io::stdin().as_fd().try_clone_to_owned()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut fds = flowipc_sys::socket::RecvFds::new();
+    let n = flowipc_sys::socket::recv_with_fds(
+        ctl.as_fd(),
+        &mut buf,
+        &mut fds,
+        flowipc_sys::socket::RecvFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    if n < 4 {
+        return Err(invalid("control message too short"));
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let mut got = n;
+    let mut ctl_stream = UnixStream::from(ctl);
+    if 4 + len > buf.len() {
+        return Err(invalid("control message too long"));
+    }
+    while got < 4 + len {
+        got += ctl_stream.read(&mut buf[got..4 + len])?;
+    }
+    let cfg: Config =
+        serde_json::from_slice(&buf[4..4 + len]).map_err(|e| invalid(e.to_string()))?;
+    let system = systems
+        .iter()
+        .find(|s| s.name() == cfg.system)
+        .ok_or_else(|| invalid(format!("unknown system {}", cfg.system)))?;
+    let fds: Vec<OwnedFd> = fds.drain().collect();
+    let mut ep = system.attach(&cfg, fds)?;
+    pin(match cfg.placement {
+        Placement::CrossCore => OTHER_CPU,
+        Placement::SameCore => 0,
+    })?;
+    io::Write::write_all(&mut ctl_stream, &[1])?;
+    match cfg.kind {
+        Kind::Rtt => server_rtt(&mut *ep, &cfg),
+        Kind::Stream => server_stream(&mut *ep, &cfg),
+    }
+}
+
+fn server_rtt(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
+    let size = cfg.size.max(MIN_SIZE);
+    let mut inb = vec![0u8; size];
+    let mut out = vec![0u8; size];
+    loop {
+        let n = ep.recv(&mut inb)?;
+        if n != size {
+            return Err(invalid(format!("server got {n} bytes, expected {size}")));
+        }
+        touch_read(&inb);
+        let seq = payload_seq(&inb);
+        touch_write(&mut out, seq);
+        out[0] = inb[0];
+        ep.send(&out)?;
+        if inb[0] == FLAG_END {
+            return Ok(());
+        }
+    }
+}
+
+fn server_stream(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
+    let size = cfg.size.max(MIN_SIZE);
+    let mut inb = vec![0u8; size];
+    let mut count = 0u64;
+    loop {
+        let n = ep.recv(&mut inb)?;
+        if n != size {
+            return Err(invalid(format!("server got {n} bytes, expected {size}")));
+        }
+        touch_read(&inb);
+        count += 1;
+        if inb[0] == FLAG_END {
+            let mut ack = vec![0u8; size];
+            touch_write(&mut ack, count);
+            return ep.send(&ack);
+        }
+    }
+}
