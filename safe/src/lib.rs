@@ -10,6 +10,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod arena;
 pub mod ring;
 pub mod shm;
 pub mod wait;

@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod arena;
 pub(crate) mod ring;
 
 use std::fmt;

@@ -1,0 +1,313 @@
+//! The lend provider: the owner allocates, borrowers map the pool read-only and give objects back
+//! through a return ring.
+//!
+//! Protocol: for each borrower the owner creates a return ring ([`ShmRing`]) and hands the
+//! borrower two descriptors ([`BorrowerSetup`]): a read-only descriptor of the pool (reopened
+//! through `/proc/self/fd`, so the borrower can neither map it writable nor `mprotect` it so) and
+//! the ring. [`LendPool::lend`] adds a reference to the block for the borrower and records
+//! `(offset, generation)` in that borrower's table; [`BorrowedPool::release`] pushes the handle on
+//! the ring; [`LendPool::drain_returns`] pops handles, and releases a reference only for a handle
+//! the table says that borrower holds (so a buggy or hostile borrower can neither release what it
+//! does not hold nor release twice). [`LendPool::reclaim`] drains the ring one last time and then
+//! releases everything the (dead) borrower still held, exactly once, because each record is
+//! removed as it is released.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use flowipc_core::arena::{ArenaHandle, ArenaStats, Offset};
+use flowipc_sys::OwnedFd;
+
+use super::{
+    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Pod, Source,
+    MEMFD_NAME,
+};
+use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
+use crate::shm::arena::{pod_bytes, MappedArena, MappedReader};
+
+/// Bytes of each return ring; holds about 1500 returned handles before the borrower must wait.
+const RETURN_RING_CAPACITY: usize = 64 << 10;
+
+/// Names one borrower of a [`LendPool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BorrowerId(u64);
+
+/// The descriptors a borrower needs; send both to it (e.g. with `SCM_RIGHTS`) and give them to
+/// [`BorrowedPool::open`] there.
+#[derive(Debug)]
+pub struct BorrowerSetup {
+    /// Read-only descriptor of the pool.
+    pub pool_fd: OwnedFd,
+    /// The borrower's return ring.
+    pub return_ring_fd: OwnedFd,
+}
+
+struct Borrower {
+    _ring: ShmRing,
+    returns: RingReceiver,
+    /// `(offset, generation) -> references held`.
+    lent: HashMap<(u64, u32), u32>,
+}
+
+/// The owner's side of a lend pool: only this process allocates; borrowers only read.
+pub struct LendPool {
+    inner: Arc<MappedArena>,
+    pool_id: u64,
+    borrowers: HashMap<BorrowerId, Borrower>,
+    next_borrower: u64,
+    bogus_returns: u64,
+}
+
+impl fmt::Debug for LendPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LendPool")
+            .field("pool_id", &self.pool_id)
+            .field("borrowers", &self.borrowers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LendPool {
+    /// Creates a lend pool of `size` bytes (a sealed memfd mapped read-write here only).
+    pub fn create(size: usize) -> Result<Self, ArenaError> {
+        let pool_id = new_pool_id();
+        Ok(LendPool {
+            inner: Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?),
+            pool_id,
+            borrowers: HashMap::new(),
+            next_borrower: 1,
+            bogus_returns: 0,
+        })
+    }
+
+    /// This pool's id, carried by every handle into it.
+    pub fn pool_id(&self) -> u64 {
+        self.pool_id
+    }
+
+    /// Usage counters of the pool.
+    pub fn stats(&self) -> ArenaStats {
+        self.inner.arena().stats()
+    }
+
+    /// Registers a borrower: creates its return ring and the descriptors to send it.
+    pub fn add_borrower(&mut self) -> Result<(BorrowerId, BorrowerSetup), ArenaError> {
+        let pool_fd = flowipc_sys::memfd::reopen_read_only(self.inner.fd()).map_err(|errno| {
+            ArenaError::Sys {
+                call: "open(/proc/self/fd)",
+                errno,
+            }
+        })?;
+        let ring = ShmRing::create(RETURN_RING_CAPACITY)?;
+        let return_ring_fd = flowipc_sys::fd::dup_cloexec(ring.fd())
+            .map_err(|errno| ArenaError::Sys { call: "dup", errno })?;
+        let returns = ring.receiver()?;
+        let id = BorrowerId(self.next_borrower);
+        self.next_borrower += 1;
+        self.borrowers.insert(
+            id,
+            Borrower {
+                _ring: ring,
+                returns,
+                lent: HashMap::new(),
+            },
+        );
+        Ok((
+            id,
+            BorrowerSetup {
+                pool_fd,
+                return_ring_fd,
+            },
+        ))
+    }
+
+    /// Allocates an object holding a copy of `data`.
+    pub fn alloc_bytes(&self, data: &[u8]) -> Result<ArenaObject, ArenaError> {
+        alloc_in(&self.inner, self.pool_id, data.len(), 16, Some(data))
+    }
+
+    /// Allocates a zero-filled object of `len` bytes.
+    pub fn alloc_zeroed(&self, len: usize) -> Result<ArenaObject, ArenaError> {
+        alloc_zeroed_in(&self.inner, self.pool_id, len)
+    }
+
+    /// Allocates an object holding `value`.
+    pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
+        let align = std::mem::align_of::<T>().clamp(16, flowipc_core::arena::MAX_ALIGN);
+        alloc_in(
+            &self.inner,
+            self.pool_id,
+            std::mem::size_of::<T>(),
+            align,
+            Some(pod_bytes(value)),
+        )
+    }
+
+    /// Lends `obj` to borrower `to`: adds a reference that the borrower gives back through its
+    /// return ring (or that [`reclaim`](Self::reclaim) drops). Send the handle to the borrower.
+    ///
+    /// Do not write to a lent object: the borrower reads it concurrently.
+    pub fn lend(&mut self, obj: &ArenaObject, to: BorrowerId) -> Result<ArenaHandle, ArenaError> {
+        if obj.pool_id != self.pool_id || !Arc::ptr_eq(&obj.arena, &self.inner) {
+            return Err(ArenaError::WrongPool {
+                expected: self.pool_id,
+                got: obj.pool_id,
+            });
+        }
+        let b = self
+            .borrowers
+            .get_mut(&to)
+            .ok_or(ArenaError::UnknownBorrower(to))?;
+        self.inner.arena().retain(obj.off, obj.gen)?;
+        *b.lent.entry((obj.off.get(), obj.gen)).or_insert(0) += 1;
+        Ok(obj.handle())
+    }
+
+    /// Objects (references) borrower `b` holds now.
+    pub fn lent_to(&self, b: BorrowerId) -> usize {
+        self.borrowers
+            .get(&b)
+            .map_or(0, |b| b.lent.values().map(|&n| n as usize).sum())
+    }
+
+    /// Returned handles that named nothing the borrower held (a buggy or hostile borrower).
+    pub fn bogus_returns(&self) -> u64 {
+        self.bogus_returns
+    }
+
+    /// Pops every handle borrower `from` pushed on its return ring and releases the references
+    /// they stand for. Returns how many were released.
+    pub fn drain_returns(&mut self, from: BorrowerId) -> Result<usize, ArenaError> {
+        let b = self
+            .borrowers
+            .get_mut(&from)
+            .ok_or(ArenaError::UnknownBorrower(from))?;
+        drain(&self.inner, self.pool_id, b, &mut self.bogus_returns)
+    }
+
+    /// Forgets borrower `from` (it exited or died): drains its return ring, then releases every
+    /// reference it still held. Returns how many references were released in all.
+    pub fn reclaim(&mut self, from: BorrowerId) -> Result<usize, ArenaError> {
+        let mut b = self
+            .borrowers
+            .remove(&from)
+            .ok_or(ArenaError::UnknownBorrower(from))?;
+        // A corrupt ring must not keep the rest from being reclaimed.
+        let mut n = drain(&self.inner, self.pool_id, &mut b, &mut self.bogus_returns).unwrap_or(0);
+        for ((off, gen), refs) in b.lent.drain() {
+            for _ in 0..refs {
+                if self.inner.arena().release(Offset::new(off), gen).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn drain(
+    inner: &MappedArena,
+    pool_id: u64,
+    b: &mut Borrower,
+    bogus: &mut u64,
+) -> Result<usize, ArenaError> {
+    let mut n = 0;
+    let mut buf = [0u8; ArenaHandle::ENCODED_LEN];
+    loop {
+        match b.returns.try_recv(&mut buf) {
+            Ok(info) => {
+                let h = (info.len == buf.len())
+                    .then(|| ArenaHandle::from_bytes(&buf).ok())
+                    .flatten();
+                let key = h
+                    .filter(|h| h.pool_id == pool_id)
+                    .map(|h| (h.offset, h.generation));
+                let held = key.and_then(|k| b.lent.get_mut(&k).map(|c| (k, c)));
+                match held {
+                    Some((k, count)) => {
+                        *count -= 1;
+                        if *count == 0 {
+                            b.lent.remove(&k);
+                        }
+                        inner.arena().release(Offset::new(k.0), k.1)?;
+                        n += 1;
+                    }
+                    None => *bogus += 1,
+                }
+            }
+            Err(RingRecvError::WouldBlock | RingRecvError::Closed) => return Ok(n),
+            Err(RingRecvError::BufferTooSmall { .. }) => {
+                // Larger than a handle: cannot be one. Skip it by reading into a big buffer.
+                let mut big = vec![0u8; RETURN_RING_CAPACITY];
+                let _ = b.returns.try_recv(&mut big);
+                *bogus += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A borrower's side of a lend pool: reads objects through a read-only mapping and gives them back.
+pub struct BorrowedPool {
+    reader: MappedReader,
+    pool_id: u64,
+    _ring: ShmRing,
+    returns: RingSender,
+}
+
+impl fmt::Debug for BorrowedPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BorrowedPool")
+            .field("pool_id", &self.pool_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BorrowedPool {
+    /// Maps the pool read-only and opens the return ring, from the descriptors the owner sent.
+    pub fn open(setup: BorrowerSetup) -> Result<Self, ArenaError> {
+        let reader = MappedReader::open(setup.pool_fd)?;
+        let pool_id = reader.pool_tag();
+        let ring = ShmRing::open(setup.return_ring_fd)?;
+        let returns = ring.sender()?;
+        Ok(BorrowedPool {
+            reader,
+            pool_id,
+            _ring: ring,
+            returns,
+        })
+    }
+
+    /// The pool's id (as the owner wrote it in the pool header).
+    pub fn pool_id(&self) -> u64 {
+        self.pool_id
+    }
+
+    /// A read-only view of a lent object, after checking the handle (pool, live block at that
+    /// generation, range inside it).
+    pub fn view(&self, handle: &ArenaHandle) -> Result<ArenaView<'_>, ArenaError> {
+        if handle.pool_id != self.pool_id {
+            return Err(ArenaError::WrongPool {
+                expected: self.pool_id,
+                got: handle.pool_id,
+            });
+        }
+        self.reader.check(handle)?;
+        Ok(ArenaView {
+            src: Source::Ro(&self.reader),
+            handle: *handle,
+        })
+    }
+
+    /// Gives a lent object back: pushes its handle on the return ring (waiting for room if the
+    /// owner has not drained it).
+    pub fn release(&mut self, handle: ArenaHandle) -> Result<(), ArenaError> {
+        Ok(self.returns.send(&handle.to_bytes())?)
+    }
+
+    /// The return ring's sender, to set its wait policy or peer check.
+    pub fn return_ring(&mut self) -> &mut RingSender {
+        &mut self.returns
+    }
+}

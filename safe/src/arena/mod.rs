@@ -1,0 +1,491 @@
+//! Shared-memory arenas: allocate objects in memory another process maps, and pass them by handle.
+//!
+//! Two providers, as in the design ("The arena"):
+//!
+//! - **classic** ([`ShmArena`]): one sealed memfd mapped read-write by both peers; both allocate and
+//!   free with the lock-free allocator of `flowipc_core::arena`. Fast and symmetric; each side must
+//!   trust the other not to scribble over its objects.
+//! - **lend** ([`LendPool`] / [`BorrowedPool`]): only the owner allocates; borrowers map the pool
+//!   read-only and give objects back by pushing their handles on a return ring that the owner drains.
+//!   The owner tracks what each borrower holds and reclaims all of it when the borrower dies.
+//!
+//! An object is named across processes by an [`ArenaHandle`] (pool id, offset, length, generation; 32
+//! bytes on the wire). A handle from a peer is a claim: [`ShmArena::view`] and
+//! [`BorrowedPool::view`] check the pool id, that the block is live at that generation and that the
+//! range lies inside it, and the resulting [`ArenaView`] only copies bytes out (a Rust reference to
+//! memory the peer can write would be undefined behaviour).
+//!
+//! Objects are reference counted in the block itself, across processes: an [`ArenaObject`] holds one
+//! reference and releases it on drop; [`ArenaObject::share`] adds one for a peer, which takes it
+//! over with [`ShmArena::adopt`]; the block is freed when the last reference anywhere goes.
+//!
+//! ```
+//! use flowipc::arena::ShmArena;
+//!
+//! let arena = ShmArena::create_classic(1 << 20)?;
+//! let obj = arena.alloc_bytes(b"hello")?;
+//! let handle = obj.share()?; // send `handle.to_bytes()` and `arena.fd()` to the peer
+//! // ... in the peer: `ShmArena::open(fd)?.adopt(ArenaHandle::from_bytes(&bytes)?)?` ...
+//! let theirs = arena.adopt(handle)?; // here: the same process plays the peer
+//! assert_eq!(theirs.to_vec()?, b"hello");
+//! drop(obj);
+//! drop(theirs); // the last reference frees the block
+//! assert_eq!(arena.stats().blocks_in_use(), 0);
+//! # Ok::<(), flowipc::arena::ArenaError>(())
+//! ```
+
+mod lend;
+
+use std::ffi::CStr;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use flowipc_core::arena::{Offset, MAX_ALIGN};
+use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
+
+pub use flowipc_core::arena::{
+    AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
+};
+pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool};
+
+pub use crate::shm::arena::Pod;
+use crate::shm::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
+
+/// Why an arena operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArenaError {
+    /// A system call failed.
+    #[error("{call} failed: {errno}")]
+    Sys {
+        /// The call.
+        call: &'static str,
+        /// What the kernel said.
+        errno: Errno,
+    },
+    /// The descriptor is not a memfd sealed against shrinking and growing.
+    #[error(
+        "arena descriptor lacks the F_SEAL_SHRINK | F_SEAL_GROW seals; \
+         the peer must create arenas with flowipc"
+    )]
+    NotSealed,
+    /// The region's size is unusable.
+    #[error("arena region has unusable size {0}")]
+    BadSize(u64),
+    /// The region does not hold a valid arena.
+    #[error("arena region rejected: {0}")]
+    Init(#[from] InitError),
+    /// Allocation failed.
+    #[error("arena allocation failed: {0}")]
+    Alloc(#[from] AllocError),
+    /// The block or handle is not (or no longer) valid, or a range is outside it.
+    #[error("arena block: {0}")]
+    Block(#[from] BlockError),
+    /// The handle bytes are malformed.
+    #[error("arena handle: {0}")]
+    Handle(#[from] HandleDecodeError),
+    /// The handle names another pool.
+    #[error("handle names pool {got:#x}, but this is pool {expected:#x}; look the pool up by id")]
+    WrongPool {
+        /// This pool's id.
+        expected: u64,
+        /// The handle's pool id.
+        got: u64,
+    },
+    /// No borrower with that id (never added, or already reclaimed).
+    #[error("no borrower {0:?} in this lend pool")]
+    UnknownBorrower(BorrowerId),
+    /// The return ring could not be created or opened.
+    #[error("return ring: {0}")]
+    RingOpen(#[from] crate::ring::RingOpenError),
+    /// Pushing a handle on the return ring failed.
+    #[error("return ring: {0}")]
+    RingSend(#[from] crate::ring::RingSendError),
+    /// Draining the return ring failed (the borrower corrupted it).
+    #[error("return ring: {0}")]
+    RingRecv(#[from] crate::ring::RingRecvError),
+}
+
+/// A fresh pool id: random per pool (from the process's hash seed and a counter).
+fn new_pool_id() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Name shown in `/proc/<pid>/fd` for arena memfds.
+const MEMFD_NAME: &CStr = c"flowipc-arena";
+
+/// A classic arena: a sealed memfd that this process and its peer both map read-write and allocate in.
+#[derive(Clone)]
+pub struct ShmArena {
+    inner: Arc<MappedArena>,
+    pool_id: u64,
+}
+
+impl fmt::Debug for ShmArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmArena")
+            .field("pool_id", &self.pool_id)
+            .field("len", &self.inner.len())
+            .finish()
+    }
+}
+
+impl ShmArena {
+    /// Creates a classic arena of `size` bytes (a sealed memfd, mapped read-write). Send
+    /// [`fd`](Self::fd) to the peer, which calls [`ShmArena::open`].
+    ///
+    /// About 256 KiB plus a few bytes per 256 KiB go to the header and span table; a size class
+    /// takes memory in 256 KiB spans, so give small arenas at least a few MiB.
+    pub fn create_classic(size: usize) -> Result<Self, ArenaError> {
+        let pool_id = new_pool_id();
+        Ok(ShmArena {
+            inner: Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?),
+            pool_id,
+        })
+    }
+
+    /// Maps a classic arena created by the peer (checking seals, size and header).
+    pub fn open(fd: OwnedFd) -> Result<Self, ArenaError> {
+        let inner = MappedArena::open(fd)?;
+        let pool_id = inner.arena().pool_tag();
+        Ok(ShmArena {
+            inner: Arc::new(inner),
+            pool_id,
+        })
+    }
+
+    /// The memfd, to send to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd()
+    }
+
+    /// This pool's id, carried by every handle into it.
+    pub fn pool_id(&self) -> u64 {
+        self.pool_id
+    }
+
+    /// Usage counters of the arena (shared by both peers).
+    pub fn stats(&self) -> ArenaStats {
+        self.inner.arena().stats()
+    }
+
+    /// Allocates an object holding a copy of `data`.
+    pub fn alloc_bytes(&self, data: &[u8]) -> Result<ArenaObject, ArenaError> {
+        alloc_in(&self.inner, self.pool_id, data.len(), 16, Some(data))
+    }
+
+    /// Allocates a zero-filled object of `len` bytes.
+    pub fn alloc_zeroed(&self, len: usize) -> Result<ArenaObject, ArenaError> {
+        alloc_zeroed_in(&self.inner, self.pool_id, len)
+    }
+
+    /// Allocates an object holding `value`, aligned for `T`.
+    pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
+        let align = std::mem::align_of::<T>().clamp(16, MAX_ALIGN);
+        alloc_in(
+            &self.inner,
+            self.pool_id,
+            std::mem::size_of::<T>(),
+            align,
+            Some(pod_bytes(value)),
+        )
+    }
+
+    /// Takes over the reference a peer passed with [`ArenaObject::share`] or
+    /// [`ArenaObject::into_handle`], after checking the handle.
+    pub fn adopt(&self, handle: ArenaHandle) -> Result<ArenaObject, ArenaError> {
+        self.check_pool(&handle)?;
+        self.inner.arena().check_handle(&handle)?;
+        Ok(ArenaObject {
+            arena: self.inner.clone(),
+            pool_id: self.pool_id,
+            off: Offset::new(handle.offset),
+            len: handle.len,
+            gen: handle.generation,
+        })
+    }
+
+    /// A read-only view of the object a handle names, after checking it. The view holds no
+    /// reference: the sender must keep the object alive while the view is used (reads of a block
+    /// freed meanwhile fail with `StaleGeneration`, or may see the new object's bytes if it was
+    /// reallocated between the check and the copy).
+    pub fn view(&self, handle: &ArenaHandle) -> Result<ArenaView<'_>, ArenaError> {
+        self.check_pool(handle)?;
+        self.inner.arena().check_handle(handle)?;
+        Ok(ArenaView {
+            src: Source::Rw(&self.inner),
+            handle: *handle,
+        })
+    }
+
+    fn check_pool(&self, h: &ArenaHandle) -> Result<(), ArenaError> {
+        if h.pool_id != self.pool_id {
+            return Err(ArenaError::WrongPool {
+                expected: self.pool_id,
+                got: h.pool_id,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn alloc_zeroed_in(
+    arena: &Arc<MappedArena>,
+    pool_id: u64,
+    len: usize,
+) -> Result<ArenaObject, ArenaError> {
+    let obj = alloc_in(arena, pool_id, len, 16, None)?;
+    // A recycled block holds old bytes: clear it in chunks.
+    let zeros = [0u8; 4096];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len());
+        obj.write(at, &zeros[..n])?;
+        at += n;
+    }
+    Ok(obj)
+}
+
+fn alloc_in(
+    arena: &Arc<MappedArena>,
+    pool_id: u64,
+    len: usize,
+    align: usize,
+    data: Option<&[u8]>,
+) -> Result<ArenaObject, ArenaError> {
+    let off = arena.arena().alloc(len, align)?;
+    let gen = arena.arena().info(off)?.generation;
+    let obj = ArenaObject {
+        arena: arena.clone(),
+        pool_id,
+        off,
+        len: len as u64,
+        gen,
+    };
+    if let Some(data) = data {
+        obj.write(0, data)?;
+    }
+    Ok(obj)
+}
+
+/// An object in an arena, holding one reference to its block; dropping it releases the reference
+/// (and frees the block if it was the last one, in any process).
+///
+/// The bytes are shared memory, so they are read and written by copying, never borrowed.
+pub struct ArenaObject {
+    arena: Arc<MappedArena>,
+    pool_id: u64,
+    off: Offset,
+    len: u64,
+    gen: u32,
+}
+
+impl fmt::Debug for ArenaObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArenaObject")
+            .field("pool_id", &self.pool_id)
+            .field("offset", &self.off.get())
+            .field("len", &self.len)
+            .field("generation", &self.gen)
+            .finish()
+    }
+}
+
+impl ArenaObject {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the object has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The handle naming this object, without adding a reference (for a peer that only views it
+    /// while this object is alive).
+    pub fn handle(&self) -> ArenaHandle {
+        ArenaHandle {
+            pool_id: self.pool_id,
+            offset: self.off.get(),
+            len: self.len,
+            generation: self.gen,
+            reserved: 0,
+        }
+    }
+
+    /// Adds a reference for a peer and returns the handle that carries it; the peer takes it over
+    /// with [`ShmArena::adopt`] (and releases it by dropping the object).
+    pub fn share(&self) -> Result<ArenaHandle, ArenaError> {
+        self.arena.arena().retain(self.off, self.gen)?;
+        Ok(self.handle())
+    }
+
+    /// Gives this object's reference to the handle (e.g. to send it to a peer that adopts it).
+    pub fn into_handle(self) -> ArenaHandle {
+        let h = self.handle();
+        std::mem::forget(self);
+        h
+    }
+
+    /// Copies `data` into the object at byte `at`.
+    pub fn write(&self, at: usize, data: &[u8]) -> Result<(), ArenaError> {
+        self.check_range(at, data.len())?;
+        self.arena.write(self.off, self.gen, at as u64, data)
+    }
+
+    /// Copies bytes of the object from byte `at` into `buf`.
+    pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<(), ArenaError> {
+        self.check_range(at, buf.len())?;
+        self.arena.read(self.off, self.gen, at as u64, buf)
+    }
+
+    /// A copy of the whole object.
+    pub fn to_vec(&self) -> Result<Vec<u8>, ArenaError> {
+        let mut v = vec![0; self.len()];
+        self.read(0, &mut v)?;
+        Ok(v)
+    }
+
+    /// Writes `value` at byte `at`.
+    pub fn write_value<T: Pod>(&self, at: usize, value: &T) -> Result<(), ArenaError> {
+        self.write(at, pod_bytes(value))
+    }
+
+    /// Reads a `T` at byte `at` (any bit pattern is a valid `T`, so a peer's writes cannot make it
+    /// invalid, only wrong).
+    pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
+        let mut buf = vec![0u8; std::mem::size_of::<T>()];
+        self.read(at, &mut buf)?;
+        Ok(pod_from_bytes(&buf))
+    }
+
+    fn check_range(&self, at: usize, len: usize) -> Result<(), ArenaError> {
+        match at.checked_add(len) {
+            Some(end) if end as u64 <= self.len => Ok(()),
+            _ => Err(BlockError::TooLong.into()),
+        }
+    }
+}
+
+impl Drop for ArenaObject {
+    fn drop(&mut self) {
+        // An error means the peer corrupted or freed the block behind our back; nothing to undo.
+        let _ = self.arena.arena().release(self.off, self.gen);
+    }
+}
+
+enum Source<'a> {
+    Rw(&'a MappedArena),
+    Ro(&'a MappedReader),
+}
+
+/// A read-only window on an object named by a checked handle. Every read re-checks the handle
+/// (so a block freed meanwhile gives `StaleGeneration`) and copies the bytes out.
+pub struct ArenaView<'a> {
+    src: Source<'a>,
+    handle: ArenaHandle,
+}
+
+impl fmt::Debug for ArenaView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArenaView")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl ArenaView<'_> {
+    /// The handle this view was made from.
+    pub fn handle(&self) -> ArenaHandle {
+        self.handle
+    }
+
+    /// Length of the object in bytes.
+    pub fn len(&self) -> usize {
+        self.handle.len as usize
+    }
+
+    /// Whether the object has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.handle.len == 0
+    }
+
+    /// Copies bytes of the object from byte `at` into `buf`.
+    pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<(), ArenaError> {
+        match self.src {
+            Source::Rw(m) => m.read_handle(&self.handle, at as u64, buf)?,
+            Source::Ro(m) => m.read_handle(&self.handle, at as u64, buf)?,
+        };
+        Ok(())
+    }
+
+    /// A copy of the whole object.
+    pub fn to_vec(&self) -> Result<Vec<u8>, ArenaError> {
+        let mut v = vec![0; self.len()];
+        self.read(0, &mut v)?;
+        Ok(v)
+    }
+
+    /// Reads a `T` at byte `at`.
+    pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
+        let mut buf = vec![0u8; std::mem::size_of::<T>()];
+        self.read(at, &mut buf)?;
+        Ok(pod_from_bytes(&buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_alloc_share_adopt_view() {
+        let a = ShmArena::create_classic(4 << 20).unwrap();
+        let b = ShmArena::open(flowipc_sys::fd::dup_cloexec(a.fd()).unwrap()).unwrap();
+        assert_eq!(a.pool_id(), b.pool_id());
+        let obj = a.alloc_value(&[7u64, 8, 9]).unwrap();
+        assert_eq!(obj.read_value::<[u64; 3]>(0).unwrap(), [7, 8, 9]);
+        let h = ArenaHandle::from_bytes(&obj.share().unwrap().to_bytes()).unwrap();
+        let theirs = b.adopt(h).unwrap();
+        assert_eq!(theirs.read_value::<u64>(8).unwrap(), 8);
+        let v = b.view(&obj.handle()).unwrap();
+        assert_eq!(v.read_value::<u64>(16).unwrap(), 9);
+        assert!(matches!(
+            v.read(20, &mut [0; 8]),
+            Err(ArenaError::Block(BlockError::TooLong))
+        ));
+        drop(obj);
+        assert_eq!(a.stats().blocks_in_use(), 1, "peer still holds a reference");
+        drop(theirs);
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        assert!(matches!(
+            v.to_vec(),
+            Err(ArenaError::Block(BlockError::StaleGeneration))
+        ));
+        let other = ArenaHandle {
+            pool_id: a.pool_id() ^ 1,
+            ..h
+        };
+        assert!(matches!(b.view(&other), Err(ArenaError::WrongPool { .. })));
+    }
+
+    #[test]
+    fn zeroed_and_bounds() {
+        let a = ShmArena::create_classic(4 << 20).unwrap();
+        let x = a.alloc_bytes(&[0xff; 100]).unwrap();
+        drop(x);
+        let z = a.alloc_zeroed(100).unwrap();
+        assert_eq!(z.to_vec().unwrap(), vec![0; 100]);
+        assert!(z.write(99, &[1, 2]).is_err());
+        assert!(z.read(usize::MAX, &mut [0]).is_err());
+        let big = a.alloc_zeroed(300_000).unwrap();
+        big.write(299_999, &[5]).unwrap();
+        assert_eq!(big.read_value::<u8>(299_999).unwrap(), 5);
+    }
+}
