@@ -39,6 +39,27 @@ fn wait(
 /// - [`Errno::TIMEDOUT`](crate::Errno::TIMEDOUT): the timeout passed;
 /// - [`Errno::INTR`](crate::Errno::INTR): a signal handler ran.
 ///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use flowipc_sys::futex::{futex_wait, futex_wake};
+///
+/// static WORD: AtomicU32 = AtomicU32::new(0);
+/// let waker = std::thread::spawn(|| {
+///     std::thread::sleep(Duration::from_millis(10));
+///     WORD.store(1, Ordering::Release);
+///     futex_wake(&WORD, 1)
+/// });
+/// while WORD.load(Ordering::Acquire) == 0 {
+///     // Ok (woken), AGAIN (already changed), TIMEDOUT or INTR: re-check the word.
+///     let _ = futex_wait(&WORD, 0, Some(Duration::from_secs(1)));
+/// }
+/// waker.join().unwrap()?;
+/// # Ok::<(), flowipc_sys::Errno>(())
+/// ```
+///
 /// # References
 ///  - [Linux `futex(2)`]
 ///  - [Linux `futex(7)`]

@@ -111,6 +111,28 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], flags: RecvFlags) -> Result<us
 /// the receiver gets new descriptors for the same open files. Returns the number of bytes sent: on
 /// a short send the descriptors went with the first part, so send the rest with [`send`].
 ///
+/// # Examples
+///
+/// ```
+/// use flowipc_sys::socket::{
+///     recv_with_fds, send_with_fds, socketpair_stream, RecvFds, RecvFlags, SendFlags,
+/// };
+/// use flowipc_sys::{eventfd, fd, AsFd};
+///
+/// let (a, b) = socketpair_stream()?;
+/// let ev = eventfd::eventfd(7, eventfd::EventfdFlags::empty())?;
+/// send_with_fds(a.as_fd(), b"here", &[ev.as_fd()], SendFlags::empty())?;
+///
+/// let mut buf = [0u8; 16];
+/// let mut fds = RecvFds::new();
+/// let n = recv_with_fds(b.as_fd(), &mut buf, &mut fds, RecvFlags::empty())?;
+/// assert_eq!(&buf[..n], b"here");
+/// let received = fds.drain().next().unwrap();
+/// assert!(fd::is_cloexec(received.as_fd())?);
+/// assert_eq!(eventfd::eventfd_read(received.as_fd())?, 7); // same counter as `ev`
+/// # Ok::<(), flowipc_sys::Errno>(())
+/// ```
+///
 /// # References
 ///  - [Linux `sendmsg(2)`]
 ///  - [Linux `unix(7)`, `SCM_RIGHTS`]

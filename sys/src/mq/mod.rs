@@ -107,6 +107,27 @@ fn kernel_name(name: &CStr) -> Result<&CStr> {
 /// name or attributes over the limits), [`Errno::MFILE`] (per-user byte limit, or descriptor
 /// table full), [`Errno::NOSPC`] (system-wide queue count), [`Errno::ACCESS`].
 ///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use flowipc_sys::mq::{self, Mode, MqAttr, OFlags};
+/// use flowipc_sys::{AsFd, Errno};
+///
+/// let name = format!("/flowipc-doc-{}", std::process::id());
+/// let name = std::ffi::CString::new(name).unwrap();
+/// let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+/// let q = mq::mq_open(&name, flags, Mode::from_bits_truncate(0o600), Some(&MqAttr::new(4, 64)))?;
+/// mq::mq_unlink(&name)?; // the descriptor keeps the queue alive
+///
+/// mq::mq_send(q.as_fd(), b"hi", 5)?;
+/// let mut buf = [0u8; 64]; // at least the queue's msgsize
+/// assert_eq!(mq::mq_timedreceive(q.as_fd(), &mut buf, Some(Duration::from_secs(1)))?, (2, 5));
+/// let empty = mq::mq_timedreceive(q.as_fd(), &mut buf, Some(Duration::from_millis(1)));
+/// assert_eq!(empty, Err(Errno::TIMEDOUT));
+/// # Ok::<(), Errno>(())
+/// ```
+///
 /// # References
 ///  - [Linux `mq_open(3)`]
 ///  - [Linux `mq_overview(7)`]
