@@ -34,7 +34,8 @@
 //! ```
 //!
 //! The crate is `#![no_std]`; the `alloc` feature adds functions returning `Vec`, the `std` feature
-//! (default) implies `alloc`.
+//! (default) implies `alloc` and makes [`Errno`] a `std::error::Error` convertible into
+//! `std::io::Error`, so `?` works in functions returning `std::io::Result`.
 
 #![no_std]
 #![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]

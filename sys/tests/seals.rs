@@ -153,3 +153,19 @@ fn mapping_rejects_empty_and_unaligned() {
     assert_eq!(m.len(), 4096);
     assert!(!m.is_empty());
 }
+
+#[test]
+fn mapping_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Mapping>();
+    // And it can really be used from another thread.
+    let fd = memfd::create_sealed(c"send", 4096).unwrap();
+    let map = Mapping::map(fd.as_fd(), 0, 4096, Access::ReadWrite).unwrap();
+    let map = std::thread::spawn(move || {
+        write_bytes(&map, 0, b"from a thread");
+        map
+    })
+    .join()
+    .unwrap();
+    assert_eq!(read_bytes(&map, 0, 13), b"from a thread");
+}
