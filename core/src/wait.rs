@@ -221,7 +221,12 @@ where
         }
         let timeout = check()?;
         let kind = waiter.wake_kind().word();
-        word.store(kind, Ordering::Relaxed);
+        // An RMW, not a plain store: it reads (and so is ordered after) the peer's last reset of the
+        // word. A plain store is just as correct under the C++ model, whose modification order is
+        // total, but loom orders a store unordered with the reset only partially and then lets the
+        // peer's load after its fence miss it (a false lost wake-up at 4+ preemptions). On x86 both
+        // are one instruction on a line this side owns; this is the slow path anyway.
+        word.swap(kind, Ordering::Relaxed);
         // SYNC POINT (Dekker, sleeper side): orders the store of `word` above before the re-check of
         // the peer's position below. Pairs with the fence in `wake_if_waiting`, which sits between the
         // peer's position store and its load of `word`.

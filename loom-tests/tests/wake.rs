@@ -1,0 +1,255 @@
+//! loom models of the ring's wake-up elision (the waiting-word / Dekker protocol of
+//! `flowipc_core::wait`): no lost wake-up, no sleep while the ring holds what the sleeper waits for,
+//! and a wake call only when the other side announced that it sleeps.
+//!
+//! The futex is modelled by a loom `Mutex` + `Condvar`: the sleeper checks the word and starts
+//! waiting under the lock (one atomic step, as in the kernel), and the waker takes the lock to
+//! notify. A sleep without timeout that is never ended is a lost wake-up, which loom reports as a
+//! deadlock (loom's condvar has no spurious wake-ups to hide one).
+//!
+//! Run with `RUSTFLAGS="--cfg flowipc_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p flowipc-loom-tests
+//! --release --test wake`.
+#![cfg(flowipc_loom)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowipc_core::ring::{PopError, PushError, Ring};
+use flowipc_core::sync::{AtomicU32, AtomicUsize, Ordering};
+use flowipc_core::wait::{Notifier, WaitOutcome, WaitPolicy, Waiter, WakeKind};
+use loom::sync::{Condvar, Mutex};
+use loom::thread;
+
+/// A futex stand-in shared by both sides.
+struct LoomFutex {
+    lock: Mutex<()>,
+    cond: Condvar,
+    /// Calls to `wake` (system calls the real notifier would make).
+    wakes: AtomicUsize,
+    /// Sleeps actually started (the word still held the expected value).
+    sleeps: AtomicUsize,
+}
+
+impl LoomFutex {
+    fn new() -> Arc<Self> {
+        Arc::new(LoomFutex {
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+            wakes: AtomicUsize::new(0),
+            sleeps: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Waiter for LoomFutex {
+    fn wake_kind(&self) -> WakeKind {
+        WakeKind::Futex
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome {
+        assert!(timeout.is_none(), "models sleep without timeout");
+        let guard = self.lock.lock().unwrap();
+        // Relaxed: the lock orders this load after a waker's reset of the word (the waker takes
+        // the lock after resetting it).
+        if word.load(Ordering::Relaxed) != expected {
+            return WaitOutcome::Woken;
+        }
+        self.sleeps.fetch_add(1, Ordering::Relaxed);
+        let _guard = self.cond.wait(guard).unwrap();
+        WaitOutcome::Woken
+    }
+}
+
+impl Notifier for LoomFutex {
+    fn wake(&self, _word: &AtomicU32, _kind: WakeKind) {
+        // (The word was reset by the caller's swap, but the sleeper may already have set it again
+        // for its next sleep, so it is not asserted here.)
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        let _guard = self.lock.lock().unwrap();
+        self.cond.notify_all();
+    }
+}
+
+fn no_deadline<E>() -> Result<Option<Duration>, E> {
+    Ok(None)
+}
+
+/// The consumer blocks on an empty ring; the producer publishes two frames with plain `try_push`.
+/// Whatever the interleaving, the consumer is woken for each frame it waits for.
+#[test]
+fn consumer_sleeps_on_empty_and_is_woken() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            tx.try_push(&[1], &*f).unwrap();
+            tx.try_push(&[2], &*f).unwrap();
+        });
+        let mut buf = [0u8; 8];
+        for expected in [1u8, 2] {
+            let info = rx
+                .pop_wait(
+                    &mut buf,
+                    &*futex,
+                    &*futex,
+                    WaitPolicy::Block,
+                    no_deadline::<PopError>,
+                )
+                .unwrap();
+            assert_eq!((info.len, buf[0]), (1, expected));
+        }
+        producer.join().unwrap();
+        // Elision: every wake call answered an announced sleep.
+        assert!(futex.wakes.load(Ordering::Relaxed) <= 2);
+    });
+}
+
+/// The producer blocks on a full ring (32 bytes hold two 16-byte frames); the consumer drains with
+/// blocking pops. Both sides may sleep; neither wake-up is lost, order and contents hold.
+#[test]
+fn producer_sleeps_on_full_and_is_woken() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            for i in 0..3u8 {
+                tx.push_wait(
+                    &[i; 8],
+                    0,
+                    &*f,
+                    &*f,
+                    WaitPolicy::Block,
+                    no_deadline::<PushError>,
+                )
+                .unwrap();
+            }
+        });
+        let mut buf = [0u8; 8];
+        for i in 0..3u8 {
+            let info = rx
+                .pop_wait(
+                    &mut buf,
+                    &*futex,
+                    &*futex,
+                    WaitPolicy::Block,
+                    no_deadline::<PopError>,
+                )
+                .unwrap();
+            assert_eq!((info.len, buf), (8, [i; 8]));
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// A wake call is made only when the peer sleeps: with no sleeper, publishing never calls `wake`.
+#[test]
+fn no_wake_without_sleeper() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            tx.try_push(&[1], &*f).unwrap();
+        });
+        let mut buf = [0u8; 8];
+        loop {
+            match rx.try_pop(&mut buf, &*futex) {
+                Ok(_) => break,
+                Err(PopError::Empty) => thread::yield_now(),
+                Err(e) => panic!("pop: {e}"),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(futex.wakes.load(Ordering::Relaxed), 0);
+        assert_eq!(futex.sleeps.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// Closing wakes a consumer blocked on an empty ring, which then reads the frame sent before the
+/// close and gets `Closed`.
+#[test]
+fn close_wakes_blocked_consumer() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            tx.try_push(&[9], &*f).unwrap();
+            tx.close(&*f);
+        });
+        let mut buf = [0u8; 8];
+        let info = rx
+            .pop_wait(
+                &mut buf,
+                &*futex,
+                &*futex,
+                WaitPolicy::Block,
+                no_deadline::<PopError>,
+            )
+            .unwrap();
+        assert_eq!((info.len, buf[0]), (1, 9));
+        assert_eq!(
+            rx.pop_wait(
+                &mut buf,
+                &*futex,
+                &*futex,
+                WaitPolicy::Block,
+                no_deadline::<PopError>
+            ),
+            Err(PopError::Closed)
+        );
+        producer.join().unwrap();
+    });
+}
+
+/// Closing the consumer wakes a producer blocked on a full ring, which then gets `Closed`.
+#[test]
+fn close_wakes_blocked_producer() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        tx.try_push(&[0; 8], &*futex).unwrap();
+        tx.try_push(&[0; 8], &*futex).unwrap();
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            tx.push_wait(
+                &[1; 8],
+                0,
+                &*f,
+                &*f,
+                WaitPolicy::Block,
+                no_deadline::<PushError>,
+            )
+        });
+        rx.close(&*futex);
+        assert_eq!(producer.join().unwrap(), Err(PushError::Closed));
+    });
+}
+
+/// Spin-then-block with a short spin: the spin phase and the sleep phase interleave with the
+/// publisher in every way, still without a lost wake-up.
+#[test]
+fn spin_then_block_handoff() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            tx.try_push(&[5], &*f).unwrap();
+        });
+        let mut buf = [0u8; 8];
+        let info = rx
+            .pop_wait(
+                &mut buf,
+                &*futex,
+                &*futex,
+                WaitPolicy::SpinThenBlock { spins: 1 },
+                no_deadline::<PopError>,
+            )
+            .unwrap();
+        assert_eq!((info.len, buf[0]), (1, 5));
+        producer.join().unwrap();
+    });
+}
