@@ -78,9 +78,8 @@ fn chunks_in_place_with_wrap() {
                     match tx.write_chunk(8) {
                         Ok(mut chunk) => {
                             if seq == 2 {
-                                // Abandoned: publishes nothing.
+                                // Abandoned after its last use: publishes nothing.
                                 chunk.write(0, &[0xee; 8]);
-                                drop(chunk);
                                 let mut chunk = tx.write_chunk(len).unwrap();
                                 chunk.write(0, &payload(seq, len));
                                 chunk.commit(len, seq as u16, &NoopNotifier);
