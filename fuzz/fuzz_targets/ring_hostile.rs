@@ -1,0 +1,222 @@
+//! Hostile input for the ring: `attach` over a region that is nothing but fuzz bytes (or a valid ring
+//! overwritten with them), then producer and consumer operations interleaved with arbitrary writes to
+//! the header (positions, waiting words, config) and to the frame bytes, standing for a peer that
+//! writes anything at any time. Errors are fine; a panic, an out-of-bounds access (ASan), a hang, a
+//! popped frame longer than the largest payload, or a poisoned handle that recovers is a bug.
+#![no_main]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+use arbitrary::Arbitrary;
+use flowipc_core::ring::{
+    max_payload, region_size, PopError, PushError, RawRing, HEADER_SIZE, REGION_ALIGN,
+};
+use flowipc_core::wait::NoopNotifier;
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// Writes 8 bytes at `at` (anywhere in the region, 8-aligned).
+    Poke {
+        at: u16,
+        bytes: [u8; 8],
+    },
+    /// Writes a position-like value into one of the header's words.
+    Field {
+        which: u8,
+        value: u64,
+        near: bool,
+    },
+    /// Writes a frame header word at a buffer offset.
+    Frame {
+        at: u16,
+        len: u32,
+        kind: u16,
+        tag: u16,
+    },
+    Pop {
+        buf: u16,
+    },
+    ReadChunk {
+        offset: u16,
+    },
+    Push {
+        len: u16,
+    },
+    Chunk {
+        len: u16,
+        commit: u16,
+    },
+    /// Attaches again and makes new handles (drops the old ones first).
+    Reattach,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    cap_log: u8,
+    /// Region length relative to what the capacity needs (negative: too small).
+    slack: i8,
+    /// `false`: a valid `init` first, then `fill` over it from `fill_at`; `true`: only fuzz bytes.
+    raw: bool,
+    fill_at: u16,
+    fill: Vec<u8>,
+    ops: Vec<Op>,
+}
+
+const N: &NoopNotifier = &NoopNotifier;
+
+struct Region(NonNull<u8>, Layout);
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `fuzz_target!` below with this layout.
+        unsafe { dealloc(self.0.as_ptr(), self.1) }
+    }
+}
+
+impl Region {
+    fn write(&self, at: usize, bytes: &[u8]) {
+        let len = self.1.size();
+        if bytes.len() > len {
+            return;
+        }
+        let at = at.min(len - bytes.len());
+        // SAFETY: in bounds; single-threaded, no handle call is running, and the ring accesses the
+        // region only through atomics and raw pointers (this stands for the peer's writes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.as_ptr().add(at), bytes.len())
+        };
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let cap = 32usize << (input.cap_log % 10);
+    let len = (region_size(cap) as isize + isize::from(input.slack) * 8).max(8) as usize;
+    let layout = Layout::from_size_align(len, REGION_ALIGN).unwrap();
+    // SAFETY: non-zero size.
+    let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else {
+        return;
+    };
+    let region = Region(base, layout);
+    if !input.raw {
+        // SAFETY: `region` is valid for `len` bytes and outlives every view and handle below
+        // (declared before them, dropped after).
+        let _ = unsafe { RawRing::init(base.as_ptr(), len, cap) };
+    }
+    region.write(usize::from(input.fill_at) & !7, &input.fill);
+
+    let attach = || {
+        // SAFETY: as above; `attach` validates whatever the bytes hold.
+        let raw = unsafe { RawRing::attach(base.as_ptr(), len) }.ok()?;
+        assert!(region_size(raw.capacity()) <= len);
+        // SAFETY: memory outlives the handles; one producer and one consumer at a time (the old
+        // ones are dropped before `attach` runs again).
+        let tx = unsafe { raw.producer() }.ok();
+        // SAFETY: as above.
+        let rx = unsafe { raw.consumer() }.ok();
+        Some((raw.capacity(), tx, rx))
+    };
+    let Some((mut rcap, mut tx, mut rx)) = attach() else {
+        return;
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut tx_poisoned, mut rx_poisoned) = (false, false);
+
+    for op in input.ops.into_iter().take(256) {
+        match op {
+            Op::Poke { at, bytes } => region.write(usize::from(at) & !7, &bytes),
+            Op::Field { which, value, near } => {
+                // Header words: magic 0, version|closed 8, capacity 16, tail 128, head 256,
+                // consumer_waiting 384, producer_waiting 512.
+                let at = [0usize, 8, 16, 128, 256, 384, 512][usize::from(which) % 7];
+                let value = if near {
+                    // Close to the current positions, to reach the subtle checks.
+                    let cur = {
+                        let mut b = [0u8; 8];
+                        // SAFETY: `at + 8 <= HEADER_SIZE <= len` when the ring attached.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(base.as_ptr().add(at), b.as_mut_ptr(), 8)
+                        };
+                        u64::from_le_bytes(b)
+                    };
+                    cur.wrapping_add(value % 256).wrapping_sub(128)
+                } else {
+                    value
+                };
+                region.write(at, &value.to_le_bytes());
+            }
+            Op::Frame {
+                at,
+                len: flen,
+                kind,
+                tag,
+            } => {
+                let at = HEADER_SIZE + (usize::from(at) % rcap & !7);
+                let word = u64::from(flen) | u64::from(kind % 4) << 32 | u64::from(tag) << 48;
+                region.write(at, &word.to_le_bytes());
+            }
+            Op::Pop { buf: n } => {
+                if let Some(rx) = rx.as_mut() {
+                    match rx.try_pop(&mut buf[..usize::from(n)], N) {
+                        Ok(info) => {
+                            assert!(!rx_poisoned, "poisoned consumer recovered");
+                            assert!(info.len <= max_payload(rcap));
+                        }
+                        Err(PopError::Corrupt) => rx_poisoned = true,
+                        Err(_) => assert!(!rx_poisoned, "poisoned consumer recovered"),
+                    }
+                }
+            }
+            Op::ReadChunk { offset } => {
+                if let Some(rx) = rx.as_mut() {
+                    match rx.read_chunk(N) {
+                        Ok(chunk) => {
+                            assert!(!rx_poisoned, "poisoned consumer recovered");
+                            assert!(chunk.len() <= max_payload(rcap));
+                            chunk.read(usize::from(offset), &mut buf);
+                        }
+                        Err(PopError::Corrupt) => rx_poisoned = true,
+                        Err(_) => assert!(!rx_poisoned, "poisoned consumer recovered"),
+                    }
+                }
+            }
+            Op::Push { len: n } => {
+                if let Some(tx) = tx.as_mut() {
+                    match tx.try_push(&buf[..usize::from(n)], N) {
+                        Ok(()) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                        Err(PushError::Corrupt) => tx_poisoned = true,
+                        Err(_) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                    }
+                }
+            }
+            Op::Chunk { len: n, commit } => {
+                if let Some(tx) = tx.as_mut() {
+                    match tx.write_chunk(usize::from(n)) {
+                        Ok(mut chunk) => {
+                            assert!(!tx_poisoned, "poisoned producer recovered");
+                            chunk.write(0, &buf[..usize::from(n)]);
+                            chunk.commit(usize::from(commit) % (usize::from(n) + 1), 1, N);
+                        }
+                        Err(PushError::Corrupt) => tx_poisoned = true,
+                        Err(_) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                    }
+                }
+            }
+            Op::Reattach => {
+                drop(tx.take());
+                drop(rx.take());
+                match attach() {
+                    Some((c, t, r)) => {
+                        (rcap, tx, rx) = (c, t, r);
+                        (tx_poisoned, rx_poisoned) = (false, false);
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+    drop(tx);
+    drop(rx);
+    drop(region);
+});
