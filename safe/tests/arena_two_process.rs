@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowipc::arena::{
-    ArenaError, ArenaHandle, BlockError, BorrowedPool, BorrowerSetup, LendPool, ShmArena,
+    ArenaError, ArenaHandle, BlockError, BorrowedPool, BorrowerSetup, LendPool, PoolUsage, ShmArena,
 };
 use flowipc_sys::socket::{
     recv, recv_with_fds_vec, send, send_with_fds, socketpair_stream, RecvFlags, SendFlags,
@@ -143,11 +143,29 @@ fn lend_cycles_two_processes() {
     if role().is_some() {
         return borrower_cycles();
     }
+    lend_cycles(
+        "lend_cycles_two_processes",
+        LendPool::create(64 << 20).unwrap(),
+    );
+}
+
+#[cfg(feature = "jemalloc")]
+#[test]
+fn lend_cycles_two_processes_jemalloc() {
+    if role().is_some() {
+        return borrower_cycles();
+    }
+    lend_cycles(
+        "lend_cycles_two_processes_jemalloc",
+        LendPool::create_jemalloc(64 << 20).unwrap(),
+    );
+}
+
+fn lend_cycles(test: &str, mut pool: LendPool) {
     let started = Instant::now();
     let (mine, theirs) = socketpair_stream().unwrap();
-    let child = spawn("lend_cycles_two_processes", "borrower", theirs);
-    let mut pool = LendPool::create(64 << 20).unwrap();
-    let start = pool.stats();
+    let child = spawn(test, "borrower", theirs);
+    let start = pool.usage();
     let (id, setup) = pool.add_borrower().unwrap();
     send_setup(mine.as_fd(), &setup);
     drop(setup);
@@ -193,15 +211,11 @@ fn lend_cycles_two_processes() {
     pool.drain_returns(id).unwrap();
     assert_eq!(pool.lent_to(id), 0);
     assert_eq!(pool.bogus_returns(), 0);
-    let end = pool.stats();
-    assert_eq!(end.blocks_in_use(), start.blocks_in_use());
-    assert_eq!(end.bytes_in_use(), start.bytes_in_use());
+    assert_eq!(pool.usage(), start);
     eprintln!(
-        "lend cycles: {total} objects, {} MiB, {:?}; spans carved {} of {}",
+        "{test}: {total} objects, {} MiB, {:?}",
         bytes >> 20,
-        started.elapsed(),
-        end.spans_carved,
-        end.spans_total
+        started.elapsed()
     );
 }
 
@@ -262,9 +276,27 @@ fn killed_borrower_is_reclaimed() {
     if role().is_some() {
         return borrower_hold();
     }
+    killed_borrower(
+        "killed_borrower_is_reclaimed",
+        LendPool::create(16 << 20).unwrap(),
+    );
+}
+
+#[cfg(feature = "jemalloc")]
+#[test]
+fn killed_borrower_is_reclaimed_jemalloc() {
+    if role().is_some() {
+        return borrower_hold();
+    }
+    killed_borrower(
+        "killed_borrower_is_reclaimed_jemalloc",
+        LendPool::create_jemalloc(16 << 20).unwrap(),
+    );
+}
+
+fn killed_borrower(test: &str, mut pool: LendPool) {
     let (mine, theirs) = socketpair_stream().unwrap();
-    let mut child = spawn("killed_borrower_is_reclaimed", "holder", theirs);
-    let mut pool = LendPool::create(16 << 20).unwrap();
+    let mut child = spawn(test, "holder", theirs);
     let (id, setup) = pool.add_borrower().unwrap();
     send_setup(mine.as_fd(), &setup);
     drop(setup);
@@ -283,14 +315,13 @@ fn killed_borrower_is_reclaimed() {
     assert!(!status.success());
     drop(objs);
     assert_eq!(
-        pool.stats().blocks_in_use(),
+        pool.usage().objects,
         300,
         "the borrower's references keep all alive"
     );
     assert_eq!(pool.lent_to(id), 300, "returns not drained yet");
     assert_eq!(pool.reclaim(id).unwrap(), 300);
-    assert_eq!(pool.stats().blocks_in_use(), 0);
-    assert_eq!(pool.stats().bytes_in_use(), 0);
+    assert_eq!(pool.usage(), PoolUsage::default());
     assert!(matches!(
         pool.drain_returns(id),
         Err(ArenaError::UnknownBorrower(_))

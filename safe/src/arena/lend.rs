@@ -16,18 +16,31 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use flowipc_core::arena::{ArenaHandle, ArenaStats, Offset};
-use flowipc_sys::OwnedFd;
+use flowipc_core::arena::ArenaHandle;
+use flowipc_sys::{AsFd, OwnedFd};
 
 use super::{
-    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Pod, Source,
-    MEMFD_NAME,
+    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend, Pod,
+    Source, MEMFD_NAME,
 };
 use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
 use crate::shm::arena::{pod_bytes, MappedArena, MappedReader};
 
 /// Bytes of each return ring; holds about 1500 returned handles before the borrower must wait.
 const RETURN_RING_CAPACITY: usize = 64 << 10;
+
+/// What a [`LendPool`] has allocated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Objects (blocks) allocated.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+fn dup(fd: flowipc_sys::BorrowedFd<'_>) -> Result<OwnedFd, ArenaError> {
+    flowipc_sys::fd::dup_cloexec(fd).map_err(|errno| ArenaError::Sys { call: "dup", errno })
+}
 
 /// Names one borrower of a [`LendPool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +65,8 @@ struct Borrower {
 
 /// The owner's side of a lend pool: only this process allocates; borrowers only read.
 pub struct LendPool {
-    inner: Arc<MappedArena>,
+    backend: Backend,
+    fd: OwnedFd,
     pool_id: u64,
     borrowers: HashMap<BorrowerId, Borrower>,
     next_borrower: u64,
@@ -69,16 +83,36 @@ impl fmt::Debug for LendPool {
 }
 
 impl LendPool {
-    /// Creates a lend pool of `size` bytes (a sealed memfd mapped read-write here only).
+    /// Creates a lend pool of `size` bytes over the core allocator (a sealed memfd mapped
+    /// read-write here only).
     pub fn create(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        Ok(LendPool {
-            inner: Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?),
+        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?);
+        let fd = dup(inner.fd())?;
+        Ok(Self::with_backend(Backend::Core(inner), fd, pool_id))
+    }
+
+    /// Creates a lend pool of `size` bytes whose objects jemalloc allocates, in a jemalloc arena
+    /// whose extents come from the pool's memfd. Only this process may use it (not a fork child).
+    #[cfg(feature = "jemalloc")]
+    pub fn create_jemalloc(size: usize) -> Result<Self, ArenaError> {
+        let pool_id = new_pool_id();
+        let inner = Arc::new(crate::shm::jemalloc::JePool::create(
+            MEMFD_NAME, size, pool_id,
+        )?);
+        let fd = dup(inner.fd())?;
+        Ok(Self::with_backend(Backend::Je(inner), fd, pool_id))
+    }
+
+    fn with_backend(backend: Backend, fd: OwnedFd, pool_id: u64) -> Self {
+        LendPool {
+            backend,
+            fd,
             pool_id,
             borrowers: HashMap::new(),
             next_borrower: 1,
             bogus_returns: 0,
-        })
+        }
     }
 
     /// This pool's id, carried by every handle into it.
@@ -86,22 +120,35 @@ impl LendPool {
         self.pool_id
     }
 
-    /// Usage counters of the pool.
-    pub fn stats(&self) -> ArenaStats {
-        self.inner.arena().stats()
+    /// Objects allocated and their bytes (block sizes for the core allocator, object lengths for
+    /// jemalloc).
+    pub fn usage(&self) -> PoolUsage {
+        match &self.backend {
+            Backend::Core(m) => {
+                let st = m.arena().stats();
+                PoolUsage {
+                    objects: st.blocks_in_use(),
+                    bytes: st.bytes_in_use(),
+                }
+            }
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => {
+                let (objects, bytes) = p.usage();
+                PoolUsage { objects, bytes }
+            }
+        }
     }
 
     /// Registers a borrower: creates its return ring and the descriptors to send it.
     pub fn add_borrower(&mut self) -> Result<(BorrowerId, BorrowerSetup), ArenaError> {
-        let pool_fd = flowipc_sys::memfd::reopen_read_only(self.inner.fd()).map_err(|errno| {
+        let pool_fd = flowipc_sys::memfd::reopen_read_only(self.fd.as_fd()).map_err(|errno| {
             ArenaError::Sys {
                 call: "open(/proc/self/fd)",
                 errno,
             }
         })?;
         let ring = ShmRing::create(RETURN_RING_CAPACITY)?;
-        let return_ring_fd = flowipc_sys::fd::dup_cloexec(ring.fd())
-            .map_err(|errno| ArenaError::Sys { call: "dup", errno })?;
+        let return_ring_fd = dup(ring.fd())?;
         let returns = ring.receiver()?;
         let id = BorrowerId(self.next_borrower);
         self.next_borrower += 1;
@@ -122,21 +169,27 @@ impl LendPool {
         ))
     }
 
+    /// Allocates an object of `len` bytes without initialising it (it holds whatever the block
+    /// held before).
+    pub fn alloc(&self, len: usize) -> Result<ArenaObject, ArenaError> {
+        alloc_in(&self.backend, self.pool_id, len, 16, None)
+    }
+
     /// Allocates an object holding a copy of `data`.
     pub fn alloc_bytes(&self, data: &[u8]) -> Result<ArenaObject, ArenaError> {
-        alloc_in(&self.inner, self.pool_id, data.len(), 16, Some(data))
+        alloc_in(&self.backend, self.pool_id, data.len(), 16, Some(data))
     }
 
     /// Allocates a zero-filled object of `len` bytes.
     pub fn alloc_zeroed(&self, len: usize) -> Result<ArenaObject, ArenaError> {
-        alloc_zeroed_in(&self.inner, self.pool_id, len)
+        alloc_zeroed_in(&self.backend, self.pool_id, len)
     }
 
     /// Allocates an object holding `value`.
     pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
         let align = std::mem::align_of::<T>().clamp(16, flowipc_core::arena::MAX_ALIGN);
         alloc_in(
-            &self.inner,
+            &self.backend,
             self.pool_id,
             std::mem::size_of::<T>(),
             align,
@@ -149,7 +202,7 @@ impl LendPool {
     ///
     /// Do not write to a lent object: the borrower reads it concurrently.
     pub fn lend(&mut self, obj: &ArenaObject, to: BorrowerId) -> Result<ArenaHandle, ArenaError> {
-        if obj.pool_id != self.pool_id || !Arc::ptr_eq(&obj.arena, &self.inner) {
+        if obj.pool_id != self.pool_id || !obj.backend.same(&self.backend) {
             return Err(ArenaError::WrongPool {
                 expected: self.pool_id,
                 got: obj.pool_id,
@@ -159,8 +212,8 @@ impl LendPool {
             .borrowers
             .get_mut(&to)
             .ok_or(ArenaError::UnknownBorrower(to))?;
-        self.inner.arena().retain(obj.off, obj.gen)?;
-        *b.lent.entry((obj.off.get(), obj.gen)).or_insert(0) += 1;
+        self.backend.retain(obj.off, obj.gen)?;
+        *b.lent.entry((obj.off, obj.gen)).or_insert(0) += 1;
         Ok(obj.handle())
     }
 
@@ -183,7 +236,7 @@ impl LendPool {
             .borrowers
             .get_mut(&from)
             .ok_or(ArenaError::UnknownBorrower(from))?;
-        drain(&self.inner, self.pool_id, b, &mut self.bogus_returns)
+        drain(&self.backend, self.pool_id, b, &mut self.bogus_returns)
     }
 
     /// Forgets borrower `from` (it exited or died): drains its return ring, then releases every
@@ -194,10 +247,11 @@ impl LendPool {
             .remove(&from)
             .ok_or(ArenaError::UnknownBorrower(from))?;
         // A corrupt ring must not keep the rest from being reclaimed.
-        let mut n = drain(&self.inner, self.pool_id, &mut b, &mut self.bogus_returns).unwrap_or(0);
+        let mut n =
+            drain(&self.backend, self.pool_id, &mut b, &mut self.bogus_returns).unwrap_or(0);
         for ((off, gen), refs) in b.lent.drain() {
             for _ in 0..refs {
-                if self.inner.arena().release(Offset::new(off), gen).is_ok() {
+                if self.backend.release(off, gen).is_ok() {
                     n += 1;
                 }
             }
@@ -207,7 +261,7 @@ impl LendPool {
 }
 
 fn drain(
-    inner: &MappedArena,
+    backend: &Backend,
     pool_id: u64,
     b: &mut Borrower,
     bogus: &mut u64,
@@ -230,7 +284,7 @@ fn drain(
                         if *count == 0 {
                             b.lent.remove(&k);
                         }
-                        inner.arena().release(Offset::new(k.0), k.1)?;
+                        backend.release(k.0, k.1)?;
                         n += 1;
                     }
                     None => *bogus += 1,
@@ -309,5 +363,95 @@ impl BorrowedPool {
     /// The return ring's sender, to set its wait policy or peer check.
     pub fn return_ring(&mut self) -> &mut RingSender {
         &mut self.returns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arena::BlockError;
+
+    fn lend_roundtrip(mut pool: LendPool) {
+        let (id, setup) = pool.add_borrower().unwrap();
+        let mut b = BorrowedPool::open(setup).unwrap();
+        assert_eq!(b.pool_id(), pool.pool_id());
+        let objs: Vec<_> = (0..50usize)
+            .map(|i| pool.alloc_bytes(&vec![i as u8; 10 + i * 100]).unwrap())
+            .collect();
+        let hs: Vec<_> = objs.iter().map(|o| pool.lend(o, id).unwrap()).collect();
+        assert_eq!(pool.lent_to(id), 50);
+        for (i, h) in hs.iter().enumerate() {
+            assert_eq!(
+                b.view(h).unwrap().to_vec().unwrap(),
+                vec![i as u8; 10 + i * 100]
+            );
+            let forged = ArenaHandle {
+                generation: h.generation ^ 1,
+                ..*h
+            };
+            assert!(matches!(
+                b.view(&forged),
+                Err(ArenaError::Block(BlockError::StaleGeneration))
+            ));
+            let long = ArenaHandle {
+                len: h.len + 4096,
+                ..*h
+            };
+            assert!(b.view(&long).is_err());
+            let wild = ArenaHandle {
+                offset: u64::MAX - 8,
+                ..*h
+            };
+            assert!(b.view(&wild).is_err());
+        }
+        drop(objs);
+        assert_eq!(pool.usage().objects, 50, "borrowed objects stay alive");
+        for h in &hs[..20] {
+            b.release(*h).unwrap();
+        }
+        // A bogus return and a double return are ignored.
+        b.release(hs[0]).unwrap();
+        b.release(ArenaHandle {
+            offset: 12345,
+            ..hs[1]
+        })
+        .unwrap();
+        assert_eq!(pool.drain_returns(id).unwrap(), 20);
+        assert_eq!(pool.bogus_returns(), 2);
+        assert_eq!(pool.usage().objects, 30);
+        assert!(b.view(&hs[0]).is_err(), "freed object no longer viewable");
+        assert_eq!(pool.reclaim(id).unwrap(), 30);
+        assert_eq!(pool.usage(), PoolUsage::default());
+    }
+
+    #[test]
+    fn lend_roundtrip_core() {
+        lend_roundtrip(LendPool::create(8 << 20).unwrap());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn lend_roundtrip_jemalloc() {
+        lend_roundtrip(LendPool::create_jemalloc(64 << 20).unwrap());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_pools_are_independent_and_reusable() {
+        for _ in 0..3 {
+            let a = LendPool::create_jemalloc(32 << 20).unwrap();
+            let b = LendPool::create_jemalloc(32 << 20).unwrap();
+            let xs: Vec<_> = (0..1000)
+                .map(|i| a.alloc_bytes(&[i as u8; 64]).unwrap())
+                .collect();
+            let ys: Vec<_> = (0..1000)
+                .map(|i| b.alloc_bytes(&[i as u8; 4096]).unwrap())
+                .collect();
+            assert_eq!(xs[999].to_vec().unwrap(), vec![231u8; 64]);
+            assert_eq!(ys[7].to_vec().unwrap(), vec![7u8; 4096]);
+            drop(xs);
+            assert_eq!(a.usage(), PoolUsage::default());
+            assert_eq!(b.usage().objects, 1000);
+        }
     }
 }

@@ -47,7 +47,7 @@ use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
 pub use flowipc_core::arena::{
     AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
 };
-pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool};
+pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolUsage};
 
 pub use crate::shm::arena::Pod;
 use crate::shm::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
@@ -93,6 +93,11 @@ pub enum ArenaError {
         /// The handle's pool id.
         got: u64,
     },
+    /// The pool belongs to another process (a jemalloc pool used in a fork child).
+    #[error(
+        "a jemalloc lend pool may be used only by the process that created it, not a fork child"
+    )]
+    NotOwner,
     /// No borrower with that id (never added, or already reclaimed).
     #[error("no borrower {0:?} in this lend pool")]
     UnknownBorrower(BorrowerId),
@@ -123,6 +128,7 @@ const MEMFD_NAME: &CStr = c"flowipc-arena";
 #[derive(Clone)]
 pub struct ShmArena {
     inner: Arc<MappedArena>,
+    backend: Backend,
     pool_id: u64,
 }
 
@@ -143,8 +149,10 @@ impl ShmArena {
     /// takes memory in 256 KiB spans, so give small arenas at least a few MiB.
     pub fn create_classic(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
+        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?);
         Ok(ShmArena {
-            inner: Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?),
+            backend: Backend::Core(inner.clone()),
+            inner,
             pool_id,
         })
     }
@@ -153,8 +161,10 @@ impl ShmArena {
     pub fn open(fd: OwnedFd) -> Result<Self, ArenaError> {
         let inner = MappedArena::open(fd)?;
         let pool_id = inner.arena().pool_tag();
+        let inner = Arc::new(inner);
         Ok(ShmArena {
-            inner: Arc::new(inner),
+            backend: Backend::Core(inner.clone()),
+            inner,
             pool_id,
         })
     }
@@ -174,21 +184,27 @@ impl ShmArena {
         self.inner.arena().stats()
     }
 
+    /// Allocates an object of `len` bytes without initialising it: it holds whatever the block
+    /// held before (fill it with [`ArenaObject::write`]).
+    pub fn alloc(&self, len: usize) -> Result<ArenaObject, ArenaError> {
+        alloc_in(&self.backend, self.pool_id, len, 16, None)
+    }
+
     /// Allocates an object holding a copy of `data`.
     pub fn alloc_bytes(&self, data: &[u8]) -> Result<ArenaObject, ArenaError> {
-        alloc_in(&self.inner, self.pool_id, data.len(), 16, Some(data))
+        alloc_in(&self.backend, self.pool_id, data.len(), 16, Some(data))
     }
 
     /// Allocates a zero-filled object of `len` bytes.
     pub fn alloc_zeroed(&self, len: usize) -> Result<ArenaObject, ArenaError> {
-        alloc_zeroed_in(&self.inner, self.pool_id, len)
+        alloc_zeroed_in(&self.backend, self.pool_id, len)
     }
 
     /// Allocates an object holding `value`, aligned for `T`.
     pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
         let align = std::mem::align_of::<T>().clamp(16, MAX_ALIGN);
         alloc_in(
-            &self.inner,
+            &self.backend,
             self.pool_id,
             std::mem::size_of::<T>(),
             align,
@@ -202,9 +218,9 @@ impl ShmArena {
         self.check_pool(&handle)?;
         self.inner.arena().check_handle(&handle)?;
         Ok(ArenaObject {
-            arena: self.inner.clone(),
+            backend: self.backend.clone(),
             pool_id: self.pool_id,
-            off: Offset::new(handle.offset),
+            off: handle.offset,
             len: handle.len,
             gen: handle.generation,
         })
@@ -234,12 +250,75 @@ impl ShmArena {
     }
 }
 
-fn alloc_zeroed_in(
-    arena: &Arc<MappedArena>,
-    pool_id: u64,
-    len: usize,
-) -> Result<ArenaObject, ArenaError> {
-    let obj = alloc_in(arena, pool_id, len, 16, None)?;
+/// Where an object's block lives: the core allocator or (feature `jemalloc`) a jemalloc pool.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Core(Arc<MappedArena>),
+    #[cfg(feature = "jemalloc")]
+    Je(Arc<crate::shm::jemalloc::JePool>),
+}
+
+impl Backend {
+    fn alloc(&self, len: usize, align: usize) -> Result<(u64, u32), ArenaError> {
+        match self {
+            Backend::Core(m) => {
+                let off = m.arena().alloc(len, align)?;
+                Ok((off.get(), m.arena().info(off)?.generation))
+            }
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.alloc(len),
+        }
+    }
+
+    fn write(&self, off: u64, gen: u32, at: u64, data: &[u8]) -> Result<(), ArenaError> {
+        match self {
+            Backend::Core(m) => m.write(Offset::new(off), gen, at, data),
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.write(off, gen, at, data),
+        }
+    }
+
+    fn read(&self, off: u64, gen: u32, at: u64, buf: &mut [u8]) -> Result<(), ArenaError> {
+        match self {
+            Backend::Core(m) => m.read(Offset::new(off), gen, at, buf),
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.read(off, gen, at, buf),
+        }
+    }
+
+    fn retain(&self, off: u64, gen: u32) -> Result<(), ArenaError> {
+        match self {
+            Backend::Core(m) => m
+                .arena()
+                .retain(Offset::new(off), gen)
+                .map(drop)
+                .map_err(Into::into),
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.retain(off, gen),
+        }
+    }
+
+    fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
+        match self {
+            Backend::Core(m) => Ok(m.arena().release(Offset::new(off), gen)?),
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.release(off, gen),
+        }
+    }
+
+    fn same(&self, other: &Backend) -> bool {
+        match (self, other) {
+            (Backend::Core(a), Backend::Core(b)) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "jemalloc")]
+            (Backend::Je(a), Backend::Je(b)) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "jemalloc")]
+            _ => false,
+        }
+    }
+}
+
+fn alloc_zeroed_in(backend: &Backend, pool_id: u64, len: usize) -> Result<ArenaObject, ArenaError> {
+    let obj = alloc_in(backend, pool_id, len, 16, None)?;
     // A recycled block holds old bytes: clear it in chunks.
     let zeros = [0u8; 4096];
     let mut at = 0;
@@ -252,16 +331,15 @@ fn alloc_zeroed_in(
 }
 
 fn alloc_in(
-    arena: &Arc<MappedArena>,
+    backend: &Backend,
     pool_id: u64,
     len: usize,
     align: usize,
     data: Option<&[u8]>,
 ) -> Result<ArenaObject, ArenaError> {
-    let off = arena.arena().alloc(len, align)?;
-    let gen = arena.arena().info(off)?.generation;
+    let (off, gen) = backend.alloc(len, align)?;
     let obj = ArenaObject {
-        arena: arena.clone(),
+        backend: backend.clone(),
         pool_id,
         off,
         len: len as u64,
@@ -278,9 +356,9 @@ fn alloc_in(
 ///
 /// The bytes are shared memory, so they are read and written by copying, never borrowed.
 pub struct ArenaObject {
-    arena: Arc<MappedArena>,
+    backend: Backend,
     pool_id: u64,
-    off: Offset,
+    off: u64,
     len: u64,
     gen: u32,
 }
@@ -289,7 +367,7 @@ impl fmt::Debug for ArenaObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArenaObject")
             .field("pool_id", &self.pool_id)
-            .field("offset", &self.off.get())
+            .field("offset", &self.off)
             .field("len", &self.len)
             .field("generation", &self.gen)
             .finish()
@@ -312,7 +390,7 @@ impl ArenaObject {
     pub fn handle(&self) -> ArenaHandle {
         ArenaHandle {
             pool_id: self.pool_id,
-            offset: self.off.get(),
+            offset: self.off,
             len: self.len,
             generation: self.gen,
             reserved: 0,
@@ -322,7 +400,7 @@ impl ArenaObject {
     /// Adds a reference for a peer and returns the handle that carries it; the peer takes it over
     /// with [`ShmArena::adopt`] (and releases it by dropping the object).
     pub fn share(&self) -> Result<ArenaHandle, ArenaError> {
-        self.arena.arena().retain(self.off, self.gen)?;
+        self.backend.retain(self.off, self.gen)?;
         Ok(self.handle())
     }
 
@@ -336,13 +414,13 @@ impl ArenaObject {
     /// Copies `data` into the object at byte `at`.
     pub fn write(&self, at: usize, data: &[u8]) -> Result<(), ArenaError> {
         self.check_range(at, data.len())?;
-        self.arena.write(self.off, self.gen, at as u64, data)
+        self.backend.write(self.off, self.gen, at as u64, data)
     }
 
     /// Copies bytes of the object from byte `at` into `buf`.
     pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<(), ArenaError> {
         self.check_range(at, buf.len())?;
-        self.arena.read(self.off, self.gen, at as u64, buf)
+        self.backend.read(self.off, self.gen, at as u64, buf)
     }
 
     /// A copy of the whole object.
@@ -376,7 +454,7 @@ impl ArenaObject {
 impl Drop for ArenaObject {
     fn drop(&mut self) {
         // An error means the peer corrupted or freed the block behind our back; nothing to undo.
-        let _ = self.arena.arena().release(self.off, self.gen);
+        let _ = self.backend.release(self.off, self.gen);
     }
 }
 

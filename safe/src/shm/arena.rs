@@ -204,47 +204,63 @@ fn handle_span(
     ptr(Offset::new(h.offset + at), len as u64).ok_or_else(|| BlockError::OutOfRange.into())
 }
 
-/// A lend pool mapped read-only in a borrower.
-pub(crate) struct MappedReader {
-    reader: ArenaReader,
-    _map: Mapping,
-    _fd: OwnedFd,
+/// A lend pool mapped read-only in a borrower: a core arena or (with the `jemalloc` feature) a
+/// jemalloc pool, told apart by the magic at offset 0.
+pub(crate) enum MappedReader {
+    /// A core arena; the reader is dropped before the mapping it points into.
+    Core {
+        reader: Box<ArenaReader>,
+        _map: Mapping,
+        _fd: OwnedFd,
+    },
+    /// A jemalloc pool.
+    #[cfg(feature = "jemalloc")]
+    Je(super::jemalloc::JeReader),
 }
 
 impl MappedReader {
     /// Maps a lend pool's (read-only) descriptor `PROT_READ` and attaches a reader.
     pub(crate) fn open(fd: OwnedFd) -> Result<Self, ArenaError> {
         let map = map_sealed(fd.as_fd(), Access::ReadOnly)?;
+        #[cfg(feature = "jemalloc")]
+        if super::jemalloc::JeReader::is_je_pool(&map) {
+            return Ok(MappedReader::Je(super::jemalloc::JeReader::open(map, fd)?));
+        }
         let base = NonNull::new(map.as_ptr().cast_mut()).ok_or(ArenaError::BadSize(0))?;
         // SAFETY: the mapping is page-aligned and `map.len()` bytes, lives beside the reader, and is
         // only loaded from (Relaxed atomics and byte copies), which is sound on `PROT_READ` memory.
-        let reader = unsafe { ArenaReader::attach(base, map.len()) }?;
-        Ok(MappedReader {
-            reader,
-            _map: map,
-            _fd: fd,
-        })
+        let reader = Box::new(unsafe { ArenaReader::attach(base, map.len()) }?);
+        Ok(MappedReader::Core { reader, _map: map, _fd: fd })
     }
 
     pub(crate) fn pool_tag(&self) -> u64 {
-        self.reader.pool_tag()
+        match self {
+            MappedReader::Core { reader, .. } => reader.pool_tag(),
+            #[cfg(feature = "jemalloc")]
+            MappedReader::Je(r) => r.pool_tag(),
+        }
     }
 
     /// Checks a handle (pool id checked by the caller) and copies its bytes from `at` into `buf`.
-    pub(crate) fn read_handle(
-        &self,
-        h: &ArenaHandle,
-        at: u64,
-        buf: &mut [u8],
-    ) -> Result<BlockInfo, ArenaError> {
-        let info = self.reader.check_handle(h)?;
-        let p = handle_span(h, at, buf.len(), |o, l| self.reader.payload_ptr(o, l))?;
-        copy_out(p, buf);
-        Ok(info)
+    pub(crate) fn read_handle(&self, h: &ArenaHandle, at: u64, buf: &mut [u8]) -> Result<BlockInfo, ArenaError> {
+        match self {
+            MappedReader::Core { reader, .. } => {
+                let info = reader.check_handle(h)?;
+                let p = handle_span(h, at, buf.len(), |o, l| reader.payload_ptr(o, l))?;
+                copy_out(p, buf);
+                Ok(info)
+            }
+            #[cfg(feature = "jemalloc")]
+            MappedReader::Je(r) => r.read_handle(h, at, buf),
+        }
     }
 
     /// Checks a handle without copying.
     pub(crate) fn check(&self, h: &ArenaHandle) -> Result<BlockInfo, ArenaError> {
-        Ok(self.reader.check_handle(h)?)
+        match self {
+            MappedReader::Core { reader, .. } => Ok(reader.check_handle(h)?),
+            #[cfg(feature = "jemalloc")]
+            MappedReader::Je(r) => r.check(h),
+        }
     }
 }

@@ -14,6 +14,8 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod arena;
+#[cfg(feature = "jemalloc")]
+pub(crate) mod jemalloc;
 pub(crate) mod ring;
 
 use std::fmt;
