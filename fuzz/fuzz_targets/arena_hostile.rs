@@ -55,7 +55,7 @@ fuzz_target!(|input: Input| {
     // SAFETY: non-zero size.
     let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else { return };
     let region = Region(base, layout);
-    let shift = 8 + u32::from(input.shift % 11);
+    let shift = 8 + u32::from(input.shift % 7);
     let mut arena = if input.raw {
         for (i, chunk) in input.fill.chunks(8).enumerate().take(LEN / 8) {
             poke(&region, i * 8, chunk);
