@@ -165,7 +165,7 @@ fn verify_frames(ring: &ShmRing) {
 #[test]
 fn ten_million_frames() {
     let ring = ShmRing::create(CAPACITY).unwrap();
-    let mut child = spawn_child("verify", &ring);
+    let child = spawn_child("verify", &ring);
     let mut tx = ring.sender().unwrap();
     tx.watch_peer_process(pid_of(&child)).unwrap();
     let max = tx.max_payload();
