@@ -11,6 +11,13 @@
 #![deny(unsafe_code)]
 
 pub mod arena;
+pub mod channel;
+pub mod error;
 pub mod ring;
 pub mod shm;
 pub mod wait;
+
+#[cfg(feature = "tokio")]
+pub use channel::AsyncChannel;
+pub use channel::{Channel, ChannelOptions, Message};
+pub use error::{Error, Result};

@@ -1,0 +1,277 @@
+//! Splitting messages into chunks and putting them back together, for transports whose unit is
+//! smaller than a message (a POSIX mq message, a ring frame).
+//!
+//! A message of `len` bytes becomes `max(1, ceil(len / room))` chunks; each carries a 16-byte
+//! header:
+//!
+//! ```text
+//! byte  0      flags: FIRST 0x01, LAST 0x02, CLOSE 0x04 (others reserved, must be 0)
+//! byte  1      magic 0x4D
+//! byte  2      number of descriptors declared (first chunk only, else 0)
+//! byte  3      0
+//! bytes 4..8   chunk index within the message, u32 LE, starting at 0
+//! bytes 8..16  total message length, u64 LE, the same in every chunk
+//! ```
+//!
+//! The receiver ([`Reassembler`]) checks everything the peer claims: the first chunk starts a
+//! message and says how long it is (checked against `max_message_size` before anything is
+//! buffered), indices follow one another, the total never changes, the bytes never exceed the
+//! total, and the last chunk completes it exactly. Any deviation is [`Corruption::BadChunk`].
+
+use super::error::Corruption;
+
+pub(crate) const CHUNK_HEADER_LEN: usize = 16;
+pub(crate) const FIRST: u8 = 0x01;
+pub(crate) const LAST: u8 = 0x02;
+pub(crate) const CLOSE: u8 = 0x04;
+const MAGIC: u8 = 0x4D;
+
+/// A decoded chunk header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkHeader {
+    pub(crate) flags: u8,
+    pub(crate) nfds: u8,
+    pub(crate) index: u32,
+    pub(crate) total: u64,
+}
+
+impl ChunkHeader {
+    pub(crate) fn encode(&self) -> [u8; CHUNK_HEADER_LEN] {
+        let mut b = [0u8; CHUNK_HEADER_LEN];
+        b[0] = self.flags;
+        b[1] = MAGIC;
+        b[2] = self.nfds;
+        b[4..8].copy_from_slice(&self.index.to_le_bytes());
+        b[8..16].copy_from_slice(&self.total.to_le_bytes());
+        b
+    }
+
+    /// Decodes the header at the start of `bytes`, returning it and the payload after it.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<(ChunkHeader, &[u8]), Corruption> {
+        if bytes.len() < CHUNK_HEADER_LEN {
+            return Err(Corruption::BadChunk("chunk shorter than its header"));
+        }
+        let (h, payload) = bytes.split_at(CHUNK_HEADER_LEN);
+        if h[1] != MAGIC || h[3] != 0 || h[0] & !(FIRST | LAST | CLOSE) != 0 {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&h[..8]);
+            return Err(Corruption::BadHeader(u64::from_le_bytes(word)));
+        }
+        let mut index = [0u8; 4];
+        index.copy_from_slice(&h[4..8]);
+        let mut total = [0u8; 8];
+        total.copy_from_slice(&h[8..16]);
+        Ok((
+            ChunkHeader {
+                flags: h[0],
+                nfds: h[2],
+                index: u32::from_le_bytes(index),
+                total: u64::from_le_bytes(total),
+            },
+            payload,
+        ))
+    }
+}
+
+/// How many chunks a message of `len` bytes takes with `room` payload bytes per chunk.
+pub(crate) fn chunk_count(len: usize, room: usize) -> usize {
+    debug_assert!(room > 0);
+    len.div_ceil(room).max(1)
+}
+
+/// The header of chunk `index` of a message of `len` bytes.
+pub(crate) fn header_for(index: usize, len: usize, room: usize, nfds: usize) -> ChunkHeader {
+    let count = chunk_count(len, room);
+    let mut flags = 0;
+    if index == 0 {
+        flags |= FIRST;
+    }
+    if index + 1 == count {
+        flags |= LAST;
+    }
+    ChunkHeader {
+        flags,
+        nfds: if index == 0 { nfds as u8 } else { 0 },
+        index: index as u32,
+        total: len as u64,
+    }
+}
+
+/// The header of a close marker.
+pub(crate) fn close_header() -> ChunkHeader {
+    ChunkHeader {
+        flags: CLOSE,
+        nfds: 0,
+        index: 0,
+        total: 0,
+    }
+}
+
+/// What one chunk did to the message being reassembled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// More chunks are needed.
+    Partial,
+    /// The message is complete in the reassembly buffer; the first chunk declared `nfds`.
+    Complete { nfds: usize },
+    /// The peer closed the channel.
+    Close,
+}
+
+/// Puts chunks back together, validating the sequence.
+#[derive(Debug, Default)]
+pub(crate) struct Reassembler {
+    in_progress: bool,
+    next_index: u32,
+    total: u64,
+    nfds: usize,
+    /// The message so far; taken by the caller on [`Fed::Complete`].
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Reassembler {
+    /// Whether part of a message has arrived.
+    pub(crate) fn in_progress(&self) -> bool {
+        self.in_progress
+    }
+
+    /// Feeds one chunk. On [`Fed::Complete`] the message is in `self.buf`.
+    pub(crate) fn feed(
+        &mut self,
+        h: ChunkHeader,
+        payload: &[u8],
+        max_message_size: usize,
+    ) -> Result<Fed, Corruption> {
+        if h.flags & CLOSE != 0 {
+            if h.flags != CLOSE || !payload.is_empty() || self.in_progress || h.total != 0 {
+                return Err(Corruption::BadChunk("close marker inside a message"));
+            }
+            return Ok(Fed::Close);
+        }
+        if h.flags & FIRST != 0 {
+            if self.in_progress {
+                return Err(Corruption::BadChunk("a new message began before the last ended"));
+            }
+            if h.index != 0 {
+                return Err(Corruption::BadChunk("first chunk with a non-zero index"));
+            }
+            if h.total > max_message_size as u64 {
+                return Err(Corruption::TooLarge {
+                    claimed: h.total,
+                    max: max_message_size,
+                });
+            }
+            self.in_progress = true;
+            self.next_index = 0;
+            self.total = h.total;
+            self.nfds = usize::from(h.nfds);
+            self.buf.clear();
+        } else if !self.in_progress {
+            return Err(Corruption::BadChunk("continuation chunk without a first chunk"));
+        } else if h.nfds != 0 {
+            return Err(Corruption::BadChunk("descriptors declared after the first chunk"));
+        }
+        if h.index != self.next_index {
+            return Err(Corruption::BadChunk("chunk index out of sequence"));
+        }
+        if h.total != self.total {
+            return Err(Corruption::BadChunk("total length changed between chunks"));
+        }
+        if (self.buf.len() + payload.len()) as u64 > self.total {
+            return Err(Corruption::BadChunk("chunks longer than the announced total"));
+        }
+        self.buf.extend_from_slice(payload);
+        self.next_index = self.next_index.wrapping_add(1);
+        if h.flags & LAST != 0 {
+            if self.buf.len() as u64 != self.total {
+                return Err(Corruption::BadChunk("last chunk before the announced total"));
+            }
+            self.in_progress = false;
+            return Ok(Fed::Complete { nfds: self.nfds });
+        }
+        Ok(Fed::Partial)
+    }
+
+    /// Drops a half-received message (on poisoning).
+    pub(crate) fn reset(&mut self) {
+        self.in_progress = false;
+        self.buf = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(msg: &[u8], room: usize) -> Vec<Vec<u8>> {
+        (0..chunk_count(msg.len(), room))
+            .map(|i| {
+                let mut c = header_for(i, msg.len(), room, usize::from(i == 0) * 2)
+                    .encode()
+                    .to_vec();
+                let end = ((i + 1) * room).min(msg.len());
+                c.extend_from_slice(&msg[i * room..end]);
+                c
+            })
+            .collect()
+    }
+
+    fn feed_all(r: &mut Reassembler, cs: &[Vec<u8>]) -> Result<Fed, Corruption> {
+        let mut last = Fed::Partial;
+        for c in cs {
+            let (h, p) = ChunkHeader::decode(c)?;
+            last = r.feed(h, p, 1 << 20)?;
+        }
+        Ok(last)
+    }
+
+    #[test]
+    fn round_trip_sizes() {
+        for len in [0usize, 1, 99, 100, 101, 1000, 12345] {
+            let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut r = Reassembler::default();
+            assert_eq!(feed_all(&mut r, &chunks(&msg, 100)), Ok(Fed::Complete { nfds: 2 }));
+            assert_eq!(r.buf, msg);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_sequences() {
+        let msg = vec![7u8; 350];
+        let cs = chunks(&msg, 100);
+        // Missing chunk.
+        let mut r = Reassembler::default();
+        assert!(feed_all(&mut r, &[cs[0].clone(), cs[2].clone()]).is_err());
+        // Duplicate chunk.
+        let mut r = Reassembler::default();
+        assert!(feed_all(&mut r, &[cs[0].clone(), cs[1].clone(), cs[1].clone()]).is_err());
+        // Continuation without a first.
+        let mut r = Reassembler::default();
+        assert!(feed_all(&mut r, &[cs[1].clone()]).is_err());
+        // New first inside a message.
+        let mut r = Reassembler::default();
+        assert!(feed_all(&mut r, &[cs[0].clone(), cs[0].clone()]).is_err());
+        // Total changed.
+        let mut r = Reassembler::default();
+        let mut c1 = cs[1].clone();
+        c1[8] ^= 1;
+        assert!(feed_all(&mut r, &[cs[0].clone(), c1]).is_err());
+        // Last too early.
+        let mut r = Reassembler::default();
+        let mut c1 = cs[1].clone();
+        c1[0] |= LAST;
+        assert!(feed_all(&mut r, &[cs[0].clone(), c1]).is_err());
+        // Forged huge total.
+        let mut r = Reassembler::default();
+        let mut c0 = cs[0].clone();
+        c0[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            feed_all(&mut r, &[c0]),
+            Err(Corruption::TooLarge { .. })
+        ));
+        // Junk.
+        let mut r = Reassembler::default();
+        assert!(feed_all(&mut r, &[vec![0xff; 20]]).is_err());
+        assert!(feed_all(&mut r, &[vec![0x01; 3]]).is_err());
+    }
+}

@@ -1,0 +1,846 @@
+//! Channels: bidirectional pipes of messages (byte blobs, boundaries kept, any size), optionally
+//! with file descriptors attached, between two processes.
+//!
+//! # Transports
+//!
+//! | constructor | transport | descriptors | notes |
+//! | --- | --- | --- | --- |
+//! | [`Channel::socket_pair`] | Unix stream socket, length-prefixed frames | up to 253 per message | simplest, works everywhere |
+//! | [`Channel::mq_pair`] | two POSIX message queues + a companion socket for liveness | no | subject to the kernel's mq limits |
+//!
+//! Every transport has one non-blocking core. The blocking API ([`Channel::send`],
+//! [`Channel::recv`], ...) waits with `poll` on top of it, the async API ([`AsyncChannel`], feature
+//! `tokio`) waits with tokio's reactor, and any other event loop can drive it through
+//! [`Channel::readiness`] and the `try_*` calls.
+//!
+//! # Guarantees
+//!
+//! - Messages arrive complete, in order, each exactly once, with the descriptors sent with them
+//!   (received descriptors are close-on-exec).
+//! - Backpressure: a sender blocks (or gets [`SendError::WouldBlock`] in non-blocking mode) while
+//!   the peer does not drain; memory stays bounded by one message per side.
+//! - [`Channel::close`] reaches the peer after every message sent before it; the peer's receive then
+//!   returns [`RecvError::Closed`]. A peer that dies (or drops its end without closing) gives
+//!   [`RecvError::PeerGone`] / [`SendError::PeerGone`] once everything it sent has been received.
+//! - Whatever the peer sends is validated (see the transport modules): a forged length, wrong
+//!   descriptor counts or a bad chunk sequence gives [`RecvError::Corrupt`], closes the
+//!   descriptors that came with it and poisons the channel. Nothing the peer claims is allocated
+//!   before the bytes arrive.
+//!
+//! # Example
+//!
+//! ```
+//! use flowipc::channel::Channel;
+//!
+//! let (mut a, mut b) = Channel::socket_pair()?;
+//! a.send(b"hello")?;
+//! let mut buf = Vec::new();
+//! b.recv(&mut buf)?;
+//! assert_eq!(buf, b"hello");
+//! a.close()?;
+//! assert!(b.recv(&mut buf).unwrap_err().to_string().contains("closed"));
+//! # Ok::<(), flowipc::Error>(())
+//! ```
+//!
+//! To hand a channel to another process, send its descriptors over an existing channel with
+//! [`Channel::send_channel`] (or take them with [`Channel::into_fds`] and rebuild with
+//! [`Channel::from_fds`]).
+
+mod chunk;
+mod error;
+mod mq;
+mod socket;
+#[cfg(feature = "tokio")]
+mod tokio;
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+pub use self::error::{Corruption, OpenError, RecvError, SendError};
+#[cfg(feature = "tokio")]
+pub use self::tokio::AsyncChannel;
+
+use self::mq::MqTransport;
+use self::socket::SocketTransport;
+
+/// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = flowipc_sys::socket::MAX_FDS_PER_MESSAGE;
+
+/// Default [`ChannelOptions::max_message_size`]: 1 GiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+/// Limits a receiver enforces on what the peer claims.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_message_size: usize,
+    pub(crate) max_fds_per_message: usize,
+}
+
+/// Progress of one message through a transport's `send_step`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SendCursor {
+    /// Transport-defined progress; 0 until something went out.
+    pub(crate) pos: usize,
+    /// Chunks sent (chunking transports).
+    pub(crate) chunk: usize,
+    /// Whether the descriptors went out.
+    pub(crate) fds_sent: bool,
+    /// Whether this is a close marker rather than a message.
+    pub(crate) close: bool,
+}
+
+impl SendCursor {
+    fn started(&self) -> bool {
+        self.pos > 0 || self.chunk > 0 || self.fds_sent
+    }
+}
+
+/// Outcome of a transport step that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Done,
+    Blocked,
+}
+
+/// Which transport a channel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// A Unix stream socket.
+    Socket,
+    /// A pair of POSIX message queues plus a companion socket.
+    Mq,
+}
+
+impl TransportKind {
+    fn code(self) -> u8 {
+        match self {
+            TransportKind::Socket => 1,
+            TransportKind::Mq => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(TransportKind::Socket),
+            2 => Some(TransportKind::Mq),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TransportKind::Socket => "socket",
+            TransportKind::Mq => "mq",
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings for creating channels; [`Default`] gives the documented defaults.
+///
+/// ```
+/// use flowipc::channel::ChannelOptions;
+///
+/// let (a, b) = ChannelOptions::new().max_message_size(64 << 20).socket_pair()?;
+/// # drop((a, b));
+/// # Ok::<(), flowipc::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChannelOptions {
+    max_message_size: usize,
+    max_fds_per_message: usize,
+    mq_max_messages: Option<i64>,
+    mq_message_size: Option<i64>,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_fds_per_message: MAX_FDS_PER_MESSAGE,
+            mq_max_messages: None,
+            mq_message_size: None,
+        }
+    }
+}
+
+impl ChannelOptions {
+    /// The defaults: 1 GiB messages, 253 descriptors per message, the system's mq defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The longest message this side sends or accepts (default [`DEFAULT_MAX_MESSAGE_SIZE`]).
+    ///
+    /// A peer announcing a longer message gets the channel poisoned with
+    /// [`Corruption::TooLarge`]. Memory for a message grows with the bytes that actually arrive,
+    /// so a large limit costs nothing until a large message comes.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// The most descriptors this side accepts with one message (default and maximum 253). A peer
+    /// sending more gets the channel poisoned and the descriptors closed.
+    pub fn max_fds_per_message(mut self, count: usize) -> Self {
+        self.max_fds_per_message = count.min(MAX_FDS_PER_MESSAGE);
+        self
+    }
+
+    /// Messages per POSIX queue (default: the system's `/proc/sys/fs/mqueue/msg_default`).
+    pub fn mq_max_messages(mut self, count: i64) -> Self {
+        self.mq_max_messages = Some(count);
+        self
+    }
+
+    /// Bytes per POSIX queue message (default: the system's `msgsize_default`); longer channel
+    /// messages are split into chunks of this size.
+    pub fn mq_message_size(mut self, bytes: i64) -> Self {
+        self.mq_message_size = Some(bytes);
+        self
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_message_size: self.max_message_size,
+            max_fds_per_message: self.max_fds_per_message,
+        }
+    }
+
+    /// A connected pair of socket channels; see [`Channel::socket_pair`].
+    pub fn socket_pair(&self) -> Result<(Channel, Channel), OpenError> {
+        let (a, b) = flowipc_sys::socket::socketpair_stream()
+            .map_err(|e| OpenError::os("socketpair", e))?;
+        Ok((self.from_socket(a), self.from_socket(b)))
+    }
+
+    /// A connected pair of mq channels; see [`Channel::mq_pair`].
+    pub fn mq_pair(&self) -> Result<(Channel, Channel), OpenError> {
+        let ((arx, atx, asock), (brx, btx, bsock)) =
+            mq::create(self.mq_max_messages, self.mq_message_size)?;
+        let a = MqTransport::new(arx, atx, asock, self.limits())?;
+        let b = MqTransport::new(brx, btx, bsock, self.limits())?;
+        Ok((
+            Channel::new(Transport::Mq(a), self.limits()),
+            Channel::new(Transport::Mq(b), self.limits()),
+        ))
+    }
+
+    /// A socket channel over a connected Unix stream socket whose peer speaks this protocol.
+    pub fn from_socket(&self, sock: OwnedFd) -> Channel {
+        Channel::new(
+            Transport::Socket(SocketTransport::new(sock, self.limits())),
+            self.limits(),
+        )
+    }
+
+    /// Re-creates a channel from the descriptors of [`Channel::into_fds`].
+    pub fn from_fds(&self, fds: ChannelFds) -> Result<Channel, OpenError> {
+        let kind = fds.kind;
+        let bad = |reason: &str| OpenError::BadFds {
+            kind: kind.name(),
+            reason: reason.to_owned(),
+        };
+        let mut it = fds.fds.into_iter();
+        let transport = match kind {
+            TransportKind::Socket => match (it.next(), it.next()) {
+                (Some(sock), None) => {
+                    Transport::Socket(SocketTransport::new(sock, self.limits()))
+                }
+                _ => return Err(bad("expected exactly one descriptor")),
+            },
+            TransportKind::Mq => match (it.next(), it.next(), it.next(), it.next()) {
+                (Some(rx), Some(tx), Some(sock), None) => {
+                    Transport::Mq(MqTransport::new(rx, tx, sock, self.limits())?)
+                }
+                _ => return Err(bad("expected three descriptors (rx queue, tx queue, socket)")),
+            },
+        };
+        Ok(Channel::new(transport, self.limits()))
+    }
+}
+
+/// Everything needed to re-create one end of a channel, possibly in another process: its
+/// transport kind and its descriptors.
+#[derive(Debug)]
+pub struct ChannelFds {
+    kind: TransportKind,
+    fds: Vec<OwnedFd>,
+}
+
+/// Marks a message carrying a channel (see [`Channel::send_channel`]).
+const CHANNEL_TAG: &[u8; 8] = b"FIPCchan";
+
+impl ChannelFds {
+    /// The transport these descriptors belong to.
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    /// The descriptors, in the transport's order.
+    pub fn fds(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+
+    /// A one-byte description of the transport, to send along with [`ChannelFds::fds`].
+    pub fn kind_code(&self) -> u8 {
+        self.kind.code()
+    }
+
+    /// Splits into the kind code and the descriptors.
+    pub fn into_parts(self) -> (u8, Vec<OwnedFd>) {
+        (self.kind.code(), self.fds)
+    }
+
+    /// Puts received parts back together; `None` for an unknown kind code.
+    pub fn from_parts(kind_code: u8, fds: Vec<OwnedFd>) -> Option<Self> {
+        Some(ChannelFds {
+            kind: TransportKind::from_code(kind_code)?,
+            fds,
+        })
+    }
+}
+
+/// What [`Channel::recv`] got besides the bytes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RecvMeta {
+    /// Length of the message (the buffer's new length).
+    pub len: usize,
+    /// Descriptors that came with the message (close-on-exec), in the order they were sent.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A received message with its descriptors, from [`Channel::recv_owned`].
+#[derive(Debug, Default)]
+pub struct Message {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Descriptors that came with the message (close-on-exec), in the order they were sent.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The descriptors an event loop watches to drive a channel with the `try_*` calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness<'a> {
+    /// Becomes readable when [`Channel::try_recv`] may make progress.
+    pub recv: BorrowedFd<'a>,
+    /// Becomes writable when [`Channel::try_send`] may make progress.
+    pub send: BorrowedFd<'a>,
+    /// Reports hang-up (`POLLHUP`) when the peer is gone, for transports whose `recv` and `send`
+    /// descriptors do not show it; `None` when they do.
+    pub peer: Option<BorrowedFd<'a>>,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Socket(SocketTransport),
+    Mq(MqTransport),
+}
+
+impl Transport {
+    fn send_step(
+        &mut self,
+        cur: &mut SendCursor,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Step, SendError> {
+        match self {
+            Transport::Socket(t) => t.send_step(cur, data, fds),
+            Transport::Mq(t) => t.send_step(cur, data, fds),
+        }
+    }
+
+    fn recv_step(&mut self, out: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>, RecvError> {
+        match self {
+            Transport::Socket(t) => t.recv_step(out),
+            Transport::Mq(t) => t.recv_step(out),
+        }
+    }
+
+    fn wait(&self, send: bool, timeout: Option<Duration>) -> Result<(), flowipc_sys::Errno> {
+        match self {
+            Transport::Socket(t) => t.wait(send, timeout),
+            Transport::Mq(t) => t.wait(send, timeout),
+        }
+    }
+
+    fn discard(&mut self) {
+        match self {
+            Transport::Socket(t) => t.discard(),
+            Transport::Mq(t) => t.discard(),
+        }
+    }
+
+    fn has_buffered_input(&self) -> bool {
+        match self {
+            Transport::Socket(t) => t.has_buffered_input(),
+            Transport::Mq(t) => t.has_buffered_input(),
+        }
+    }
+
+    fn readiness(&self) -> Readiness<'_> {
+        match self {
+            Transport::Socket(t) => Readiness {
+                recv: t.fd(),
+                send: t.fd(),
+                peer: None,
+            },
+            Transport::Mq(t) => Readiness {
+                recv: t.recv_fd(),
+                send: t.send_fd(),
+                peer: Some(t.peer_fd()),
+            },
+        }
+    }
+
+    fn kind(&self) -> TransportKind {
+        match self {
+            Transport::Socket(_) => TransportKind::Socket,
+            Transport::Mq(_) => TransportKind::Mq,
+        }
+    }
+}
+
+/// A message whose sending was interrupted (non-blocking mode or a dropped future): the channel
+/// owns a copy and finishes it before anything else.
+#[derive(Debug)]
+struct Pending {
+    data: Vec<u8>,
+    cursor: SendCursor,
+}
+
+/// One end of a bidirectional channel of messages. See the [module docs](self).
+///
+/// A `Channel` is `Send`: move it to the thread (or, via [`Channel::into_async`], the task) that
+/// uses it. Dropping it closes it; the peer sees [`RecvError::Closed`] if the close marker could be
+/// written without blocking, else [`RecvError::PeerGone`]: call [`Channel::close`] to be sure.
+#[derive(Debug)]
+pub struct Channel {
+    /// `Some` from creation until [`Channel::into_fds`] consumes the channel.
+    transport: Option<Transport>,
+    limits: Limits,
+    pending: Option<Pending>,
+    nonblocking: bool,
+    closed: bool,
+    poisoned: bool,
+}
+
+impl Channel {
+    fn new(transport: Transport, limits: Limits) -> Self {
+        Channel {
+            transport: Some(transport),
+            limits,
+            pending: None,
+            nonblocking: false,
+            closed: false,
+            poisoned: false,
+        }
+    }
+
+    /// A connected pair of channels over a Unix stream socket pair, with default
+    /// [`ChannelOptions`]. Keep one, or pass one to a child process ([`Channel::into_fds`]).
+    pub fn socket_pair() -> Result<(Channel, Channel), OpenError> {
+        ChannelOptions::default().socket_pair()
+    }
+
+    /// A connected pair of channels over two POSIX message queues (plus a companion socket that
+    /// reports peer death), with default [`ChannelOptions`]. Carries no descriptors.
+    ///
+    /// Fails with [`OpenError::MqLimit`] when the kernel's queue limits are exhausted.
+    pub fn mq_pair() -> Result<(Channel, Channel), OpenError> {
+        ChannelOptions::default().mq_pair()
+    }
+
+    /// A socket channel over a connected Unix stream socket whose peer is a flowipc socket
+    /// channel; default [`ChannelOptions`].
+    pub fn from_socket(sock: OwnedFd) -> Channel {
+        ChannelOptions::default().from_socket(sock)
+    }
+
+    /// Re-creates a channel from [`ChannelFds`] with default [`ChannelOptions`].
+    pub fn from_fds(fds: ChannelFds) -> Result<Channel, OpenError> {
+        ChannelOptions::default().from_fds(fds)
+    }
+
+    /// Gives up this end, returning what is needed to re-create it (in this or another process).
+    ///
+    /// An unfinished send is completed first (blocking). Fails with [`SendError::Poisoned`] on a
+    /// broken channel. Bytes of the peer already read into this end's buffer would be lost, so
+    /// hand a channel over before receiving on it (or after a complete exchange).
+    pub fn into_fds(mut self) -> Result<ChannelFds, SendError> {
+        self.flush_pending_blocking()?;
+        if self.poisoned {
+            return Err(SendError::Poisoned);
+        }
+        debug_assert!(!self.tr().has_buffered_input());
+        let kind = self.kind();
+        let fds = match self.transport.take() {
+            Some(Transport::Socket(t)) => vec![t.into_fd()],
+            Some(Transport::Mq(t)) => t.into_fds(),
+            None => Vec::new(),
+        };
+        Ok(ChannelFds { kind, fds })
+    }
+
+    /// Which transport this channel uses.
+    pub fn kind(&self) -> TransportKind {
+        self.tr().kind()
+    }
+
+    /// The descriptors an event loop watches to drive this channel with `try_*` calls.
+    pub fn readiness(&self) -> Readiness<'_> {
+        self.tr().readiness()
+    }
+
+    /// In non-blocking mode, [`send`](Channel::send) and [`recv`](Channel::recv) return
+    /// `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&mut self, nonblocking: bool) {
+        self.nonblocking = nonblocking;
+    }
+
+    /// Whether the channel is in non-blocking mode.
+    pub fn is_nonblocking(&self) -> bool {
+        self.nonblocking
+    }
+
+    /// Sends a message, waiting while the peer does not drain (unless non-blocking).
+    pub fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send_with_fds(data, &[])
+    }
+
+    /// Sends a message with descriptors attached (at most [`MAX_FDS_PER_MESSAGE`]; the socket
+    /// transport only). The descriptors stay open here; the peer gets its own.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use flowipc::channel::Channel;
+    ///
+    /// let (mut a, mut b) = Channel::socket_pair()?;
+    /// let file = std::fs::File::open("/dev/null").unwrap();
+    /// a.send_with_fds(b"a file", &[file.as_fd()])?;
+    /// let msg = b.recv_owned()?;
+    /// assert_eq!((msg.bytes.as_slice(), msg.fds.len()), (&b"a file"[..], 1));
+    /// # Ok::<(), flowipc::Error>(())
+    /// ```
+    pub fn send_with_fds(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        if self.nonblocking {
+            return self.try_send_with_fds(data, fds);
+        }
+        self.check_send(data, fds)?;
+        self.flush_pending_blocking()?;
+        let mut cur = SendCursor::default();
+        loop {
+            match self.step_send(&mut cur, data, fds)? {
+                Step::Done => return Ok(()),
+                Step::Blocked => self.wait(true, None).map_err(|e| SendError::os("poll", e))?,
+            }
+        }
+    }
+
+    /// Sends a message if that can be done without waiting.
+    ///
+    /// `Ok` means the whole message is accepted and will be delivered in order: if only part of
+    /// it fit, the channel keeps a copy of the rest and sends it before anything else.
+    /// [`SendError::WouldBlock`] means nothing of it was sent.
+    pub fn try_send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.try_send_with_fds(data, &[])
+    }
+
+    /// [`try_send`](Channel::try_send) with descriptors attached.
+    pub fn try_send_with_fds(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SendError> {
+        self.check_send(data, fds)?;
+        if !self.flush_pending()? {
+            return Err(SendError::WouldBlock);
+        }
+        let mut cur = SendCursor::default();
+        match self.step_send(&mut cur, data, fds)? {
+            Step::Done => Ok(()),
+            Step::Blocked if cur.started() => {
+                self.pending = Some(Pending {
+                    data: data.to_vec(),
+                    cursor: cur,
+                });
+                Ok(())
+            }
+            Step::Blocked => Err(SendError::WouldBlock),
+        }
+    }
+
+    /// Finishes sending a message that [`try_send`](Channel::try_send) (or non-blocking
+    /// [`send`](Channel::send)) accepted only in part, without waiting:
+    /// [`SendError::WouldBlock`] if some of it is still queued here.
+    pub fn try_flush(&mut self) -> Result<(), SendError> {
+        if self.flush_pending()? {
+            Ok(())
+        } else {
+            Err(SendError::WouldBlock)
+        }
+    }
+
+    /// Waits until a message accepted in part by a non-blocking send is fully handed to the
+    /// transport.
+    pub fn flush(&mut self) -> Result<(), SendError> {
+        self.flush_pending_blocking()
+    }
+
+    /// Receives the next message into `buf` (replacing its contents; its allocation is reused
+    /// for later messages), waiting for it unless non-blocking.
+    ///
+    /// Returns [`RecvError::Closed`] once the peer closed and everything before has been
+    /// received, [`RecvError::PeerGone`] if it died instead.
+    pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        if self.nonblocking {
+            self.try_recv(buf)
+        } else {
+            self.recv_until(buf, None)
+        }
+    }
+
+    /// Receives the next message as an owned [`Message`].
+    pub fn recv_owned(&mut self) -> Result<Message, RecvError> {
+        let mut bytes = Vec::new();
+        let meta = self.recv(&mut bytes)?;
+        Ok(Message {
+            bytes,
+            fds: meta.fds,
+        })
+    }
+
+    /// Receives a message if one is complete without waiting, else [`RecvError::WouldBlock`].
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        match self.step_recv(buf)? {
+            Some(fds) => Ok(RecvMeta {
+                len: buf.len(),
+                fds,
+            }),
+            None => Err(RecvError::WouldBlock),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout` ([`RecvError::TimedOut`]).
+    pub fn recv_timeout(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<RecvMeta, RecvError> {
+        self.recv_until(buf, Some(Instant::now() + timeout))
+    }
+
+    /// Closes this side for sending: the peer receives [`RecvError::Closed`] after every message
+    /// sent before. Waits until the close marker is handed to the transport. Receiving stays
+    /// possible until the peer closes too.
+    pub fn close(&mut self) -> Result<(), SendError> {
+        if self.closed {
+            return Ok(());
+        }
+        if self.poisoned {
+            return Err(SendError::Poisoned);
+        }
+        self.flush_pending_blocking()?;
+        let mut cur = SendCursor {
+            close: true,
+            ..SendCursor::default()
+        };
+        loop {
+            match self.step_send(&mut cur, &[], &[])? {
+                Step::Done => break,
+                Step::Blocked => self.wait(true, None).map_err(|e| SendError::os("poll", e))?,
+            }
+        }
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Sends another channel's end to the peer, which takes it with
+    /// [`recv_channel`](Channel::recv_channel). The socket transport only, since it carries the
+    /// descriptors.
+    pub fn send_channel(&mut self, channel: Channel) -> Result<(), SendError> {
+        let fds = channel.into_fds()?;
+        let mut msg = CHANNEL_TAG.to_vec();
+        msg.push(fds.kind_code());
+        let borrowed: Vec<BorrowedFd<'_>> = fds.fds.iter().map(AsFd::as_fd).collect();
+        self.send_with_fds(&msg, &borrowed)
+    }
+
+    /// Receives a channel end sent with [`send_channel`](Channel::send_channel), with default
+    /// [`ChannelOptions`].
+    pub fn recv_channel(&mut self) -> Result<Channel, crate::Error> {
+        let msg = self.recv_owned()?;
+        match msg.bytes.split_last() {
+            Some((&code, tag)) if tag == CHANNEL_TAG => {
+                let fds = ChannelFds::from_parts(code, msg.fds).ok_or(OpenError::BadFds {
+                    kind: "unknown",
+                    reason: format!("unknown transport code {code}"),
+                })?;
+                Ok(Channel::from_fds(fds)?)
+            }
+            _ => Err(OpenError::BadFds {
+                kind: "any",
+                reason: "the message received is not a channel".to_owned(),
+            }
+            .into()),
+        }
+    }
+
+    fn tr(&self) -> &Transport {
+        self.transport
+            .as_ref()
+            .expect("a channel has its transport until into_fds consumes it")
+    }
+
+    fn tr_mut(&mut self) -> &mut Transport {
+        self.transport
+            .as_mut()
+            .expect("a channel has its transport until into_fds consumes it")
+    }
+
+    fn recv_until(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<RecvMeta, RecvError> {
+        loop {
+            if let Some(fds) = self.step_recv(buf)? {
+                return Ok(RecvMeta {
+                    len: buf.len(),
+                    fds,
+                });
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(RecvError::TimedOut);
+                    }
+                    Some(d - now)
+                }
+            };
+            self.wait(false, timeout)
+                .map_err(|e| RecvError::os("poll", e))?;
+        }
+    }
+
+    fn wait(&self, send: bool, timeout: Option<Duration>) -> Result<(), flowipc_sys::Errno> {
+        self.tr().wait(send, timeout)
+    }
+
+    fn check_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        if self.poisoned {
+            return Err(SendError::Poisoned);
+        }
+        if self.closed {
+            return Err(SendError::Closed);
+        }
+        if data.len() > self.limits.max_message_size {
+            return Err(SendError::TooLarge {
+                len: data.len(),
+                max: self.limits.max_message_size,
+            });
+        }
+        if fds.len() > MAX_FDS_PER_MESSAGE {
+            return Err(SendError::TooManyFds {
+                count: fds.len(),
+                max: MAX_FDS_PER_MESSAGE,
+            });
+        }
+        Ok(())
+    }
+
+    /// One transport step; an error after part of the message went out poisons the channel.
+    fn step_send(
+        &mut self,
+        cur: &mut SendCursor,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Step, SendError> {
+        let result = self.tr_mut().send_step(cur, data, fds);
+        if let Err(e) = &result {
+            if cur.started() && !matches!(e, SendError::PeerGone) {
+                self.poisoned = true;
+            }
+        }
+        result
+    }
+
+    fn step_recv(&mut self, buf: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>, RecvError> {
+        if self.poisoned {
+            return Err(RecvError::Poisoned);
+        }
+        let result = self.tr_mut().recv_step(buf);
+        if let Err(RecvError::Corrupt(_) | RecvError::Io { .. }) = result {
+            self.poisoned = true;
+            self.tr_mut().discard();
+        }
+        result
+    }
+
+    /// Tries to finish an interrupted send. `Ok(true)`: nothing pending any more.
+    fn flush_pending(&mut self) -> Result<bool, SendError> {
+        let Some(mut p) = self.pending.take() else {
+            return Ok(true);
+        };
+        match self.step_send(&mut p.cursor, &p.data, &[]) {
+            Ok(Step::Done) => Ok(true),
+            Ok(Step::Blocked) => {
+                self.pending = Some(p);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush_pending_blocking(&mut self) -> Result<(), SendError> {
+        while !self.flush_pending()? {
+            self.wait(true, None).map_err(|e| SendError::os("poll", e))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the unsent rest of an interrupted message (a dropped async send).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn abandon_send(&mut self, data: &[u8], cursor: SendCursor) {
+        if cursor.started() {
+            self.pending = Some(Pending {
+                data: data.to_vec(),
+                cursor,
+            });
+        }
+    }
+}
+
+impl AsFd for Channel {
+    /// The descriptor that becomes readable when [`Channel::try_recv`] may make progress (see
+    /// [`Channel::readiness`] for the others).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tr().readiness().recv
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        if self.closed || self.poisoned || self.pending.is_some() {
+            return;
+        }
+        // Best effort, never blocking: a peer that does not drain sees PeerGone instead.
+        let mut cur = SendCursor {
+            close: true,
+            ..SendCursor::default()
+        };
+        if let Some(t) = self.transport.as_mut() {
+            let _ = t.send_step(&mut cur, &[], &[]);
+        }
+    }
+}

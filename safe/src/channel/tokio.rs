@@ -1,0 +1,284 @@
+//! The async (tokio) face of a channel: the same non-blocking core, waiting on tokio's reactor
+//! (`AsyncFd`) instead of `poll`.
+//!
+//! Every future is cancellation-safe: a dropped `recv` loses nothing (a half-received message
+//! stays in the channel), and a dropped `send` either sent nothing or left the channel a copy of
+//! the rest, which goes out before anything else.
+//!
+//! Unsafe code: tokio 1.54 made registering a descriptor with its reactor an `unsafe fn` (the
+//! descriptor must stay open while registered). [`register`] gives tokio its own duplicate
+//! (`OwnedFd`), which the `AsyncFd` owns, so that holds by construction; it is the only unsafe
+//! block of the channel module.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::task::{Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::error::{OpenError, RecvError, SendError};
+use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step};
+
+/// A channel driven by tokio: `async fn send/recv` on any runtime flavour. `Send`, so it can move
+/// between tasks and worker threads.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), flowipc::Error> {
+/// use flowipc::channel::Channel;
+///
+/// let (a, b) = Channel::socket_pair()?;
+/// let (mut a, mut b) = (a.into_async()?, b.into_async()?);
+/// let echo = tokio::spawn(async move {
+///     let msg = b.recv_owned().await?;
+///     b.send(&msg.bytes).await
+/// });
+/// a.send(b"ping").await?;
+/// assert_eq!(a.recv_owned().await?.bytes, b"ping");
+/// echo.await.unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AsyncChannel {
+    recv: AsyncFd<OwnedFd>,
+    send: Option<AsyncFd<OwnedFd>>,
+    peer: Option<AsyncFd<OwnedFd>>,
+    channel: Channel,
+}
+
+/// Registers a duplicate of `fd` (same open file, so the same readiness) with the reactor.
+#[allow(unsafe_code)]
+fn register(fd: BorrowedFd<'_>, interest: Interest) -> Result<AsyncFd<OwnedFd>, OpenError> {
+    let dup = flowipc_sys::fd::dup_cloexec(fd).map_err(|e| OpenError::os("dup", e))?;
+    // SAFETY: the AsyncFd owns `dup`, so the descriptor stays open and refers to the same open
+    // file until the AsyncFd is dropped, and `OwnedFd::as_raw_fd` always returns the same number.
+    unsafe { AsyncFd::register_with_interest(dup, interest) }.map_err(|e| OpenError::Io {
+        op: "registering the channel with the tokio reactor (inside a runtime?)",
+        source: e.into(),
+    })
+}
+
+impl Channel {
+    /// Turns this channel into an [`AsyncChannel`]. Must be called inside a tokio runtime with IO
+    /// enabled.
+    pub fn into_async(self) -> Result<AsyncChannel, OpenError> {
+        AsyncChannel::new(self)
+    }
+}
+
+/// Readiness of one descriptor as seen in one poll.
+type Seen<'a> = Poll<io::Result<tokio::io::unix::AsyncFdReadyGuard<'a, OwnedFd>>>;
+
+/// Clears what was seen after the operation found nothing to do; `true` if anything was ready
+/// (so the operation is worth retrying), `false` if all are pending (wakers are registered).
+fn settle(seen: [Option<Seen<'_>>; 2]) -> io::Result<bool> {
+    let mut any = false;
+    for s in seen.into_iter().flatten() {
+        match s {
+            Poll::Ready(Ok(mut guard)) => {
+                guard.clear_ready();
+                any = true;
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => {}
+        }
+    }
+    Ok(any)
+}
+
+impl AsyncChannel {
+    /// Registers `channel` with the current tokio runtime.
+    pub fn new(channel: Channel) -> Result<Self, OpenError> {
+        let r = channel.readiness();
+        let same = r.send.as_raw_fd() == r.recv.as_raw_fd();
+        let recv = if same {
+            register(r.recv, Interest::READABLE | Interest::WRITABLE)?
+        } else {
+            register(r.recv, Interest::READABLE)?
+        };
+        let send = if same {
+            None
+        } else {
+            Some(register(r.send, Interest::WRITABLE)?)
+        };
+        let peer = match r.peer {
+            Some(fd) => Some(register(fd, Interest::READABLE)?),
+            None => None,
+        };
+        Ok(AsyncChannel {
+            recv,
+            send,
+            peer,
+            channel,
+        })
+    }
+
+    /// The underlying channel (for [`Channel::kind`], [`Channel::readiness`] and the like).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Deregisters from the runtime and returns the blocking channel.
+    pub fn into_channel(self) -> Channel {
+        let AsyncChannel {
+            recv,
+            send,
+            peer,
+            channel,
+        } = self;
+        drop((recv, send, peer));
+        channel
+    }
+
+    /// Sends a message, waiting while the peer does not drain.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send_with_fds(data, &[]).await
+    }
+
+    /// Sends a message with descriptors attached; see [`Channel::send_with_fds`].
+    pub async fn send_with_fds(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SendError> {
+        self.channel.check_send(data, fds)?;
+        self.flush().await?;
+        self.send_cursor(data, fds, SendCursor::default()).await
+    }
+
+    /// Closes this side for sending; see [`Channel::close`].
+    pub async fn close(&mut self) -> Result<(), SendError> {
+        if self.channel.closed {
+            return Ok(());
+        }
+        if self.channel.poisoned {
+            return Err(SendError::Poisoned);
+        }
+        self.flush().await?;
+        let cursor = SendCursor {
+            close: true,
+            ..SendCursor::default()
+        };
+        self.send_cursor(&[], &[], cursor).await?;
+        self.channel.closed = true;
+        Ok(())
+    }
+
+    /// Receives the next message into `buf`; see [`Channel::recv`].
+    pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        let AsyncChannel {
+            recv,
+            peer,
+            channel,
+            ..
+        } = self;
+        poll_fn(|cx| loop {
+            let seen = [
+                Some(recv.poll_read_ready(cx)),
+                peer.as_ref().map(|p| p.poll_read_ready(cx)),
+            ];
+            if let Some(fds) = channel.step_recv(buf)? {
+                return Poll::Ready(Ok(RecvMeta {
+                    len: buf.len(),
+                    fds,
+                }));
+            }
+            match settle(seen) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(RecvError::Io { op: "tokio readiness", source: e })),
+            }
+        })
+        .await
+    }
+
+    /// Receives the next message as an owned [`Message`].
+    pub async fn recv_owned(&mut self) -> Result<Message, RecvError> {
+        let mut bytes = Vec::new();
+        let meta = self.recv(&mut bytes).await?;
+        Ok(Message {
+            bytes,
+            fds: meta.fds,
+        })
+    }
+
+    /// Waits until an interrupted earlier send has gone out.
+    async fn flush(&mut self) -> Result<(), SendError> {
+        while let Some(p) = self.channel.pending.take() {
+            let Pending { data, cursor } = p;
+            self.send_cursor(&data, &[], cursor).await?;
+        }
+        Ok(())
+    }
+
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        cursor: &mut SendCursor,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            let send = self.send.as_ref().unwrap_or(&self.recv);
+            let seen = [
+                Some(send.poll_write_ready(cx)),
+                self.peer.as_ref().map(|p| p.poll_read_ready(cx)),
+            ];
+            match self.channel.step_send(cursor, data, fds) {
+                Ok(Step::Done) => return Poll::Ready(Ok(())),
+                Ok(Step::Blocked) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match settle(seen) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(e) => {
+                    return Poll::Ready(Err(SendError::Io {
+                        op: "tokio readiness",
+                        source: e,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Drives one message from `cursor` to the end; if dropped early, hands the rest to the
+    /// channel's pending slot so the stream stays whole.
+    async fn send_cursor(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        cursor: SendCursor,
+    ) -> Result<(), SendError> {
+        struct Guard<'a, 'd> {
+            ch: &'a mut AsyncChannel,
+            data: &'d [u8],
+            cursor: SendCursor,
+            finished: bool,
+        }
+        impl Drop for Guard<'_, '_> {
+            fn drop(&mut self) {
+                if !self.finished {
+                    let cursor = std::mem::take(&mut self.cursor);
+                    self.ch.channel.abandon_send(self.data, cursor);
+                }
+            }
+        }
+        let mut g = Guard {
+            ch: self,
+            data,
+            cursor,
+            finished: false,
+        };
+        let result = poll_fn(|cx| {
+            let Guard { ch, cursor, .. } = &mut g;
+            ch.poll_step(cx, cursor, data, fds)
+        })
+        .await;
+        g.finished = true;
+        result
+    }
+}
