@@ -63,7 +63,10 @@ impl EventFdWaiter {
         })
     }
 
-    /// Also ends each sleep when `fd` becomes readable or hung up (e.g. the peer's socket).
+    /// Also ends each sleep when the peer of stream socket `fd` shuts down or goes away (`POLLRDHUP`
+    /// / `POLLHUP`; data arriving on it does not end the sleep), so a dead peer is noticed at once
+    /// rather than at the next peer check. Once the peer is gone every sleep returns at once, so
+    /// pair this with a peer check (e.g. `RingReceiver::set_peer_check`) that reports the hang-up.
     pub fn with_watch(mut self, fd: OwnedFd) -> Self {
         self.watch = Some(fd);
         self
@@ -92,7 +95,7 @@ impl Waiter for EventFdWaiter {
             PollFd::new(&self.fd, PollFlags::IN),
         ];
         let n = if let Some(w) = &self.watch {
-            fds[1] = PollFd::new(w, PollFlags::IN);
+            fds[1] = PollFd::new(w, PollFlags::RDHUP);
             2
         } else {
             1
@@ -200,5 +203,27 @@ mod tests {
             waiter.wait(&w, WakeKind::EventFd.word(), Some(Duration::from_millis(1))),
             WaitOutcome::TimedOut
         );
+    }
+
+    #[test]
+    fn eventfd_waiter_watch_ends_sleep_on_peer_hangup_not_on_data() {
+        let (a, b) = flowipc_sys::socket::socketpair_stream().unwrap();
+        let waiter = EventFdWaiter::new().unwrap().with_watch(a);
+        let w = AtomicU32::new(WakeKind::EventFd.word());
+        let k = WakeKind::EventFd.word();
+        flowipc_sys::socket::send(b.as_fd(), b"data", flowipc_sys::socket::SendFlags::empty())
+            .unwrap();
+        assert_eq!(
+            waiter.wait(&w, k, Some(Duration::from_millis(5))),
+            WaitOutcome::TimedOut,
+            "pending data must not end the sleep"
+        );
+        drop(b);
+        let t = Instant::now();
+        assert_eq!(
+            waiter.wait(&w, k, Some(Duration::from_secs(5))),
+            WaitOutcome::Woken
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 }
