@@ -1,0 +1,222 @@
+//! A hostile peer: forged lengths, wrong descriptor counts, truncated control messages, invalid
+//! chunk sequences. Each must give an error value on the channel, close every descriptor that
+//! arrived, and leak nothing (counted in /proc/self/fd).
+
+mod channel_util;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use channel_util::*;
+use flowipc::channel::{
+    Channel, ChannelFds, ChannelOptions, Corruption, RecvError, SendError, TransportKind,
+};
+use flowipc_sys::socket::{self, SendFlags};
+
+/// A channel whose peer is a raw socket the test writes forged bytes into.
+fn socket_victim(opts: ChannelOptions) -> (Channel, OwnedFd) {
+    let (a, b) = socket::socketpair_stream().unwrap();
+    (opts.from_socket(a), b)
+}
+
+fn header(kind: u8, len: u64, nfds: u8) -> [u8; 8] {
+    ((u64::from(kind) << 56) | (u64::from(nfds) << 48) | len).to_le_bytes()
+}
+
+fn raw_send(sock: &OwnedFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+    let n = socket::send_with_fds(sock.as_fd(), bytes, fds, SendFlags::empty()).unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// Runs `attack` against a fresh socket channel and checks the outcome, the poisoning and the
+/// descriptor count.
+fn socket_case(
+    name: &str,
+    opts: ChannelOptions,
+    attack: impl FnOnce(&OwnedFd, &[BorrowedFd<'_>]),
+    check: impl FnOnce(&RecvError) -> bool,
+) {
+    let files: Vec<std::fs::File> = (0..12)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let fds: Vec<BorrowedFd<'_>> = files.iter().map(AsFd::as_fd).collect();
+    let before = open_fds();
+    let (mut ch, raw) = socket_victim(opts);
+    attack(&raw, &fds);
+    let mut buf = Vec::new();
+    let err = ch.recv(&mut buf).unwrap_err();
+    assert!(check(&err), "{name}: unexpected error {err:?}");
+    // Every descriptor that arrived is already closed: only the two socket ends are new.
+    assert_eq!(open_fds(), before + 2, "{name}: received descriptors left open");
+    // The channel is poisoned, for receiving and sending.
+    assert!(matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)), "{name}");
+    assert!(matches!(ch.send(b"x"), Err(SendError::Poisoned)), "{name}");
+    drop((ch, raw));
+    assert_eq!(open_fds(), before, "{name}: leaked descriptors");
+    eprintln!("{name}: {err}");
+}
+
+#[test]
+fn hostile_socket_peer() {
+    let _g = serial();
+    const DATA: u8 = 0xD1;
+
+    socket_case(
+        "forged length",
+        ChannelOptions::new(),
+        |raw, _| raw_send(raw, &header(DATA, 1 << 40, 0), &[]),
+        |e| matches!(e, RecvError::Corrupt(Corruption::TooLarge { claimed, .. }) if *claimed == 1 << 40),
+    );
+    socket_case(
+        "length over a configured limit",
+        ChannelOptions::new().max_message_size(1000),
+        |raw, _| raw_send(raw, &header(DATA, 1001, 0), &[]),
+        |e| matches!(e, RecvError::Corrupt(Corruption::TooLarge { .. })),
+    );
+    socket_case(
+        "garbage header",
+        ChannelOptions::new(),
+        |raw, _| raw_send(raw, b"GET / HTTP/1.1\r\n", &[]),
+        |e| matches!(e, RecvError::Corrupt(Corruption::BadHeader(_))),
+    );
+    socket_case(
+        "too many descriptors declared",
+        ChannelOptions::new().max_fds_per_message(4),
+        |raw, fds| {
+            let mut m = header(DATA, 1, 5).to_vec();
+            m.push(0);
+            raw_send(raw, &m, &fds[..5]);
+        },
+        |e| {
+            matches!(
+                e,
+                RecvError::Corrupt(Corruption::TooManyFds { .. } | Corruption::FdsTruncated)
+            )
+        },
+    );
+    socket_case(
+        "truncated control message (more descriptors than the receiver accepts)",
+        ChannelOptions::new().max_fds_per_message(4),
+        |raw, fds| {
+            let mut m = header(DATA, 1, 4).to_vec();
+            m.push(0);
+            raw_send(raw, &m, &fds[..10]);
+        },
+        |e| matches!(e, RecvError::Corrupt(Corruption::FdsTruncated)),
+    );
+    socket_case(
+        "descriptors on a message declaring none",
+        ChannelOptions::new(),
+        |raw, fds| {
+            let mut m = header(DATA, 3, 0).to_vec();
+            m.extend_from_slice(b"abc");
+            raw_send(raw, &m, &fds[..3]);
+        },
+        |e| matches!(e, RecvError::Corrupt(Corruption::UnexpectedFds)),
+    );
+    socket_case(
+        "fewer descriptors than declared",
+        ChannelOptions::new(),
+        |raw, fds| {
+            let mut m = header(DATA, 3, 5).to_vec();
+            m.extend_from_slice(b"abc");
+            raw_send(raw, &m, &fds[..2]);
+        },
+        |e| {
+            matches!(
+                e,
+                RecvError::Corrupt(Corruption::FdCountMismatch { declared: 5, arrived: 2 })
+            )
+        },
+    );
+    socket_case(
+        "descriptors in the middle of a payload",
+        ChannelOptions::new(),
+        |raw, fds| {
+            raw_send(raw, &header(DATA, 100_000, 0), &[]);
+            raw_send(raw, &[1u8; 30_000], &[]);
+            raw_send(raw, &[2u8; 30_000], &fds[..3]);
+        },
+        |e| matches!(e, RecvError::Corrupt(Corruption::UnexpectedFds)),
+    );
+    // A message cut off by the peer's death: PeerGone (not corruption), nothing leaked.
+    let before = open_fds();
+    let (mut ch, raw) = socket_victim(ChannelOptions::new());
+    raw_send(&raw, &header(DATA, 512 << 20, 0), &[]);
+    raw_send(&raw, &[0u8; 10], &[]);
+    drop(raw);
+    let mut buf = Vec::new();
+    assert!(matches!(ch.recv(&mut buf), Err(RecvError::PeerGone)));
+    drop(ch);
+    assert_eq!(open_fds(), before, "cut-off message: leaked descriptors");
+}
+
+/// The forged-length case again, checking that no memory of the claimed size is allocated: a
+/// 1 GiB claim followed by a few bytes must not make the process grow by a gigabyte.
+#[test]
+fn hostile_length_allocates_only_what_arrives() {
+    let _g = serial();
+    let (mut ch, raw) = socket_victim(ChannelOptions::new());
+    raw_send(&raw, &header(0xD1, (1 << 30) - 1, 0), &[]);
+    raw_send(&raw, &[5u8; 100_000], &[]);
+    ch.set_nonblocking(true);
+    let mut buf = Vec::new();
+    assert!(matches!(ch.recv(&mut buf), Err(RecvError::WouldBlock)));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib < 512 * 1024, "RSS {rss_kib} KiB after a 1 GiB claim");
+}
+
+/// Forged chunk sequences written straight into an mq channel's queue.
+#[test]
+fn hostile_mq_chunks() {
+    let _g = serial();
+    fn chunk(flags: u8, nfds: u8, index: u32, total: u64, payload: &[u8]) -> Vec<u8> {
+        let mut c = vec![flags, 0x4D, nfds, 0];
+        c.extend_from_slice(&index.to_le_bytes());
+        c.extend_from_slice(&total.to_le_bytes());
+        c.extend_from_slice(payload);
+        c
+    }
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("continuation without a first chunk", vec![chunk(0, 0, 1, 10, b"abc")]),
+        (
+            "chunk index skipped",
+            vec![chunk(1, 0, 0, 10, b"abc"), chunk(2, 0, 2, 10, b"defghij")],
+        ),
+        (
+            "new message inside a message",
+            vec![chunk(1, 0, 0, 10, b"abc"), chunk(1, 0, 0, 10, b"abc")],
+        ),
+        (
+            "total changes",
+            vec![chunk(1, 0, 0, 10, b"abc"), chunk(2, 0, 1, 11, b"defghij")],
+        ),
+        ("more bytes than the total", vec![chunk(3, 0, 0, 2, b"abc")]),
+        ("last chunk too early", vec![chunk(3, 0, 0, 10, b"abc")]),
+        ("forged total", vec![chunk(1, 0, 0, u64::MAX, b"abc")]),
+        ("bad magic", vec![b"\x01\x00\x00\x00xxxxxxxxxxxx".to_vec()]),
+        ("shorter than a header", vec![b"\x01\x4d".to_vec()]),
+        ("descriptors declared on mq", vec![chunk(3, 2, 0, 3, b"abc")]),
+    ];
+    for (name, chunks) in cases {
+        let before = open_fds();
+        let (mut ch, peer) = retry_mq(Channel::mq_pair);
+        let peer: ChannelFds = peer.into_fds().unwrap();
+        assert_eq!(peer.kind(), TransportKind::Mq);
+        let tx = &peer.fds()[1];
+        for c in &chunks {
+            flowipc_sys::mq::mq_send(tx.as_fd(), c, 0).unwrap();
+        }
+        let mut buf = Vec::new();
+        let err = ch.recv(&mut buf).unwrap_err();
+        assert!(matches!(err, RecvError::Corrupt(_)), "{name}: {err:?}");
+        assert!(matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)), "{name}");
+        eprintln!("{name}: {err}");
+        drop((ch, peer));
+        assert_eq!(open_fds(), before, "{name}: leaked descriptors");
+    }
+}
