@@ -361,8 +361,8 @@ pub fn kill_later(mut child: Child, delay: Duration) -> (Arc<StdMutex<Option<Ins
     let w = when.clone();
     let h = std::thread::spawn(move || {
         std::thread::sleep(delay);
-        child.kill().unwrap();
         *w.lock().unwrap() = Some(Instant::now());
+        child.kill().unwrap();
         child.wait().unwrap();
     });
     (when, h)
