@@ -83,16 +83,8 @@ pub struct ArenaHeader {
     pub small_heads: [AtomicU64; NUM_CLASSES],
     /// Tagged heads of the large-run free lists: `tag << 32 | first span`.
     pub large_heads: [AtomicU64; NUM_ORDERS],
-    /// Statistics: blocks in use per small class.
-    pub small_in_use: [AtomicU64; NUM_CLASSES],
-    /// Statistics: spans carved per small class.
-    pub small_spans: [AtomicU64; NUM_CLASSES],
-    /// Statistics: large runs in use.
-    pub large_in_use: AtomicU64,
-    /// Statistics: spans held by large runs in use.
-    pub large_spans_in_use: AtomicU64,
     /// Reserved, zero.
-    pub reserved2: [AtomicU64; 6],
+    pub reserved2: [AtomicU64; 34],
 }
 
 /// Size of [`ArenaHeader`]; the span table starts here.
@@ -114,10 +106,7 @@ mod layout_checks {
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, next_span), 64);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, small_heads), 128);
     static_assertions::const_assert_eq!(offset_of!(ArenaHeader, large_heads), 232);
-    static_assertions::const_assert_eq!(offset_of!(ArenaHeader, small_in_use), 368);
-    static_assertions::const_assert_eq!(offset_of!(ArenaHeader, small_spans), 472);
-    static_assertions::const_assert_eq!(offset_of!(ArenaHeader, large_in_use), 576);
-    static_assertions::const_assert_eq!(offset_of!(ArenaHeader, large_spans_in_use), 584);
+    static_assertions::const_assert_eq!(offset_of!(ArenaHeader, reserved2), 368);
     // The atomics have the layout of the plain integers the peer sees.
     static_assertions::assert_eq_size!(crate::sync::AtomicU64, u64);
     static_assertions::assert_eq_align!(crate::sync::AtomicU64, u64);
@@ -143,10 +132,6 @@ impl ArenaHeader {
             reserved1: z(),
             small_heads: z(),
             large_heads: z(),
-            small_in_use: z(),
-            small_spans: z(),
-            large_in_use: AtomicU64::new(0),
-            large_spans_in_use: AtomicU64::new(0),
             reserved2: z(),
         }
     }

@@ -411,8 +411,10 @@ fn model_check_random_ops() {
             live.remove(&o);
             a.free(Offset::new(o)).unwrap();
         }
-        let st = a.stats();
-        assert_eq!(st.blocks_in_use(), live.len() as u64);
-        assert_eq!(st.bytes_in_use(), live.values().sum::<u64>());
+        if !cfg!(miri) || live.len() % 16 == 0 {
+            let st = a.stats();
+            assert_eq!(st.blocks_in_use(), live.len() as u64);
+            assert_eq!(st.bytes_in_use(), live.values().sum::<u64>());
+        }
     }
 }
