@@ -454,4 +454,29 @@ mod tests {
             assert_eq!(b.usage().objects, 1000);
         }
     }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_objects_dropped_on_other_threads() {
+        let pool = LendPool::create_jemalloc(32 << 20).unwrap();
+        for round in 0..3u8 {
+            let mine: Vec<_> = (0..500)
+                .map(|i| pool.alloc_bytes(&[i as u8 ^ round; 100]).unwrap())
+                .collect();
+            assert_eq!(
+                pool.usage(),
+                PoolUsage {
+                    objects: 500,
+                    bytes: 500 * 100
+                }
+            );
+            let gens: std::collections::HashSet<_> =
+                mine.iter().map(|o| o.handle().generation).collect();
+            assert_eq!(gens.len(), 500);
+            assert_eq!(mine[7].to_vec().unwrap(), vec![7 ^ round; 100]);
+            // Another thread frees them (without the owner's tcache).
+            std::thread::spawn(move || drop(mine)).join().unwrap();
+            assert_eq!(pool.usage(), PoolUsage::default());
+        }
+    }
 }

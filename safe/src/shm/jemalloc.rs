@@ -4,8 +4,9 @@
 //! its mapping of the memfd with a bump pointer; extents are never given back to the hooks
 //! (`dalloc` opts out, so jemalloc keeps them and reuses them itself), never decommitted, and may be
 //! split and merged freely because they all lie in one mapping. Every `mallocx` / `dallocx` passes
-//! `MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE`, so heap and pool pointers never mix in a thread
-//! cache. jemalloc keeps the arena's metadata in the pool as well, so only the owner process may
+//! `MALLOCX_ARENA(ind)` and either the pool's own tcache (`tcache.create`; used only on the thread
+//! that created the pool, since a tcache is not thread-safe) or `MALLOCX_TCACHE_NONE` (any other
+//! thread), so heap and pool pointers never mix in a thread cache. jemalloc keeps the arena's metadata in the pool as well, so only the owner process may
 //! allocate or free, and never a fork child ([`JePool`] records the owner's pid and refuses to work
 //! elsewhere).
 //!
@@ -219,15 +220,41 @@ fn install_fork_guard() {
 /// A jemalloc arena over a memfd, owned by this process.
 pub(crate) struct JePool {
     arena: c_uint,
+    /// `MALLOCX_ARENA | MALLOCX_TCACHE_NONE`: any thread.
     flags: i32,
+    /// `MALLOCX_ARENA | MALLOCX_TCACHE(tcache)`: the creating thread only (a tcache is not
+    /// thread-safe).
+    flags_owner: i32,
+    tcache: c_uint,
+    owner_thread: u64,
     hooks: NonNull<Hooks>,
     /// Unmapped in Drop only if jemalloc let go of the arena.
     map: ManuallyDrop<Mapping>,
     fd: OwnedFd,
     pid: u32,
-    next_gen: AtomicU32,
-    live_objects: AtomicU64,
-    live_bytes: AtomicU64,
+    /// Usage and generations, split so that the owner thread pays no atomic read-modify-write:
+    /// `[0]` is written only by the owner thread (load + store), `[1]` by others (RMW). Owner
+    /// generations are even, others odd, so they never collide.
+    gens: [AtomicU32; 2],
+    objects: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+}
+
+/// A small id for the current thread (a `thread_local` read, no system call).
+fn thread_tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static TAG: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    TAG.with(|t| *t)
+}
+
+/// Adds `delta` (two's complement) to counter `i` of `c`: a plain store for the owner thread.
+fn bump(c: &[AtomicU64; 2], owner: bool, delta: u64) {
+    if owner {
+        let v = c[0].load(Ordering::Relaxed);
+        c[0].store(v.wrapping_add(delta), Ordering::Relaxed);
+    } else {
+        c[1].fetch_add(delta, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: the hooks are only read (and their bump advanced atomically) by jemalloc; the mapping is
@@ -301,16 +328,38 @@ impl JePool {
                 errno: flowipc_sys::Errno::from_raw_os_error(rc),
             });
         }
+        let mut tcache: c_uint = 0;
+        let mut sz = std::mem::size_of::<c_uint>();
+        // SAFETY: `tcache.create` writes an unsigned into `tcache`; the size matches.
+        let rc = unsafe {
+            je::mallctl(
+                c"tcache.create".as_ptr(),
+                (&mut tcache as *mut c_uint).cast(),
+                &mut sz,
+                ptr::null_mut(),
+                0,
+            )
+        };
+        let arena_flag = je::MALLOCX_ARENA(arena as usize);
+        // Without a tcache of our own, the owner thread goes without one too.
+        let flags_owner = if rc == 0 {
+            arena_flag | je::MALLOCX_TCACHE(tcache as usize)
+        } else {
+            arena_flag | je::MALLOCX_TCACHE_NONE
+        };
         Ok(JePool {
             arena,
-            flags: je::MALLOCX_ARENA(arena as usize) | je::MALLOCX_TCACHE_NONE,
+            flags: arena_flag | je::MALLOCX_TCACHE_NONE,
+            flags_owner,
+            tcache: if rc == 0 { tcache } else { c_uint::MAX },
+            owner_thread: thread_tag(),
             hooks,
             map: ManuallyDrop::new(map),
             fd,
             pid: std::process::id(),
-            next_gen: AtomicU32::new(1),
-            live_objects: AtomicU64::new(0),
-            live_bytes: AtomicU64::new(0),
+            gens: [AtomicU32::new(2), AtomicU32::new(1)],
+            objects: [AtomicU64::new(0), AtomicU64::new(0)],
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -333,19 +382,28 @@ impl JePool {
     pub(crate) fn alloc(&self, len: usize) -> Result<(u64, u32), ArenaError> {
         self.check_owner()?;
         let len32 = u32::try_from(len).map_err(|_| flowipc_core::arena::AllocError::TooLarge)?;
-        // SAFETY: plain allocation in our arena without a thread cache; size is non-zero.
-        let p = unsafe { je::mallocx(len + OBJ_HEADER, self.flags) } as usize;
+        let owner = thread_tag() == self.owner_thread;
+        let flags = if owner { self.flags_owner } else { self.flags };
+        // SAFETY: allocation in our arena, with our own tcache on the owner thread (used by no
+        // other thread) or none; size is non-zero.
+        let p = unsafe { je::mallocx(len + OBJ_HEADER, flags) } as usize;
         if p == 0 {
             return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
         }
-        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        let gen = if owner {
+            let g = self.gens[0].load(Ordering::Relaxed);
+            self.gens[0].store(g.wrapping_add(2), Ordering::Relaxed);
+            g
+        } else {
+            self.gens[1].fetch_add(2, Ordering::Relaxed)
+        };
         // SAFETY: `p` is a fresh allocation of at least OBJ_HEADER bytes, 16-aligned, inside the mapping.
         let hdr = unsafe { &*(p as *const ObjHeader) };
         hdr.len.store(len32, Ordering::Relaxed);
         hdr.magic.store(OBJ_MAGIC, Ordering::Relaxed);
         hdr.state.store(st_alloc(gen, 1), Ordering::Relaxed);
-        self.live_objects.fetch_add(1, Ordering::Relaxed);
-        self.live_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        bump(&self.objects, owner, 1);
+        bump(&self.bytes, owner, len as u64);
         Ok(((p + OBJ_HEADER - self.base()) as u64, gen))
     }
 
@@ -412,11 +470,13 @@ impl JePool {
                 Ok(_) if last => {
                     let p = (h as *const ObjHeader).cast_mut().cast::<c_void>();
                     let len = h.len.load(Ordering::Relaxed);
-                    // SAFETY: `p` came from `mallocx` with these flags; the state CAS made this the
-                    // only free of it.
-                    unsafe { je::dallocx(p, self.flags) };
-                    self.live_objects.fetch_sub(1, Ordering::Relaxed);
-                    self.live_bytes.fetch_sub(u64::from(len), Ordering::Relaxed);
+                    let owner = thread_tag() == self.owner_thread;
+                    let flags = if owner { self.flags_owner } else { self.flags };
+                    // SAFETY: `p` came from `mallocx` in this arena; the state CAS made this the
+                    // only free of it; the owner's tcache is used only on the owner thread.
+                    unsafe { je::dallocx(p, flags) };
+                    bump(&self.objects, owner, 1u64.wrapping_neg());
+                    bump(&self.bytes, owner, u64::from(len).wrapping_neg());
                     return Ok(true);
                 }
                 Ok(_) => return Ok(false),
@@ -475,8 +535,12 @@ impl JePool {
     /// Objects and payload bytes currently allocated.
     pub(crate) fn usage(&self) -> (u64, u64) {
         (
-            self.live_objects.load(Ordering::Relaxed),
-            self.live_bytes.load(Ordering::Relaxed),
+            self.objects[0]
+                .load(Ordering::Relaxed)
+                .wrapping_add(self.objects[1].load(Ordering::Relaxed)),
+            self.bytes[0]
+                .load(Ordering::Relaxed)
+                .wrapping_add(self.bytes[1].load(Ordering::Relaxed)),
         )
     }
 }
@@ -486,6 +550,21 @@ impl Drop for JePool {
         if FORKED.load(Ordering::Relaxed) && std::process::id() != self.pid {
             // A fork child must not touch the arena: leak our share of it.
             return;
+        }
+        if self.tcache != c_uint::MAX {
+            let mut tc = self.tcache;
+            // SAFETY: `tcache.destroy` reads an unsigned; nobody uses the tcache any more (we are
+            // being dropped, and it was only used through `self`). Its cached blocks go back to
+            // the arena, which must happen before the arena is destroyed.
+            unsafe {
+                je::mallctl(
+                    c"tcache.destroy".as_ptr(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    (&mut tc as *mut c_uint).cast(),
+                    std::mem::size_of::<c_uint>(),
+                )
+            };
         }
         let name = CString::new(format!("arena.{}.destroy", self.arena)).expect("no NUL");
         // SAFETY: destroys our arena; no other reference to it remains (every object's block was
