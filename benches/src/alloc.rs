@@ -1,0 +1,195 @@
+//! Allocator cost: nanoseconds per alloc+free pair of 64 B and 4 KiB objects, with one thread and
+//! with two threads allocating from the same allocator at once.
+//!
+//! Each thread keeps a window of [`WINDOW`] live objects and replaces the oldest on every step (free
+//! it, allocate a new one), so that the free lists are exercised rather than one block bouncing.
+//! A run is `pairs` steps per thread; the figure is wall time / `pairs` (for two threads, the time
+//! each thread takes for its own pairs while the other runs), and the reported `p50_ns` is the
+//! median over [`RUNS`] runs.
+//!
+//! Systems:
+//! - `flowipc-arena`: the lock-free core allocator (`flowipc_core::arena`) over a sealed memfd.
+//! - `flowipc-arena-jemalloc`: the jemalloc lend pool (`LendPool::create_jemalloc`), through the
+//!   safe API (allocation + header; freed by dropping the object); only with the `jemalloc-shm`
+//!   feature of this crate, one thread (a lend pool is owned by one thread of one process).
+//! - `jemalloc-heap`: `mallocx` / `sdallocx` with jemalloc's default thread cache.
+//! - `system-heap`: glibc `malloc` / `free` through `std::alloc::System`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use flowipc_core::arena::{Arena, Offset, DEFAULT_SPAN_SHIFT};
+use flowipc_sys::mmap::{Access, Mapping};
+use flowipc_sys::AsFd;
+
+use crate::report::Row;
+
+/// Live objects each thread keeps.
+const WINDOW: usize = 64;
+/// Runs per configuration; the median is reported.
+const RUNS: usize = 5;
+/// Object sizes measured.
+const SIZES: [usize; 2] = [64, 4096];
+
+/// One allocator as the loop sees it: `alloc` returns a token, `free` takes it back.
+trait Allocator: Sync {
+    type Token: Send;
+    fn alloc(&self, size: usize) -> Self::Token;
+    fn free(&self, t: Self::Token, size: usize);
+}
+
+/// The core allocator over a memfd mapping.
+struct CoreArena {
+    arena: Arena,
+    _map: Mapping,
+}
+
+impl CoreArena {
+    fn new(len: usize) -> Self {
+        let fd = flowipc_sys::memfd::create_sealed(c"flowipc-bench-arena", len as u64).expect("memfd");
+        let map = Mapping::map(fd.as_fd(), 0, len, Access::ReadWrite).expect("mmap");
+        let base = NonNull::new(map.as_mut_ptr().expect("writable")).expect("non-null");
+        // SAFETY: the mapping is page-aligned, `len` bytes, read-write, and outlives the arena (both
+        // live in `CoreArena`, the arena field dropped first); nothing else uses it.
+        let arena = unsafe { Arena::init(base, len, DEFAULT_SPAN_SHIFT) }.expect("arena init");
+        CoreArena { arena, _map: map }
+    }
+}
+
+impl Allocator for CoreArena {
+    type Token = Offset;
+    fn alloc(&self, size: usize) -> Offset {
+        self.arena.alloc(size, 16).expect("arena alloc")
+    }
+    fn free(&self, t: Offset, _size: usize) {
+        self.arena.free(t).expect("arena free");
+    }
+}
+
+/// A heap pointer, sendable between the bench threads (each token is used by one thread only).
+struct Ptr(NonNull<u8>);
+// SAFETY: a `Ptr` is an exclusively owned heap block; moving it to another thread is fine.
+unsafe impl Send for Ptr {}
+
+struct SystemHeap;
+
+impl Allocator for SystemHeap {
+    type Token = Ptr;
+    fn alloc(&self, size: usize) -> Ptr {
+        let layout = Layout::from_size_align(size, 16).expect("layout");
+        // SAFETY: non-zero size.
+        Ptr(NonNull::new(unsafe { System.alloc(layout) }).expect("malloc"))
+    }
+    fn free(&self, t: Ptr, size: usize) {
+        let layout = Layout::from_size_align(size, 16).expect("layout");
+        // SAFETY: allocated above with this layout.
+        unsafe { System.dealloc(t.0.as_ptr(), layout) }
+    }
+}
+
+struct JemallocHeap;
+
+impl Allocator for JemallocHeap {
+    type Token = Ptr;
+    fn alloc(&self, size: usize) -> Ptr {
+        // SAFETY: plain allocation with default flags (16-byte alignment for these sizes).
+        Ptr(NonNull::new(unsafe { tikv_jemalloc_sys::mallocx(size, 0) }.cast()).expect("mallocx"))
+    }
+    fn free(&self, t: Ptr, size: usize) {
+        // SAFETY: allocated by `mallocx(size, 0)` above.
+        unsafe { tikv_jemalloc_sys::sdallocx(t.0.as_ptr().cast(), size, 0) }
+    }
+}
+
+/// `pairs` window steps on one thread; returns ns per pair.
+fn steps<A: Allocator>(a: &A, size: usize, pairs: usize) -> f64 {
+    let mut window: Vec<A::Token> = (0..WINDOW).map(|_| a.alloc(size)).collect();
+    let start = Instant::now();
+    for i in 0..pairs {
+        let slot = i % WINDOW;
+        let fresh = a.alloc(size);
+        let old = std::mem::replace(&mut window[slot], fresh);
+        a.free(old, size);
+    }
+    let ns = start.elapsed().as_nanos() as f64 / pairs as f64;
+    for t in window {
+        a.free(t, size);
+    }
+    ns
+}
+
+/// Median over runs of ns per pair, with `threads` threads (1 or 2) on the same allocator.
+fn measure<A: Allocator>(a: &A, size: usize, threads: usize, pairs: usize) -> f64 {
+    steps(a, size, pairs / 10); // warm-up: carve spans, fill caches
+    let mut runs: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            if threads == 1 {
+                steps(a, size, pairs)
+            } else {
+                std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| steps(a, size, pairs))).collect();
+                    let per: Vec<f64> = hs.into_iter().map(|h| h.join().expect("bench thread")).collect();
+                    per.iter().sum::<f64>() / per.len() as f64
+                })
+            }
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+fn row(system: &str, threads: usize, size: usize, ns: f64) -> Row {
+    Row {
+        system: system.to_string(),
+        mode: if threads == 1 { "1-thread" } else { "2-threads" }.to_string(),
+        placement: "n/a".to_string(),
+        kind: "alloc".to_string(),
+        size_bytes: size as u64,
+        p50_ns: Some(ns),
+        p99_ns: None,
+        p999_ns: None,
+        msgs_per_s: None,
+        gbytes_per_s: None,
+    }
+}
+
+fn rows_for<A: Allocator>(name: &str, a: &A, pairs: usize, out: &mut Vec<Row>) {
+    for threads in [1, 2] {
+        for size in SIZES {
+            out.push(row(name, threads, size, measure(a, size, threads, pairs)));
+        }
+    }
+}
+
+/// Runs every allocator configuration and returns one row each.
+pub fn run(quick: bool) -> Vec<Row> {
+    let pairs = if quick { 200_000 } else { 2_000_000 };
+    let mut out = Vec::new();
+    rows_for("flowipc-arena", &CoreArena::new(64 << 20), pairs, &mut out);
+    #[cfg(feature = "jemalloc-shm")]
+    jemalloc_shm(pairs, &mut out);
+    rows_for("jemalloc-heap", &JemallocHeap, pairs, &mut out);
+    rows_for("system-heap", &SystemHeap, pairs, &mut out);
+    out
+}
+
+/// The jemalloc lend pool through the safe API, one thread.
+#[cfg(feature = "jemalloc-shm")]
+fn jemalloc_shm(pairs: usize, out: &mut Vec<Row>) {
+    let pool = flowipc::arena::LendPool::create_jemalloc(256 << 20).expect("jemalloc pool");
+    for size in SIZES {
+        let step = |n: usize| {
+            let mut window: Vec<_> = (0..WINDOW).map(|_| pool.alloc(size).expect("alloc")).collect();
+            let start = Instant::now();
+            for i in 0..n {
+                window[i % WINDOW] = pool.alloc(size).expect("alloc"); // drops (frees) the old one
+            }
+            start.elapsed().as_nanos() as f64 / n as f64
+        };
+        step(pairs / 10);
+        let mut runs: Vec<f64> = (0..RUNS).map(|_| step(pairs)).collect();
+        runs.sort_by(f64::total_cmp);
+        out.push(row("flowipc-arena-jemalloc", 1, size, runs[RUNS / 2]));
+    }
+}
