@@ -373,6 +373,14 @@ mod tests {
 
     fn lend_roundtrip(mut pool: LendPool) {
         let (id, setup) = pool.add_borrower().unwrap();
+        // The borrower's descriptor cannot be mapped writable.
+        let rw = flowipc_sys::mmap::Mapping::map(
+            setup.pool_fd.as_fd(),
+            0,
+            4096,
+            flowipc_sys::mmap::Access::ReadWrite,
+        );
+        assert_eq!(rw.unwrap_err(), flowipc_sys::Errno::ACCESS);
         let mut b = BorrowedPool::open(setup).unwrap();
         assert_eq!(b.pool_id(), pool.pool_id());
         let objs: Vec<_> = (0..50usize)
