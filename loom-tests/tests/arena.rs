@@ -157,6 +157,7 @@ fn returned_handle_reclaimed_once() {
             let (a, slot) = (a.clone(), slot.clone());
             thread::spawn(move || {
                 // The return ring delivered the handle: claim the record, then release.
+                // AcqRel pairs with the reclaiming swap below: whoever comes second sees 0.
                 let off = slot.swap(0, Ordering::AcqRel);
                 if off != 0 {
                     a.release(Offset::new(off), g).unwrap();
@@ -164,7 +165,7 @@ fn returned_handle_reclaimed_once() {
                 off != 0
             })
         };
-        // Peer-death reclaim of the same record.
+        // Peer-death reclaim of the same record (AcqRel pairs with the drain's swap).
         let off = slot.swap(0, Ordering::AcqRel);
         let reclaimed = off != 0;
         if reclaimed {
