@@ -177,8 +177,35 @@ pub fn pin(cpu: usize) -> io::Result<()> {
     flowipc_sys::process::set_cpu_affinity(cpu).map_err(io::Error::from)
 }
 
+/// Slack beyond the budget before the watchdog declares a configuration hung.
+const HANG_SLACK: Duration = Duration::from_secs(60);
+
+/// Ends the bench if one configuration overruns its budget by [`HANG_SLACK`]: a transport that loses
+/// a wake-up would otherwise block both processes forever. The server dies with us (it asked for
+/// `PR_SET_PDEATHSIG`). Dropping the returned sender disarms it.
+fn watchdog(cfg: &Config) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let limit = WARMUP + Duration::from_millis(cfg.budget_ms) + HANG_SLACK;
+    let what = format!(
+        "{} {} {} {} {} B",
+        cfg.system,
+        cfg.mode.as_str(),
+        cfg.placement.as_str(),
+        cfg.kind.as_str(),
+        cfg.size
+    );
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("\nflowipc-bench: {what} made no progress for {limit:?}; giving up (lost wake-up or dead peer)");
+            std::process::exit(3);
+        }
+    });
+    tx
+}
+
 /// Runs one configuration end to end and returns its result row.
 pub fn run(system: &dyn System, cfg: &Config) -> io::Result<Row> {
+    let _armed = watchdog(cfg);
     let (ctl, ctl_child) = UnixStream::pair()?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("__child")
@@ -317,6 +344,7 @@ fn client_stream(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<
 /// Entry point of the server process (`flowipc-bench __child`); `systems` is the same list the
 /// client uses, so the names resolve to the same code.
 pub fn child_main(systems: &[&dyn System]) -> io::Result<()> {
+    flowipc_sys::process::set_parent_death_kill().map_err(io::Error::from)?;
     let ctl: OwnedFd = io::stdin().as_fd().try_clone_to_owned()?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut fds = flowipc_sys::socket::RecvFds::new();

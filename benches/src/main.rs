@@ -10,6 +10,7 @@
 mod harness;
 mod raw;
 mod report;
+mod ring;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ struct Args {
 
 fn systems() -> Vec<&'static dyn System> {
     vec![
+        &ring::Ring,
         &raw::Slot::SPIN,
         &raw::Slot::FUTEX,
         &raw::Slot::EVENTFD,

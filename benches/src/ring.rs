@@ -1,0 +1,92 @@
+//! `flowipc-ring`: one [`flowipc::ring::ShmRing`] per direction, each in its own sealed memfd, used
+//! through the safe API exactly as an application would (copy in, copy out, the crate's wait
+//! policies).
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use flowipc::ring::{RingReceiver, RingSender, ShmRing, WaitPolicy};
+
+use crate::harness::{Config, Endpoint, Kind, Mode, Placement, System};
+
+/// The smallest ring used: big enough that 64-byte streaming is not limited by ring size.
+const MIN_RING: usize = 256 * 1024;
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
+}
+
+/// A ring whose largest frame holds `size` bytes.
+fn capacity_for(size: usize) -> usize {
+    (2 * (size + 64)).next_power_of_two().max(MIN_RING)
+}
+
+fn policy(mode: Mode) -> WaitPolicy {
+    match mode {
+        Mode::BusyPoll => WaitPolicy::BusyPoll,
+        Mode::SpinThenBlock => WaitPolicy::default(),
+        Mode::Block => WaitPolicy::Block,
+    }
+}
+
+struct RingEndpoint {
+    tx: RingSender,
+    rx: RingReceiver,
+}
+
+impl RingEndpoint {
+    fn new(tx_ring: &ShmRing, rx_ring: &ShmRing, mode: Mode) -> io::Result<Self> {
+        let mut tx = tx_ring.sender().map_err(other)?;
+        let mut rx = rx_ring.receiver().map_err(other)?;
+        tx.set_policy(policy(mode));
+        rx.set_policy(policy(mode));
+        Ok(RingEndpoint { tx, rx })
+    }
+}
+
+impl Endpoint for RingEndpoint {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.tx.send(msg).map_err(other)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rx.recv(buf).map(|f| f.len).map_err(other)
+    }
+}
+
+/// The `flowipc-ring` system.
+pub struct Ring;
+
+impl System for Ring {
+    fn name(&self) -> &'static str {
+        "flowipc-ring"
+    }
+
+    fn supports(&self, mode: Mode, placement: Placement, _kind: Kind, _size: usize) -> bool {
+        // Spinning on the CPU the peer needs only delays it; same-core runs block.
+        mode == Mode::Block || placement == Placement::CrossCore
+    }
+
+    fn setup(&self, cfg: &Config) -> io::Result<(Box<dyn Endpoint>, Vec<OwnedFd>)> {
+        let cap = capacity_for(cfg.size);
+        let c2s = ShmRing::create(cap).map_err(other)?;
+        let s2c = ShmRing::create(cap).map_err(other)?;
+        let fds = vec![
+            c2s.fd().try_clone_to_owned()?,
+            s2c.fd().try_clone_to_owned()?,
+        ];
+        Ok((Box::new(RingEndpoint::new(&c2s, &s2c, cfg.mode)?), fds))
+    }
+
+    fn attach(&self, cfg: &Config, fds: Vec<OwnedFd>) -> io::Result<Box<dyn Endpoint>> {
+        let [c2s, s2c]: [OwnedFd; 2] = fds.try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "flowipc-ring: wrong number of fds",
+            )
+        })?;
+        let c2s = ShmRing::open(c2s).map_err(other)?;
+        let s2c = ShmRing::open(s2c).map_err(other)?;
+        Ok(Box::new(RingEndpoint::new(&s2c, &c2s, cfg.mode)?))
+    }
+}
