@@ -46,9 +46,16 @@ fn socket_case(
     let err = ch.recv(&mut buf).unwrap_err();
     assert!(check(&err), "{name}: unexpected error {err:?}");
     // Every descriptor that arrived is already closed: only the two socket ends are new.
-    assert_eq!(open_fds(), before + 2, "{name}: received descriptors left open");
+    assert_eq!(
+        open_fds(),
+        before + 2,
+        "{name}: received descriptors left open"
+    );
     // The channel is poisoned, for receiving and sending.
-    assert!(matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)), "{name}");
+    assert!(
+        matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)),
+        "{name}"
+    );
     assert!(matches!(ch.send(b"x"), Err(SendError::Poisoned)), "{name}");
     drop((ch, raw));
     assert_eq!(open_fds(), before, "{name}: leaked descriptors");
@@ -124,7 +131,10 @@ fn hostile_socket_peer() {
         |e| {
             matches!(
                 e,
-                RecvError::Corrupt(Corruption::FdCountMismatch { declared: 5, arrived: 2 })
+                RecvError::Corrupt(Corruption::FdCountMismatch {
+                    declared: 5,
+                    arrived: 2
+                })
             )
         },
     );
@@ -167,7 +177,10 @@ fn hostile_length_allocates_only_what_arrives() {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    assert!(rss_kib < 512 * 1024, "RSS {rss_kib} KiB after a 1 GiB claim");
+    assert!(
+        rss_kib < 512 * 1024,
+        "RSS {rss_kib} KiB after a 1 GiB claim"
+    );
 }
 
 /// Forged chunk sequences written straight into an mq channel's queue.
@@ -182,7 +195,10 @@ fn hostile_mq_chunks() {
         c
     }
     let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
-        ("continuation without a first chunk", vec![chunk(0, 0, 1, 10, b"abc")]),
+        (
+            "continuation without a first chunk",
+            vec![chunk(0, 0, 1, 10, b"abc")],
+        ),
         (
             "chunk index skipped",
             vec![chunk(1, 0, 0, 10, b"abc"), chunk(2, 0, 2, 10, b"defghij")],
@@ -200,7 +216,10 @@ fn hostile_mq_chunks() {
         ("forged total", vec![chunk(1, 0, 0, u64::MAX, b"abc")]),
         ("bad magic", vec![b"\x01\x00\x00\x00xxxxxxxxxxxx".to_vec()]),
         ("shorter than a header", vec![b"\x01\x4d".to_vec()]),
-        ("descriptors declared on mq", vec![chunk(3, 2, 0, 3, b"abc")]),
+        (
+            "descriptors declared on mq",
+            vec![chunk(3, 2, 0, 3, b"abc")],
+        ),
     ];
     for (name, chunks) in cases {
         let before = open_fds();
@@ -214,7 +233,10 @@ fn hostile_mq_chunks() {
         let mut buf = Vec::new();
         let err = ch.recv(&mut buf).unwrap_err();
         assert!(matches!(err, RecvError::Corrupt(_)), "{name}: {err:?}");
-        assert!(matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)), "{name}");
+        assert!(
+            matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)),
+            "{name}"
+        );
         eprintln!("{name}: {err}");
         drop((ch, peer));
         assert_eq!(open_fds(), before, "{name}: leaked descriptors");

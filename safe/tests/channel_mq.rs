@@ -55,7 +55,10 @@ fn mq_nonblocking_backpressure() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(accepted, 4, "a queue of 4 messages takes 4 one-chunk messages");
+    assert_eq!(
+        accepted, 4,
+        "a queue of 4 messages takes 4 one-chunk messages"
+    );
     let mut buf = Vec::new();
     for _ in 0..4 {
         b.try_recv(&mut buf).unwrap();

@@ -16,12 +16,30 @@ fn socket_round_trip_sizes_and_fds() {
     let file = std::fs::File::open("/dev/null").unwrap();
     let mut buf = Vec::new();
     // Sizes around every internal boundary: header, scratch, read buffer, direct reads.
-    let sizes = [0usize, 1, 7, 8, 9, 4096, 16376, 16377, 65535, 65536, 65537, 200_000, 3 << 20];
+    let sizes = [
+        0usize,
+        1,
+        7,
+        8,
+        9,
+        4096,
+        16376,
+        16377,
+        65535,
+        65536,
+        65537,
+        200_000,
+        3 << 20,
+    ];
     let writer = std::thread::spawn(move || {
         let mut msg = Vec::new();
         for (i, &len) in sizes.iter().enumerate() {
             fill(i as u64, len, &mut msg);
-            let fds = if i % 2 == 0 { vec![file.as_fd()] } else { vec![] };
+            let fds = if i % 2 == 0 {
+                vec![file.as_fd()]
+            } else {
+                vec![]
+            };
             a.send_with_fds(&msg, &fds).unwrap();
         }
         a.close().unwrap();
@@ -95,7 +113,10 @@ fn socket_nonblocking_and_timeouts() {
 #[test]
 fn socket_limits_are_checked_on_send() {
     let _g = serial();
-    let (mut a, _b) = ChannelOptions::new().max_message_size(10).socket_pair().unwrap();
+    let (mut a, _b) = ChannelOptions::new()
+        .max_message_size(10)
+        .socket_pair()
+        .unwrap();
     assert!(matches!(
         a.send(&[0; 11]),
         Err(SendError::TooLarge { len: 11, max: 10 })
@@ -119,7 +140,10 @@ fn socket_handover_in_process() {
     boot_a.send_channel(x).unwrap();
     let mut x = boot_b.recv_channel().unwrap();
     x.send(b"through a handed-over channel").unwrap();
-    assert_eq!(y.recv_owned().unwrap().bytes, b"through a handed-over channel");
+    assert_eq!(
+        y.recv_owned().unwrap().bytes,
+        b"through a handed-over channel"
+    );
     // A message that is not a channel is refused.
     boot_a.send(b"nope").unwrap();
     assert!(boot_b.recv_channel().is_err());
@@ -131,7 +155,12 @@ fn socket_stress() {
         return child_main(&role);
     }
     let _g = serial();
-    stress("socket_stress", Channel::socket_pair().unwrap(), true, 200_000);
+    stress(
+        "socket_stress",
+        Channel::socket_pair().unwrap(),
+        true,
+        200_000,
+    );
 }
 
 #[test]
@@ -140,7 +169,9 @@ fn socket_sigkill_mid_stream() {
         return child_main(&role);
     }
     let _g = serial();
-    kill_mid_stream("socket_sigkill_mid_stream", || Channel::socket_pair().unwrap());
+    kill_mid_stream("socket_sigkill_mid_stream", || {
+        Channel::socket_pair().unwrap()
+    });
 }
 
 #[test]
@@ -149,7 +180,9 @@ fn socket_sigkill_blocked_recv() {
         return child_main(&role);
     }
     let _g = serial();
-    kill_blocked_recv("socket_sigkill_blocked_recv", || Channel::socket_pair().unwrap());
+    kill_blocked_recv("socket_sigkill_blocked_recv", || {
+        Channel::socket_pair().unwrap()
+    });
 }
 
 #[test]
@@ -158,5 +191,7 @@ fn socket_sigkill_blocked_send() {
         return child_main(&role);
     }
     let _g = serial();
-    kill_blocked_send("socket_sigkill_blocked_send", || Channel::socket_pair().unwrap());
+    kill_blocked_send("socket_sigkill_blocked_send", || {
+        Channel::socket_pair().unwrap()
+    });
 }

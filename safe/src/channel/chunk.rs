@@ -150,7 +150,9 @@ impl Reassembler {
         }
         if h.flags & FIRST != 0 {
             if self.in_progress {
-                return Err(Corruption::BadChunk("a new message began before the last ended"));
+                return Err(Corruption::BadChunk(
+                    "a new message began before the last ended",
+                ));
             }
             if h.index != 0 {
                 return Err(Corruption::BadChunk("first chunk with a non-zero index"));
@@ -167,9 +169,13 @@ impl Reassembler {
             self.nfds = usize::from(h.nfds);
             self.buf.clear();
         } else if !self.in_progress {
-            return Err(Corruption::BadChunk("continuation chunk without a first chunk"));
+            return Err(Corruption::BadChunk(
+                "continuation chunk without a first chunk",
+            ));
         } else if h.nfds != 0 {
-            return Err(Corruption::BadChunk("descriptors declared after the first chunk"));
+            return Err(Corruption::BadChunk(
+                "descriptors declared after the first chunk",
+            ));
         }
         if h.index != self.next_index {
             return Err(Corruption::BadChunk("chunk index out of sequence"));
@@ -178,13 +184,17 @@ impl Reassembler {
             return Err(Corruption::BadChunk("total length changed between chunks"));
         }
         if (self.buf.len() + payload.len()) as u64 > self.total {
-            return Err(Corruption::BadChunk("chunks longer than the announced total"));
+            return Err(Corruption::BadChunk(
+                "chunks longer than the announced total",
+            ));
         }
         self.buf.extend_from_slice(payload);
         self.next_index = self.next_index.wrapping_add(1);
         if h.flags & LAST != 0 {
             if self.buf.len() as u64 != self.total {
-                return Err(Corruption::BadChunk("last chunk before the announced total"));
+                return Err(Corruption::BadChunk(
+                    "last chunk before the announced total",
+                ));
             }
             self.in_progress = false;
             return Ok(Fed::Complete { nfds: self.nfds });
@@ -230,7 +240,10 @@ mod tests {
         for len in [0usize, 1, 99, 100, 101, 1000, 12345] {
             let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut r = Reassembler::default();
-            assert_eq!(feed_all(&mut r, &chunks(&msg, 100)), Ok(Fed::Complete { nfds: 2 }));
+            assert_eq!(
+                feed_all(&mut r, &chunks(&msg, 100)),
+                Ok(Fed::Complete { nfds: 2 })
+            );
             assert_eq!(r.buf, msg);
         }
     }

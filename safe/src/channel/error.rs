@@ -79,7 +79,9 @@ pub enum SendError {
     #[error("this side closed the channel; open a new channel to send more")]
     Closed,
     /// The peer's process exited or it dropped its end of the channel.
-    #[error("the peer is gone (its process exited or it dropped its end); nothing more can be sent")]
+    #[error(
+        "the peer is gone (its process exited or it dropped its end); nothing more can be sent"
+    )]
     PeerGone,
     /// The message is longer than the channel accepts.
     #[error(

@@ -79,7 +79,12 @@ fn queue(dir: char, attr: Option<&MqAttr>) -> Result<(OwnedFd, OwnedFd), OpenErr
         attr,
     )
     .map_err(|e| open_error("mq_open", e))?;
-    let tx = mq::mq_open(&name, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty(), None);
+    let tx = mq::mq_open(
+        &name,
+        OFlags::WRONLY | OFlags::NONBLOCK,
+        Mode::empty(),
+        None,
+    );
     let unlinked = mq::mq_unlink(&name);
     let tx = tx.map_err(|e| open_error("mq_open", e))?;
     unlinked.map_err(|e| OpenError::os("mq_unlink", e))?;
@@ -124,8 +129,7 @@ impl MqTransport {
         let rsize = msgsize(rx.as_fd(), "receive")?;
         let ssize = msgsize(tx.as_fd(), "send")?;
         for fd in [&rx, &tx] {
-            mq::mq_set_nonblocking(fd.as_fd(), true)
-                .map_err(|e| OpenError::os("mq_setattr", e))?;
+            mq::mq_set_nonblocking(fd.as_fd(), true).map_err(|e| OpenError::os("mq_setattr", e))?;
         }
         Ok(MqTransport {
             rx,

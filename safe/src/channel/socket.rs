@@ -65,7 +65,10 @@ pub(crate) enum Header {
 }
 
 /// Decodes and validates a frame header against this side's limits.
-pub(crate) fn decode_header(bytes: [u8; HEADER_LEN], limits: &Limits) -> Result<Header, Corruption> {
+pub(crate) fn decode_header(
+    bytes: [u8; HEADER_LEN],
+    limits: &Limits,
+) -> Result<Header, Corruption> {
     let word = u64::from_le_bytes(bytes);
     let len = word & LEN_MASK;
     let nfds = ((word >> 48) & 0xff) as usize;
@@ -185,7 +188,12 @@ impl SocketTransport {
                 self.scratch.extend_from_slice(&header[cur.pos..]);
                 self.scratch.extend_from_slice(&data[..head]);
                 if cur.pos == 0 && !fds.is_empty() {
-                    socket::send_with_fds(self.sock.as_fd(), &self.scratch, fds, SendFlags::DONTWAIT)
+                    socket::send_with_fds(
+                        self.sock.as_fd(),
+                        &self.scratch,
+                        fds,
+                        SendFlags::DONTWAIT,
+                    )
                 } else {
                     socket::send(self.sock.as_fd(), &self.scratch, SendFlags::DONTWAIT)
                 }
@@ -439,7 +447,10 @@ mod tests {
         let h = encode_header(false, 12345, 7);
         assert_eq!(
             decode_header(h, &limits()),
-            Ok(Header::Data { len: 12345, nfds: 7 })
+            Ok(Header::Data {
+                len: 12345,
+                nfds: 7
+            })
         );
         assert_eq!(
             decode_header(encode_header(true, 0, 0), &limits()),
@@ -457,7 +468,10 @@ mod tests {
         let fds = encode_header(false, 1, 9);
         assert!(matches!(
             decode_header(fds, &limits()),
-            Err(Corruption::TooManyFds { declared: 9, max: 8 })
+            Err(Corruption::TooManyFds {
+                declared: 9,
+                max: 8
+            })
         ));
         let junk = u64::MAX.to_le_bytes();
         assert!(matches!(

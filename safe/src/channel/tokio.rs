@@ -180,7 +180,7 @@ impl AsyncChannel {
                 Some(recv.poll_read_ready(cx)),
                 peer.as_ref().map(|p| p.poll_read_ready(cx)),
             ];
-            if let Some(fds) = channel.step_recv(buf)? {
+            if let Some(fds) = channel.step_recv(buf, None)? {
                 return Poll::Ready(Ok(RecvMeta {
                     len: buf.len(),
                     fds,
@@ -189,7 +189,12 @@ impl AsyncChannel {
             match settle(seen) {
                 Ok(true) => {}
                 Ok(false) => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(RecvError::Io { op: "tokio readiness", source: e })),
+                Err(e) => {
+                    return Poll::Ready(Err(RecvError::Io {
+                        op: "tokio readiness",
+                        source: e,
+                    }))
+                }
             }
         })
         .await
@@ -227,7 +232,7 @@ impl AsyncChannel {
                 Some(send.poll_write_ready(cx)),
                 self.peer.as_ref().map(|p| p.poll_read_ready(cx)),
             ];
-            match self.channel.step_send(cursor, data, fds) {
+            match self.channel.step_send(cursor, data, fds, None) {
                 Ok(Step::Done) => return Poll::Ready(Ok(())),
                 Ok(Step::Blocked) => {}
                 Err(e) => return Poll::Ready(Err(e)),

@@ -28,7 +28,12 @@ pub fn role() -> Option<String> {
 
 /// Re-runs this test binary as a child playing `role` inside test `test`, and hands it `channel`
 /// over a bootstrap socket that becomes the child's stdin.
-pub fn spawn_child(test: &str, role: &str, channel: Channel, extra_env: &[(&str, String)]) -> Child {
+pub fn spawn_child(
+    test: &str,
+    role: &str,
+    channel: Channel,
+    extra_env: &[(&str, String)],
+) -> Child {
     let (ours, theirs) = flowipc_sys::socket::socketpair_stream().expect("socketpair");
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -39,7 +44,8 @@ pub fn spawn_child(test: &str, role: &str, channel: Channel, extra_env: &[(&str,
     }
     let child = cmd.spawn().expect("spawn child");
     let mut boot = Channel::from_socket(ours);
-    boot.send_channel(channel).expect("hand the channel to the child");
+    boot.send_channel(channel)
+        .expect("hand the channel to the child");
     child
 }
 
@@ -50,12 +56,15 @@ pub fn child_channel() -> Channel {
         .try_clone_to_owned()
         .expect("dup stdin");
     let mut boot = Channel::from_socket(stdin);
-    boot.recv_channel().expect("receive the channel from the parent")
+    boot.recv_channel()
+        .expect("receive the channel from the parent")
 }
 
 /// Number of open descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 /// Retries `f` while the kernel's mq limits are exhausted (other tests may hold queues).
@@ -205,10 +214,14 @@ pub fn verify_fds(seq: u64, n: usize, fds: &[OwnedFd]) -> Result<(), String> {
         let want = format!("marker-{}", (seq as usize + t) % MARKERS);
         let name = link.to_string_lossy();
         if !name.contains(&format!("/{want}")) {
-            return Err(format!("message {seq}: descriptor {t} is {name}, expected {want}"));
+            return Err(format!(
+                "message {seq}: descriptor {t} is {name}, expected {want}"
+            ));
         }
         if !flowipc_sys::fd::is_cloexec(fd.as_fd()).map_err(|e| e.to_string())? {
-            return Err(format!("message {seq}: descriptor {t} is not close-on-exec"));
+            return Err(format!(
+                "message {seq}: descriptor {t} is not close-on-exec"
+            ));
         }
     }
     Ok(())
@@ -356,7 +369,10 @@ fn stress_child() {
 pub const PEER_GONE_LIMIT: Duration = Duration::from_millis(100);
 
 /// Kills `child` after `delay` on another thread; returns when the kill happened.
-pub fn kill_later(mut child: Child, delay: Duration) -> (Arc<StdMutex<Option<Instant>>>, std::thread::JoinHandle<()>) {
+pub fn kill_later(
+    mut child: Child,
+    delay: Duration,
+) -> (Arc<StdMutex<Option<Instant>>>, std::thread::JoinHandle<()>) {
     let when = Arc::new(StdMutex::new(None));
     let w = when.clone();
     let h = std::thread::spawn(move || {
@@ -390,7 +406,10 @@ pub fn kill_mid_stream(test: &str, make: impl FnOnce() -> (Channel, Channel)) {
         };
         let elapsed = t0.elapsed();
         child.wait().unwrap();
-        assert!(matches!(err, RecvError::PeerGone), "expected PeerGone, got {err:?}");
+        assert!(
+            matches!(err, RecvError::PeerGone),
+            "expected PeerGone, got {err:?}"
+        );
         assert!(
             elapsed < PEER_GONE_LIMIT,
             "PeerGone after {elapsed:?} (drained {drained} messages)"
@@ -412,7 +431,10 @@ pub fn kill_blocked_recv(test: &str, make: impl FnOnce() -> (Channel, Channel)) 
         let now = Instant::now();
         killer.join().unwrap();
         let t0 = when.lock().unwrap().expect("killed");
-        assert!(matches!(err, RecvError::PeerGone), "expected PeerGone, got {err:?}");
+        assert!(
+            matches!(err, RecvError::PeerGone),
+            "expected PeerGone, got {err:?}"
+        );
         let elapsed = now.saturating_duration_since(t0);
         assert!(elapsed < PEER_GONE_LIMIT, "PeerGone after {elapsed:?}");
         eprintln!("{test}: blocked recv got PeerGone {elapsed:?} after SIGKILL");
@@ -438,10 +460,16 @@ pub fn kill_blocked_send(test: &str, make: impl FnOnce() -> (Channel, Channel)) 
         let now = Instant::now();
         killer.join().unwrap();
         let t0 = when.lock().unwrap().expect("killed");
-        assert!(matches!(err, SendError::PeerGone), "expected PeerGone, got {err:?}");
+        assert!(
+            matches!(err, SendError::PeerGone),
+            "expected PeerGone, got {err:?}"
+        );
         let elapsed = now.saturating_duration_since(t0);
         assert!(elapsed < PEER_GONE_LIMIT, "PeerGone after {elapsed:?}");
-        assert!(sent < 1000, "backpressure: {sent} messages of 64 KiB went into an idle peer");
+        assert!(
+            sent < 1000,
+            "backpressure: {sent} messages of 64 KiB went into an idle peer"
+        );
         eprintln!("{test}: blocked send got PeerGone {elapsed:?} after SIGKILL ({sent} sent)");
     }
     assert_eq!(open_fds(), before, "descriptors leaked");

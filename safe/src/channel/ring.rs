@@ -1,0 +1,530 @@
+//! The shared-memory ring transport: two [`ShmRing`]s (one per direction, each its own sealed
+//! memfd) plus a companion Unix socket pair that carries descriptors and reports the peer's death.
+//!
+//! # Frames
+//!
+//! A message is one ring frame when it fits the ring's largest frame, else a run of frames of
+//! `capacity / 4` bytes. The frame's 16-bit tag says what it is:
+//!
+//! ```text
+//! bit 0  FIRST   first frame of a message; a FIRST frame without LAST starts with the message's
+//!                total length (u64 LE), checked against max_message_size before anything is kept
+//! bit 1  LAST    last frame of a message
+//! bit 2  CLOSE   orderly close (alone, empty)
+//! bits 8..16     descriptors sent with the message (FIRST frame only)
+//! ```
+//!
+//! The receiver checks the sequence (no FIRST inside a message, no continuation without one, the
+//! bytes never exceed the announced total and the LAST frame completes it exactly); anything else is
+//! [`Corruption`]. The ring itself validates its positions and frame headers (`flowipc_core`).
+//!
+//! # Descriptors
+//!
+//! Before the FIRST frame of a message with descriptors is published, the descriptors are sent on
+//! the companion socket as one byte with `SCM_RIGHTS`. The receiver, on a FIRST frame that declares
+//! `n` descriptors, reads exactly one byte from the socket and must get exactly `n`.
+//!
+//! # Waiting and peer death
+//!
+//! The fast path (room in the ring, or a frame waiting) makes no system call and, once the buffers
+//! have grown, no allocation. Blocking calls wait with the ring's policy (spin, then futex by
+//! default) and check every 20 ms whether the companion socket reports a hang-up, so a SIGKILLed
+//! peer ends a blocked call with `PeerGone` within about 20 ms. A ring closed by the peer without
+//! an orderly close marker also counts as `PeerGone`.
+//!
+//! The async face waits by polling (a few yields, then a timer backing off to 1 ms) plus the
+//! companion socket's readiness, because the ring has no reactor-armed wake-up yet.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use flowipc_sys::socket::{self, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags};
+use flowipc_sys::Errno;
+
+use super::error::{Corruption, OpenError, RecvError, SendError};
+use super::{Limits, SendCursor, Step};
+use crate::ring::{
+    RingOpenError, RingReceiver, RingRecvError, RingSendError, RingSender, ShmRing, WaitPolicy,
+};
+
+const FIRST: u16 = 0x01;
+const LAST: u16 = 0x02;
+const CLOSE: u16 = 0x04;
+const FLAGS: u16 = 0xff;
+
+/// How often a blocked side checks the companion socket for the peer's death.
+const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+/// How often a non-blocking receive that finds nothing checks it.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Default ring capacity per direction.
+pub(crate) const DEFAULT_RING_CAPACITY: usize = 1 << 20;
+
+fn ring_open_error(e: RingOpenError) -> OpenError {
+    OpenError::Io {
+        op: "setting up the shared-memory ring",
+        source: io::Error::other(e),
+    }
+}
+
+/// Whether the peer's end of stream socket `sock` is gone.
+fn hung_up(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
+    matches!(socket::poll(&mut pfd, Some(Duration::ZERO)), Ok(n) if n > 0)
+        && pfd[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
+}
+
+/// Non-blocking (and, for the sync API, blocking) core of the ring transport.
+#[derive(Debug)]
+pub(crate) struct RingTransport {
+    tx_ring: ShmRing,
+    rx_ring: ShmRing,
+    /// Taken on first use, so that an unused end can be handed to another process.
+    tx: Option<RingSender>,
+    rx: Option<RingReceiver>,
+    sock: OwnedFd,
+    policy: WaitPolicy,
+    limits: Limits,
+    // Receive state.
+    in_progress: bool,
+    total: u64,
+    fds: Vec<OwnedFd>,
+    assembling: Vec<u8>,
+    fdbuf: RecvFds,
+    peer_closed: bool,
+    last_idle_check: Option<Instant>,
+}
+
+/// Both ends of a new ring channel: (tx ring, rx ring, socket) each.
+pub(crate) type RingEnds = ((ShmRing, ShmRing, OwnedFd), (ShmRing, ShmRing, OwnedFd));
+
+/// Creates the two rings and the companion socket of a channel.
+pub(crate) fn create(capacity: usize) -> Result<RingEnds, OpenError> {
+    let ab = ShmRing::create(capacity).map_err(ring_open_error)?;
+    let ba = ShmRing::create(capacity).map_err(ring_open_error)?;
+    let (sa, sb) = socket::socketpair_stream().map_err(|e| OpenError::os("socketpair", e))?;
+    Ok(((ab.clone(), ba.clone(), sa), (ba, ab, sb)))
+}
+
+/// Opens the rings of an end received as descriptors.
+pub(crate) fn open(tx: OwnedFd, rx: OwnedFd) -> Result<(ShmRing, ShmRing), OpenError> {
+    let bad = |e: RingOpenError| OpenError::BadFds {
+        kind: "ring",
+        reason: e.to_string(),
+    };
+    Ok((
+        ShmRing::open(tx).map_err(bad)?,
+        ShmRing::open(rx).map_err(bad)?,
+    ))
+}
+
+impl RingTransport {
+    pub(crate) fn new(
+        tx_ring: ShmRing,
+        rx_ring: ShmRing,
+        sock: OwnedFd,
+        policy: WaitPolicy,
+        limits: Limits,
+    ) -> Self {
+        RingTransport {
+            tx_ring,
+            rx_ring,
+            tx: None,
+            rx: None,
+            sock,
+            policy,
+            fdbuf: RecvFds::with_limit(limits.max_fds_per_message),
+            limits,
+            in_progress: false,
+            total: 0,
+            fds: Vec::new(),
+            assembling: Vec::new(),
+            peer_closed: false,
+            last_idle_check: None,
+        }
+    }
+
+    pub(crate) fn sock(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// The descriptors of this end: tx memfd, rx memfd, socket. Fails once a ring side was taken
+    /// (giving it up would close the ring for the peer).
+    pub(crate) fn into_fds(self) -> Result<Vec<OwnedFd>, SendError> {
+        if self.tx.is_some() || self.rx.is_some() {
+            return Err(SendError::Io {
+                op: "handing over a ring channel",
+                source: io::Error::other(
+                    "a ring channel can be handed over only before its first send or receive",
+                ),
+            });
+        }
+        let dup = |fd: BorrowedFd<'_>| {
+            flowipc_sys::fd::dup_cloexec(fd).map_err(|e| SendError::os("dup", e))
+        };
+        Ok(vec![
+            dup(self.tx_ring.fd())?,
+            dup(self.rx_ring.fd())?,
+            self.sock,
+        ])
+    }
+
+    pub(crate) fn discard(&mut self) {
+        self.in_progress = false;
+        self.fds.clear();
+        self.fdbuf.clear();
+        self.assembling = Vec::new();
+    }
+
+    pub(crate) fn has_buffered_input(&self) -> bool {
+        self.in_progress
+    }
+
+    fn peer_check(&self) -> Result<impl FnMut() -> bool + Send + 'static, Errno> {
+        let sock = flowipc_sys::fd::dup_cloexec(self.sock.as_fd())?;
+        Ok(move || !hung_up(sock.as_fd()))
+    }
+
+    fn sender(&mut self) -> Result<&mut RingSender, SendError> {
+        if self.tx.is_none() {
+            let mut tx = self.tx_ring.sender().map_err(|e| SendError::Io {
+                op: "taking the sending side of the ring",
+                source: io::Error::other(e),
+            })?;
+            tx.set_policy(self.policy);
+            tx.set_peer_check(
+                PEER_CHECK_INTERVAL,
+                self.peer_check().map_err(|e| SendError::os("dup", e))?,
+            );
+            self.tx = Some(tx);
+        }
+        self.tx.as_mut().ok_or(SendError::Poisoned)
+    }
+
+    fn receiver(&mut self) -> Result<(), RecvError> {
+        if self.rx.is_none() {
+            let mut rx = self.rx_ring.receiver().map_err(|e| RecvError::Io {
+                op: "taking the receiving side of the ring",
+                source: io::Error::other(e),
+            })?;
+            rx.set_policy(self.policy);
+            rx.set_peer_check(
+                PEER_CHECK_INTERVAL,
+                self.peer_check().map_err(|e| RecvError::os("dup", e))?,
+            );
+            self.rx = Some(rx);
+        }
+        Ok(())
+    }
+
+    /// Sends frames until done or the ring is full. With `block`, waits for room (until the
+    /// deadline, if any) instead of returning `Blocked` at once.
+    pub(crate) fn send_step(
+        &mut self,
+        cur: &mut SendCursor,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        block: Option<Option<Instant>>,
+    ) -> Result<Step, SendError> {
+        if cur.close {
+            let tx = self.sender()?;
+            return match tx.try_send_tagged(&[], CLOSE) {
+                Ok(()) => {
+                    cur.chunk = 1;
+                    Ok(Step::Done)
+                }
+                Err(RingSendError::WouldBlock) => match block {
+                    Some(deadline) => {
+                        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        match tx.write_chunk(0, timeout) {
+                            Ok(_) | Err(RingSendError::Timeout) => Ok(Step::Blocked),
+                            Err(e) => Err(map_send(e)),
+                        }
+                    }
+                    None => Ok(Step::Blocked),
+                },
+                Err(e) => Err(map_send(e)),
+            };
+        }
+        if !fds.is_empty() && !cur.fds_sent {
+            match socket::send_with_fds(self.sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
+                Ok(_) => cur.fds_sent = true,
+                Err(Errno::AGAIN) => {
+                    if let Some(deadline) = block {
+                        let mut pfd = [PollFd::new(&self.sock, PollFlags::OUT)];
+                        let slice = deadline
+                            .map(|d| d.saturating_duration_since(Instant::now()))
+                            .map_or(PEER_CHECK_INTERVAL, |t| t.min(PEER_CHECK_INTERVAL));
+                        let _ = socket::poll(&mut pfd, Some(slice));
+                    }
+                    return Ok(Step::Blocked);
+                }
+                Err(Errno::INTR) => return Ok(Step::Blocked),
+                Err(e) => return Err(SendError::os("sendmsg on the ring channel's socket", e)),
+            }
+        }
+        let nfds = (fds.len() as u16) << 8;
+        let tx = self.sender()?;
+        let max = tx.max_payload();
+        if data.len() <= max {
+            // The common case: one frame, one copy, no system call unless the peer sleeps.
+            loop {
+                match tx.try_send_tagged(data, FIRST | LAST | nfds) {
+                    Ok(()) => {
+                        cur.chunk = 1;
+                        cur.pos = data.len().max(1);
+                        return Ok(Step::Done);
+                    }
+                    Err(RingSendError::WouldBlock) => {
+                        let Some(deadline) = block else {
+                            return Ok(Step::Blocked);
+                        };
+                        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        match tx.write_chunk(data.len(), timeout) {
+                            Ok(_) => {}
+                            Err(RingSendError::Timeout) => return Ok(Step::Blocked),
+                            Err(e) => return Err(map_send(e)),
+                        }
+                    }
+                    Err(e) => return Err(map_send(e)),
+                }
+            }
+        }
+        // Several frames of a quarter ring each, so that copying in and out overlap.
+        let room = (tx.capacity() / 4).min(max);
+        while cur.pos < data.len() {
+            let first = cur.chunk == 0;
+            let head = if first { 8 } else { 0 };
+            let take = (room - head).min(data.len() - cur.pos);
+            let last = cur.pos + take == data.len();
+            let tag = if first { FIRST | nfds } else { 0 } | if last { LAST } else { 0 };
+            let mut chunk = match tx.try_write_chunk(head + take) {
+                Ok(c) => c,
+                Err(RingSendError::WouldBlock) => {
+                    let Some(deadline) = block else {
+                        return Ok(Step::Blocked);
+                    };
+                    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    match tx.write_chunk(head + take, timeout) {
+                        Ok(c) => c,
+                        Err(RingSendError::Timeout) => return Ok(Step::Blocked),
+                        Err(e) => return Err(map_send(e)),
+                    }
+                }
+                Err(e) => return Err(map_send(e)),
+            };
+            if first {
+                chunk.write(0, &(data.len() as u64).to_le_bytes());
+            }
+            chunk.write(head, &data[cur.pos..cur.pos + take]);
+            chunk.commit_tagged(head + take, tag);
+            cur.pos += take;
+            cur.chunk += 1;
+        }
+        Ok(Step::Done)
+    }
+
+    /// Receives a complete message if one is there (with `block`: waits for it until the
+    /// deadline, if any). `Ok(None)`: nothing yet.
+    pub(crate) fn recv_step(
+        &mut self,
+        out: &mut Vec<u8>,
+        block: Option<Option<Instant>>,
+    ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
+        if self.peer_closed {
+            return Err(RecvError::Closed);
+        }
+        self.receiver()?;
+        let mut checked_dead = false;
+        loop {
+            let Some(rx) = self.rx.as_mut() else {
+                return Err(RecvError::Poisoned);
+            };
+            let got = match block {
+                None => rx.try_read_chunk(),
+                Some(deadline) => {
+                    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    rx.read_chunk(timeout)
+                }
+            };
+            let chunk = match got {
+                Ok(chunk) => chunk,
+                Err(RingRecvError::WouldBlock) => {
+                    if checked_dead {
+                        return Err(RecvError::PeerGone);
+                    }
+                    let now = Instant::now();
+                    if self
+                        .last_idle_check
+                        .is_none_or(|t| now.duration_since(t) >= IDLE_CHECK_INTERVAL)
+                    {
+                        self.last_idle_check = Some(now);
+                        if hung_up(self.sock.as_fd()) {
+                            // Frames published before the death are still delivered: look once
+                            // more, after seeing the hang-up.
+                            checked_dead = true;
+                            continue;
+                        }
+                    }
+                    return Ok(None);
+                }
+                Err(RingRecvError::Timeout) => return Ok(None),
+                Err(RingRecvError::PeerGone | RingRecvError::Closed) => {
+                    return Err(RecvError::PeerGone)
+                }
+                Err(RingRecvError::Corrupt) => {
+                    return Err(Corruption::Ring("invalid positions or frame header".into()).into())
+                }
+                Err(e) => {
+                    return Err(RecvError::Io {
+                        op: "reading the ring",
+                        source: io::Error::other(e),
+                    })
+                }
+            };
+            let tag = chunk.tag();
+            let len = chunk.len();
+            let flags = tag & FLAGS;
+            let nfds = usize::from(tag >> 8);
+            if flags & !(FIRST | LAST | CLOSE) != 0 {
+                return Err(Corruption::BadHeader(u64::from(tag)).into());
+            }
+            if flags & CLOSE != 0 {
+                if flags != CLOSE || len != 0 || nfds != 0 || self.in_progress {
+                    return Err(Corruption::BadChunk("close marker inside a message").into());
+                }
+                drop(chunk);
+                self.peer_closed = true;
+                return Err(RecvError::Closed);
+            }
+            if flags & FIRST != 0 {
+                if self.in_progress {
+                    return Err(
+                        Corruption::BadChunk("a new message began before the last ended").into(),
+                    );
+                }
+                let (total, skip) = if flags & LAST != 0 {
+                    (len as u64, 0)
+                } else {
+                    let mut word = [0u8; 8];
+                    if chunk.read(0, &mut word) != 8 {
+                        return Err(
+                            Corruption::BadChunk("first frame shorter than its header").into()
+                        );
+                    }
+                    (u64::from_le_bytes(word), 8)
+                };
+                if total > self.limits.max_message_size as u64 {
+                    return Err(Corruption::TooLarge {
+                        claimed: total,
+                        max: self.limits.max_message_size,
+                    }
+                    .into());
+                }
+                if (len - skip) as u64 > total {
+                    return Err(
+                        Corruption::BadChunk("chunks longer than the announced total").into(),
+                    );
+                }
+                self.assembling.clear();
+                self.assembling.resize(len - skip, 0);
+                chunk.read(skip, &mut self.assembling);
+                drop(chunk);
+                self.total = total;
+                self.in_progress = true;
+                self.fds = take_fds(&self.sock, &mut self.fdbuf, &self.limits, nfds)?;
+            } else {
+                if !self.in_progress {
+                    return Err(
+                        Corruption::BadChunk("continuation chunk without a first chunk").into(),
+                    );
+                }
+                if nfds != 0 {
+                    return Err(
+                        Corruption::BadChunk("descriptors declared after the first chunk").into(),
+                    );
+                }
+                let old = self.assembling.len();
+                if (old + len) as u64 > self.total {
+                    return Err(
+                        Corruption::BadChunk("chunks longer than the announced total").into(),
+                    );
+                }
+                self.assembling.resize(old + len, 0);
+                chunk.read(0, &mut self.assembling[old..]);
+                drop(chunk);
+            }
+            if flags & LAST != 0 {
+                if self.assembling.len() as u64 != self.total {
+                    return Err(
+                        Corruption::BadChunk("last chunk before the announced total").into(),
+                    );
+                }
+                self.in_progress = false;
+                std::mem::swap(out, &mut self.assembling);
+                return Ok(Some(std::mem::take(&mut self.fds)));
+            }
+        }
+    }
+}
+
+/// Reads the descriptors announced by a FIRST frame from the companion socket.
+fn take_fds(
+    sock: &OwnedFd,
+    fdbuf: &mut RecvFds,
+    limits: &Limits,
+    n: usize,
+) -> Result<Vec<OwnedFd>, RecvError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if n > limits.max_fds_per_message {
+        return Err(Corruption::TooManyFds {
+            declared: n,
+            max: limits.max_fds_per_message,
+        }
+        .into());
+    }
+    let mut byte = [0u8; 1];
+    loop {
+        match socket::recv_with_fds(sock.as_fd(), &mut byte, fdbuf, RecvFlags::DONTWAIT) {
+            Ok(1) => break,
+            // The sender puts descriptors on the socket before it publishes the frame, so
+            // they must be there.
+            Ok(_) | Err(Errno::AGAIN) => {
+                fdbuf.clear();
+                return Err(Corruption::FdCountMismatch {
+                    declared: n,
+                    arrived: 0,
+                }
+                .into());
+            }
+            Err(Errno::INTR) => {}
+            Err(Errno::MSGSIZE) => return Err(Corruption::FdsTruncated.into()),
+            Err(e) => return Err(RecvError::os("recvmsg on the ring channel's socket", e)),
+        }
+    }
+    let fds: Vec<OwnedFd> = fdbuf.drain().collect();
+    if fds.len() != n {
+        return Err(Corruption::FdCountMismatch {
+            declared: n,
+            arrived: fds.len(),
+        }
+        .into());
+    }
+    Ok(fds)
+}
+fn map_send(e: RingSendError) -> SendError {
+    match e {
+        RingSendError::Closed | RingSendError::PeerGone => SendError::PeerGone,
+        RingSendError::TooLarge { len, max } => SendError::TooLarge { len, max },
+        RingSendError::WouldBlock | RingSendError::Timeout => SendError::WouldBlock,
+        other => SendError::Io {
+            op: "writing the ring",
+            source: io::Error::other(other),
+        },
+    }
+}
