@@ -1,7 +1,7 @@
-//! Operation sequences on a ring (copying and in-place push/pop, abandoned chunks, short commits,
-//! too-small buffers, oversized frames), checked against a `VecDeque` model that also predicts the
-//! positions, padding included, so `Full`, `Empty`, `TooLarge` and `BufferTooSmall` are checked
-//! exactly, along with every byte and tag popped.
+//! Operation sequences on a ring (copying and in-place push/pop, staged frames and flushes,
+//! abandoned chunks, short commits, too-small buffers, oversized frames), checked against a
+//! `VecDeque` model that also predicts the positions, padding included, so `Full`, `Empty`,
+//! `TooLarge` and `BufferTooSmall` are checked exactly, along with every byte and tag popped.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -19,6 +19,10 @@ enum Op {
     Chunk { len: u16, commit: u16, tag: u16 },
     /// `write_chunk(len)` dropped without commit.
     Abandon { len: u16 },
+    /// `try_push_staged` (or a staged chunk): written but not published.
+    Stage { len: u16, tag: u16, chunk: bool },
+    /// `flush`: publishes staged frames.
+    Flush,
     /// `try_pop` into a buffer of `buf` bytes.
     Pop { buf: u16 },
     /// `read_chunk`, read at `offset`, released.
@@ -49,9 +53,15 @@ struct Model {
     tail: usize,
     head: usize,
     frames: VecDeque<(Vec<u8>, u16, usize)>,
+    /// Frames at the back of `frames` that are staged, not yet visible.
+    staged: usize,
 }
 
 impl Model {
+    fn visible(&self) -> Option<&(Vec<u8>, u16, usize)> {
+        (self.frames.len() > self.staged).then(|| &self.frames[0])
+    }
+
     /// Bytes a frame of `len` takes at the current tail (padding included), if it fits.
     fn room_for(&self, len: usize) -> Option<usize> {
         let pos = self.tail % self.cap;
@@ -74,11 +84,16 @@ fuzz_target!(|input: Input| {
         tail: 0,
         head: 0,
         frames: VecDeque::new(),
+        staged: 0,
     };
     let mut seq = 0u64;
     let mut buf = vec![0u8; max + 64];
     for op in input.ops {
-        if let Op::Push { len, .. } | Op::Chunk { len, .. } | Op::Abandon { len } = &op {
+        if let Op::Push { len, .. }
+        | Op::Chunk { len, .. }
+        | Op::Abandon { len }
+        | Op::Stage { len, .. } = &op
+        {
             let len = usize::from(*len);
             if len > max {
                 assert_eq!(
@@ -100,6 +115,7 @@ fuzz_target!(|input: Input| {
                     (Ok(()), Some(taken)) => {
                         m.tail += taken;
                         m.frames.push_back((data, tag, taken));
+                        m.staged = 0;
                         seq += 1;
                     }
                     (Err(PushError::Full), None) => {}
@@ -119,6 +135,7 @@ fuzz_target!(|input: Input| {
                         let taken = taken - frame_size(len) + frame_size(commit);
                         m.tail += taken;
                         m.frames.push_back((data, tag, taken));
+                        m.staged = 0;
                         seq += 1;
                     }
                     (Err(PushError::Full), None) => {}
@@ -133,12 +150,38 @@ fuzz_target!(|input: Input| {
                     (got, room) => panic!("abandon {len}: {:?}, model room {room:?}", got.err()),
                 }
             }
+            Op::Stage { len, tag, chunk } => {
+                let len = usize::from(len);
+                let data = payload(seq, len);
+                let res = if chunk {
+                    tx.write_chunk(len).map(|mut c| {
+                        c.write(0, &data);
+                        c.stage(len, tag)
+                    })
+                } else {
+                    tx.try_push_staged(&data, tag)
+                };
+                match (res, m.room_for(len)) {
+                    (Ok(()), Some(taken)) => {
+                        m.tail += taken;
+                        m.frames.push_back((data, tag, taken));
+                        m.staged += 1;
+                        seq += 1;
+                    }
+                    (Err(PushError::Full), None) => {}
+                    (got, room) => panic!("stage {len}: {got:?}, model room {room:?}"),
+                }
+            }
+            Op::Flush => {
+                tx.flush(N);
+                m.staged = 0;
+            }
             Op::Pop { buf: n } => {
                 let n = usize::from(n).min(buf.len());
                 let got = rx.try_pop(&mut buf[..n], N);
-                match (got, m.frames.front()) {
+                match (got, m.visible().cloned()) {
                     (Ok(FrameInfo { len, tag }), Some((data, t, taken))) => {
-                        assert_eq!((&buf[..len], tag), (&data[..], *t));
+                        assert_eq!((&buf[..len], tag), (&data[..], t));
                         m.head += taken;
                         m.frames.pop_front();
                     }
@@ -150,8 +193,9 @@ fuzz_target!(|input: Input| {
                     (got, front) => panic!("pop: {got:?}, model {front:?}"),
                 }
             }
-            Op::ReadChunk { offset } => match (rx.read_chunk(N), m.frames.pop_front()) {
-                (Ok(chunk), Some((data, tag, taken))) => {
+            Op::ReadChunk { offset } => match (rx.read_chunk(N), m.visible().is_some()) {
+                (Ok(chunk), true) => {
+                    let (data, tag, taken) = m.frames.pop_front().unwrap();
                     assert_eq!((chunk.len(), chunk.tag()), (data.len(), tag));
                     let offset = usize::from(offset);
                     let n = chunk.read(offset, &mut buf);
@@ -161,12 +205,15 @@ fuzz_target!(|input: Input| {
                     }
                     m.head += taken;
                 }
-                (Err(PopError::Empty), None) => {}
-                (got, front) => panic!("read_chunk: {:?}, model {front:?}", got.err()),
+                (Err(PopError::Empty), false) => {}
+                (got, _) => panic!("read_chunk: {:?}, model {:?}", got.err(), m.visible()),
             },
         }
         assert!(!tx.is_poisoned() && !rx.is_poisoned());
+        let staged: usize = m.frames.iter().rev().take(m.staged).map(|f| f.2).sum();
+        assert_eq!(tx.staged_bytes(), staged);
     }
+    tx.flush(N);
     // Drain: everything left comes out in order.
     while let Some((data, tag, _)) = m.frames.pop_front() {
         let info = rx.try_pop(&mut buf, N).expect("model has a frame");

@@ -253,3 +253,42 @@ fn spin_then_block_handoff() {
         producer.join().unwrap();
     });
 }
+
+/// A producer staging frames (publishing only when it flushes or must wait): when the ring is full
+/// of staged frames, waiting for room publishes them first, so neither side sleeps forever.
+#[test]
+fn staged_frames_are_flushed_before_sleeping() {
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let (mut tx, mut rx) = Ring::with_capacity(32);
+        let f = futex.clone();
+        let producer = thread::spawn(move || {
+            for i in 0..3u8 {
+                loop {
+                    match tx.try_push_staged(&[i; 8], 0) {
+                        Ok(()) => break,
+                        Err(PushError::Full) => tx
+                            .wait_writable(8, &*f, &*f, WaitPolicy::Block, no_deadline::<PushError>)
+                            .unwrap(),
+                        Err(e) => panic!("stage: {e}"),
+                    }
+                }
+            }
+            tx.flush(&*f);
+        });
+        let mut buf = [0u8; 8];
+        for i in 0..3u8 {
+            let info = rx
+                .pop_wait(
+                    &mut buf,
+                    &*futex,
+                    &*futex,
+                    WaitPolicy::Block,
+                    no_deadline::<PopError>,
+                )
+                .unwrap();
+            assert_eq!((info.len, buf), (8, [i; 8]));
+        }
+        producer.join().unwrap();
+    });
+}

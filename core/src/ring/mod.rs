@@ -20,6 +20,11 @@
 //! [`wait`](crate::wait): a SeqCst fence, then a load of the peer's waiting word; only if the peer
 //! announced that it sleeps does it call the [`Notifier`] (a system call in `flowipc`).
 //!
+//! The fence must wait for the frame's cache lines to be owned by the producer, which across cores
+//! costs most of a push. A producer streaming many frames can *stage* them
+//! ([`Producer::try_push_staged`], [`WriteChunk::stage`]) and publish the burst with one
+//! [`Producer::flush`]: one tail store, one fence, one wake-up check per burst.
+//!
 //! # Hostile peer
 //!
 //! The peer shares the header and the buffer and may write anything there at any time. Every value
@@ -331,6 +336,7 @@ impl RawRing {
         Ok(Producer {
             ring: *self,
             tail,
+            published: tail,
             cached_head: head,
             poisoned: false,
             closed: false,
@@ -485,6 +491,7 @@ impl Ring {
         let producer = Producer {
             ring,
             tail: 0,
+            published: 0,
             cached_head: 0,
             poisoned: false,
             closed: false,
@@ -508,8 +515,11 @@ impl Ring {
 /// (without waking a sleeping consumer; call [`Producer::close`] for that).
 pub struct Producer {
     ring: RawRing,
-    /// Own position; authoritative (the shared copy is only ever written from here).
+    /// Own position, staged frames included; authoritative (the shared copy is only ever written
+    /// from here).
     tail: u64,
+    /// Position last stored to the shared `tail`; `tail - published` bytes are staged.
+    published: u64,
     /// Last validated consumer position: `tail - capacity <= cached_head <= tail`.
     cached_head: u64,
     poisoned: bool,
@@ -678,18 +688,53 @@ impl Producer {
         Ok(())
     }
 
-    /// Publishes everything up to `new_tail` and wakes a sleeping consumer.
+    /// Publishes every frame written so far and wakes a sleeping consumer.
     #[inline]
-    fn publish<N: Notifier + ?Sized>(&mut self, new_tail: u64, notifier: &N) {
-        self.tail = new_tail;
-        let h = self.ring.header();
-        // SYNC POINT: Release pairs with the consumer's Acquire load of `tail` in
-        // `Consumer::refresh_tail`: the frame bytes written above are visible once it sees the tail.
-        h.tail.store(new_tail, Ordering::Release);
-        wake_if_waiting(&h.consumer_waiting, notifier);
+    fn publish<N: Notifier + ?Sized>(&mut self, notifier: &N) {
+        self.store_tail();
+        wake_if_waiting(&self.ring.header().consumer_waiting, notifier);
     }
 
-    /// Waits until a frame of `len` payload bytes fits, per `policy`.
+    /// Stores the private position to the shared `tail`, making staged frames visible.
+    #[inline]
+    fn store_tail(&mut self) {
+        self.published = self.tail;
+        // SYNC POINT: Release pairs with the consumer's Acquire load of `tail` in
+        // `Consumer::refresh_tail`: the frame bytes written before are visible once it sees the tail.
+        self.ring.header().tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Copies `data` into the ring as one frame carrying `tag` without publishing it: the consumer
+    /// sees it at the next [`flush`](Self::flush) or publishing push. Staging a burst and flushing
+    /// once pays the publish fence (and the wake-up check) once per burst instead of per frame.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_push`](Self::try_push). On `Full`, flush first: staged frames hold space that the
+    /// consumer cannot free before it sees them.
+    #[inline]
+    pub fn try_push_staged(&mut self, data: &[u8], tag: u16) -> Result<(), PushError> {
+        let mut chunk = self.write_chunk(data.len())?;
+        chunk.write(0, data);
+        chunk.stage(data.len(), tag);
+        Ok(())
+    }
+
+    /// Publishes staged frames (if any) and wakes the consumer if it sleeps.
+    #[inline]
+    pub fn flush<N: Notifier + ?Sized>(&mut self, notifier: &N) {
+        if self.tail != self.published {
+            self.publish(notifier);
+        }
+    }
+
+    /// Bytes of staged (written, not yet published) frames.
+    pub fn staged_bytes(&self) -> usize {
+        self.tail.wrapping_sub(self.published) as usize
+    }
+
+    /// Waits until a frame of `len` payload bytes fits, per `policy`; first publishes staged frames
+    /// through `notifier` (the consumer could not free their space otherwise).
     ///
     /// `check` is called before each sleep (and every [`BUSY_CHECK_INTERVAL`] spins of busy-polling);
     /// it returns the longest sleep allowed (`None`: unbounded) or an error that ends the wait (a
@@ -700,18 +745,21 @@ impl Producer {
     /// # Errors
     ///
     /// What `check` returns, or a [`PushError`] other than `Full`.
-    pub fn wait_writable<W, E, C>(
+    pub fn wait_writable<N, W, E, C>(
         &mut self,
         len: usize,
+        notifier: &N,
         waiter: &W,
         policy: WaitPolicy,
         check: C,
     ) -> Result<(), E>
     where
+        N: Notifier + ?Sized,
         W: Waiter + ?Sized,
         E: From<PushError>,
         C: FnMut() -> Result<Option<Duration>, E>,
     {
+        self.flush(notifier);
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
         let word = unsafe { &header.as_ref().producer_waiting };
@@ -751,13 +799,16 @@ impl Producer {
             Err(PushError::Full) => {}
             other => return other.map_err(E::from),
         }
-        self.wait_writable(data.len(), waiter, policy, check)?;
+        self.wait_writable(data.len(), notifier, waiter, policy, check)?;
         self.try_push_tagged(data, tag, notifier).map_err(E::from)
     }
 
-    /// Closes the producer side and wakes the consumer if it sleeps. The consumer reads every frame
-    /// published before, then gets [`PopError::Closed`].
+    /// Publishes staged frames, closes the producer side and wakes the consumer if it sleeps. The
+    /// consumer reads every frame published before, then gets [`PopError::Closed`].
     pub fn close<N: Notifier + ?Sized>(&mut self, notifier: &N) {
+        if self.tail != self.published {
+            self.store_tail();
+        }
         self.mark_closed();
         wake_if_waiting(&self.ring.header().consumer_waiting, notifier);
     }
@@ -778,6 +829,9 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        if !self.closed && self.tail != self.published && !self.poisoned {
+            self.store_tail();
+        }
         self.mark_closed();
     }
 }
@@ -796,7 +850,7 @@ pub struct WriteChunk<'a> {
     len: usize,
 }
 
-impl WriteChunk<'_> {
+impl<'a> WriteChunk<'a> {
     /// Payload bytes reserved.
     pub fn len(&self) -> usize {
         self.len
@@ -841,14 +895,32 @@ impl WriteChunk<'_> {
         unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst.add(offset), data.len()) };
     }
 
-    /// Publishes the first `len` payload bytes as one frame carrying `tag`, and wakes the consumer
-    /// through `notifier` if it sleeps.
+    /// Publishes the first `len` payload bytes as one frame carrying `tag` (with any staged frames
+    /// before it), and wakes the consumer through `notifier` if it sleeps.
     ///
     /// # Panics
     ///
     /// If `len > self.len()`.
     #[inline]
     pub fn commit<N: Notifier + ?Sized>(self, len: usize, tag: u16, notifier: &N) {
+        let producer = self.finish(len, tag);
+        producer.publish(notifier);
+    }
+
+    /// Completes the first `len` payload bytes as one frame carrying `tag` without publishing it
+    /// (see [`Producer::try_push_staged`]).
+    ///
+    /// # Panics
+    ///
+    /// If `len > self.len()`.
+    #[inline]
+    pub fn stage(self, len: usize, tag: u16) {
+        self.finish(len, tag);
+    }
+
+    /// Writes the frame (and padding) headers and advances the private position.
+    #[inline]
+    fn finish(self, len: usize, tag: u16) -> &'a mut Producer {
         assert!(
             len <= self.len,
             "commit of {len} bytes exceeds the chunk's {}",
@@ -868,11 +940,11 @@ impl WriteChunk<'_> {
         }
         // SAFETY: `frame_pos` is 8-aligned with `frame_size(self.len)` reserved bytes.
         unsafe { ring.write_frame_word(self.frame_pos, encode_frame(len as u32, KIND_DATA, tag)) };
-        let new_tail = self
+        self.producer.tail = self
             .producer
             .tail
             .wrapping_add((self.pad + frame_size(len)) as u64);
-        self.producer.publish(new_tail, notifier);
+        self.producer
     }
 }
 

@@ -124,6 +124,8 @@ fn model_random_ops_with_wrap() {
         // (payload, tag, bytes the frame took including padding before it)
         let mut model: VecDeque<(Vec<u8>, u16, usize)> = VecDeque::new();
         let (mut tail, mut head) = (0usize, 0usize);
+        // Frames at the back of `model` that are staged, not yet published.
+        let mut staged_frames = 0usize;
         let mut rng = Rng(cap as u64 * 7919 + 1);
         let mut seq = 0u64;
         let mut buf = vec![0u8; max];
@@ -145,13 +147,18 @@ fn model_random_ops_with_wrap() {
                         size
                     };
                     let fits = cap - (tail - head) >= taken;
-                    let res = if rng.below(2) == 0 {
-                        tx.try_push_tagged(&data, tag, N)
-                    } else {
-                        tx.write_chunk(len).map(|mut c| {
+                    let staged = rng.below(4) == 0;
+                    let res = match (staged, rng.below(2)) {
+                        (false, 0) => tx.try_push_tagged(&data, tag, N),
+                        (true, 0) => tx.try_push_staged(&data, tag),
+                        (staged, _) => tx.write_chunk(len).map(|mut c| {
                             c.write(0, &data);
-                            c.commit(len, tag, N)
-                        })
+                            if staged {
+                                c.stage(len, tag)
+                            } else {
+                                c.commit(len, tag, N)
+                            }
+                        }),
                     };
                     match res {
                         Ok(()) => {
@@ -159,39 +166,54 @@ fn model_random_ops_with_wrap() {
                             seq += 1;
                             tail += taken;
                             model.push_back((data, tag, taken));
+                            if staged {
+                                staged_frames += 1;
+                            } else {
+                                staged_frames = 0;
+                            }
                         }
                         Err(PushError::Full) => assert!(!fits, "spurious Full"),
                         Err(e) => panic!("push: {e}"),
                     }
                 }
                 2 | 3 => {
+                    if rng.below(8) == 0 {
+                        tx.flush(N);
+                        staged_frames = 0;
+                    }
                     let got = if rng.below(2) == 0 {
                         rx.try_pop(&mut buf, N)
                             .map(|i| (buf[..i.len].to_vec(), i.tag))
                     } else {
                         rx.read_chunk(N).map(|c| (c.to_vec(), c.tag()))
                     };
-                    match (got, model.pop_front()) {
-                        (Ok(frame), Some((data, tag, taken))) => {
+                    let visible = model.len() - staged_frames;
+                    match (got, visible > 0) {
+                        (Ok(frame), true) => {
+                            let (data, tag, taken) = model.pop_front().unwrap();
                             head += taken;
                             assert_eq!(frame, (data, tag));
                         }
-                        (Err(PopError::Empty), None) => {}
-                        (got, expected) => panic!("pop {got:?}, model {expected:?}"),
+                        (Err(PopError::Empty), false) => {}
+                        (got, _) => panic!("pop {got:?}, model {:?}", model.front()),
                     }
                 }
                 _ => {
                     // Peek and release without copying.
                     if let Ok(c) = rx.read_chunk(N) {
+                        assert!(model.len() > staged_frames, "staged frame visible");
                         let (data, _, taken) = model.pop_front().expect("model has the frame");
                         assert_eq!(c.len(), data.len());
                         head += taken;
                     } else {
-                        assert!(model.is_empty());
+                        assert_eq!(model.len(), staged_frames);
                     }
                 }
             }
-            assert_eq!(rx.raw().header().tail.load(Ordering::Relaxed), tail as u64);
+            assert_eq!(
+                rx.raw().header().tail.load(Ordering::Relaxed) + tx.staged_bytes() as u64,
+                tail as u64
+            );
             assert_eq!(rx.raw().header().head.load(Ordering::Relaxed), head as u64);
         }
     }
@@ -669,4 +691,44 @@ fn waiting_word_protocol() {
     tx.try_push(b"c", &count).unwrap();
     assert_eq!(count.0.get(), 1, "one wake per sleep");
     drop(rx);
+}
+
+#[test]
+fn staged_frames_are_invisible_until_flushed() {
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    let mut buf = [0u8; 24];
+    tx.try_push_staged(b"one", 1).unwrap();
+    let mut c = tx.write_chunk(8).unwrap();
+    c.write(0, b"two");
+    c.stage(3, 2);
+    assert_eq!(tx.staged_bytes(), 32);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Empty));
+    tx.flush(N);
+    assert_eq!(tx.staged_bytes(), 0);
+    assert_eq!(rx.try_pop(&mut buf, N), Ok(FrameInfo { len: 3, tag: 1 }));
+    // A publishing push also publishes what was staged before it.
+    tx.try_push_staged(b"three", 3).unwrap();
+    tx.try_push_tagged(b"four", 4, N).unwrap();
+    for (text, tag) in [(&b"two"[..], 2), (b"three", 3), (b"four", 4)] {
+        let info = rx.try_pop(&mut buf, N).unwrap();
+        assert_eq!((&buf[..info.len], info.tag), (text, tag));
+    }
+    // Full while staged: the wait flushes first, so the consumer can drain.
+    tx.try_push_staged(&[5; 24], 5).unwrap();
+    tx.try_push_staged(&[6; 24], 6).unwrap();
+    assert_eq!(tx.try_push_staged(&[7; 8], 7), Err(PushError::Full));
+    let mut calls = 0;
+    let res = tx.wait_writable(8, N, &SpinWaiter, WaitPolicy::Block, || {
+        calls += 1;
+        Err::<Option<Duration>, _>(TestError::Deadline)
+    });
+    assert_eq!(res, Err(TestError::Deadline));
+    assert_eq!(tx.staged_bytes(), 0, "wait_writable flushed");
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().tag, 5);
+    // Dropping (and closing) publishes staged frames before the close.
+    tx.try_push_staged(b"last", 8).unwrap();
+    drop(tx);
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().tag, 6);
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().tag, 8);
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Closed));
 }

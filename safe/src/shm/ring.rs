@@ -199,24 +199,41 @@ impl ProducerHandle {
     }
 
     #[inline]
+    pub(crate) fn try_push_staged(&mut self, data: &[u8], tag: u16) -> Result<(), PushError> {
+        self.inner.try_push_staged(data, tag)
+    }
+
+    #[inline]
+    pub(crate) fn flush<N: Notifier + ?Sized>(&mut self, notifier: &N) {
+        self.inner.flush(notifier)
+    }
+
+    pub(crate) fn staged_bytes(&self) -> usize {
+        self.inner.staged_bytes()
+    }
+
+    #[inline]
     pub(crate) fn write_chunk(&mut self, len: usize) -> Result<WriteChunk<'_>, PushError> {
         self.inner.write_chunk(len)
     }
 
     #[inline]
-    pub(crate) fn wait_writable<W, E, C>(
+    pub(crate) fn wait_writable<N, W, E, C>(
         &mut self,
         len: usize,
+        notifier: &N,
         waiter: &W,
         policy: WaitPolicy,
         check: C,
     ) -> Result<(), E>
     where
+        N: Notifier + ?Sized,
         W: Waiter + ?Sized,
         E: From<PushError>,
         C: FnMut() -> Result<Option<Duration>, E>,
     {
-        self.inner.wait_writable(len, waiter, policy, check)
+        self.inner
+            .wait_writable(len, notifier, waiter, policy, check)
     }
 
     pub(crate) fn close<N: Notifier + ?Sized>(&mut self, notifier: &N) {
