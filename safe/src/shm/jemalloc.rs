@@ -491,7 +491,9 @@ impl JePool {
         let end = at
             .checked_add(data.len() as u64)
             .ok_or(BlockError::TooLong)?;
-        if end > info.capacity {
+        // The header is the owner's own (borrowers cannot write the pool); still, never copy
+        // outside the mapping.
+        if end > info.capacity || off.saturating_add(end) > self.map.len() as u64 {
             return Err(BlockError::TooLong.into());
         }
         // SAFETY: `[off + at, off + end)` lies inside the live object (checked against its header,
@@ -518,7 +520,9 @@ impl JePool {
         let end = at
             .checked_add(buf.len() as u64)
             .ok_or(BlockError::TooLong)?;
-        if end > info.capacity {
+        // The header is the owner's own (borrowers cannot write the pool); still, never copy
+        // outside the mapping.
+        if end > info.capacity || off.saturating_add(end) > self.map.len() as u64 {
             return Err(BlockError::TooLong.into());
         }
         // SAFETY: as in `write`; `buf` is our memory.
