@@ -254,10 +254,9 @@ impl RawRing {
         // SAFETY: non-null, aligned and at least `HEADER_SIZE` valid bytes (checked above and by
         // the caller); every field of `RingHeader` is an atomic, valid for any bit pattern.
         let header = unsafe { &*region.cast::<RingHeader>() };
-        // SYNC POINT: Acquire pairs with nothing in this crate (`init` runs before the region is
-        // shared); it orders this load before the loads of the other fields, so a creator that
-        // publishes the magic last (Release) is read consistently.
-        if header.config.magic.load(Ordering::Acquire) != RING_MAGIC {
+        // Relaxed: `init` completes before the region's descriptor is sent to the peer, and that
+        // hand-over (a system call on both sides) orders the header writes before these loads.
+        if header.config.magic.load(Ordering::Relaxed) != RING_MAGIC {
             return Err(AttachError::BadMagic);
         }
         let version = header.config.version.load(Ordering::Relaxed);
@@ -1243,13 +1242,14 @@ impl Consumer {
     fn mark_closed(&mut self) {
         if !self.closed {
             self.closed = true;
-            // SYNC POINT: Release pairs with the producer's load of `closed` (Relaxed: it only decides
-            // to stop, no data depends on it) and with the SeqCst fences of the waiting protocol.
+            // Relaxed: the producer only stops on this bit; nothing is published with it. A producer
+            // asleep on a full ring sees it through the SeqCst fences of the waiting protocol
+            // (`close` runs the publisher half after this store).
             self.ring
                 .header()
                 .config
                 .closed
-                .fetch_or(CLOSED_CONSUMER, Ordering::Release);
+                .fetch_or(CLOSED_CONSUMER, Ordering::Relaxed);
         }
     }
 }
