@@ -214,7 +214,8 @@ fn two_cycles_each() {
         let a = arena();
         let warm = a.alloc(16, 1).unwrap();
         a.free(warm).unwrap();
-        let owners: Arc<Vec<AtomicU64>> = Arc::new((0..LEN / 16).map(|_| AtomicU64::new(0)).collect());
+        let owners: Arc<Vec<AtomicU64>> =
+            Arc::new((0..LEN / 16).map(|_| AtomicU64::new(0)).collect());
         let work = |a: Arc<Arena>, owners: Arc<Vec<AtomicU64>>, me: u64| {
             for _ in 0..2 {
                 let x = a.alloc(16, 1).unwrap();
@@ -234,6 +235,58 @@ fn two_cycles_each() {
             thread::spawn(move || work(a, owners, 1))
         };
         work(a.clone(), owners, 2);
+        t.join().unwrap();
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        let all: Vec<Offset> = (0..10).map(|_| a.alloc(16, 1).unwrap()).collect();
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 10);
+    });
+}
+
+/// A thread with a cache (chain refill with one CAS, chain flush on drop) races a thread using the
+/// shared list directly: no block is owned twice (a side table records the owner of each block
+/// while it is held), and every block is back in the list at the end.
+#[test]
+fn cache_refill_flush_vs_plain() {
+    use flowipc_core::arena::ArenaCache;
+    loom::model(|| {
+        let a = arena();
+        let warm = a.alloc(16, 1).unwrap();
+        a.free(warm).unwrap();
+        let owners: Arc<Vec<AtomicU64>> =
+            Arc::new((0..LEN / 16).map(|_| AtomicU64::new(0)).collect());
+        let take = |owners: &[AtomicU64], o: Offset, me: u64| {
+            assert_eq!(
+                owners[o.get() as usize / 16].swap(me, Ordering::Relaxed),
+                0,
+                "block owned twice"
+            );
+        };
+        let give = |owners: &[AtomicU64], o: Offset| {
+            owners[o.get() as usize / 16].store(0, Ordering::Relaxed)
+        };
+        let t = {
+            let (a, owners) = (a.clone(), owners.clone());
+            thread::spawn(move || {
+                let mut cache = ArenaCache::new(&a);
+                let x = cache.alloc(16, 1).unwrap();
+                take(&owners, x, 1);
+                let y = cache.alloc(16, 1).unwrap();
+                take(&owners, y, 1);
+                give(&owners, x);
+                cache.free(x).unwrap();
+                give(&owners, y);
+                cache.free(y).unwrap();
+                // `cache` drops here: its blocks go back as one chain.
+            })
+        };
+        let p = a.alloc(16, 1).unwrap();
+        take(&owners, p, 2);
+        let q = a.alloc(16, 1).unwrap();
+        take(&owners, q, 2);
+        give(&owners, p);
+        a.free(p).unwrap();
+        give(&owners, q);
+        a.free(q).unwrap();
         t.join().unwrap();
         assert_eq!(a.stats().blocks_in_use(), 0);
         let all: Vec<Offset> = (0..10).map(|_| a.alloc(16, 1).unwrap()).collect();

@@ -34,6 +34,7 @@
 //! length and the span shift, and only compared with the header, so a peer rewriting the header later
 //! cannot move anything out of bounds.
 
+mod cache;
 pub mod error;
 pub mod handle;
 pub mod layout;
@@ -44,6 +45,7 @@ mod tests;
 use core::fmt;
 use core::ptr::NonNull;
 
+pub use cache::ArenaCache;
 pub use error::{AllocError, BlockError, InitError};
 pub use handle::{ArenaHandle, HandleDecodeError};
 use layout::{
@@ -579,19 +581,30 @@ impl Arena {
     /// Sizes up to 64 KiB that fit a span come from the small classes (rounded up to a power of two,
     /// at least 16); larger ones take a run of `2^k` whole spans.
     pub fn alloc(&self, size: usize, align: usize) -> Result<Offset, AllocError> {
+        self.check_align(align)?;
+        let need = (size.max(align) as u64).max(MIN_BLOCK);
+        match self.small_class(need) {
+            Some(c) => self.alloc_small(c),
+            None => self.alloc_large(need),
+        }
+    }
+
+    /// The small class serving `need` bytes, if one does (and fits a span).
+    fn small_class(&self, need: u64) -> Option<usize> {
+        if need > MAX_SMALL_BLOCK {
+            return None;
+        }
+        let c = (need.next_power_of_two().trailing_zeros() - MIN_BLOCK.trailing_zeros()) as usize;
+        (self.classes[c].count > 0).then_some(c)
+    }
+
+    /// Checks `align` for [`Arena::alloc`].
+    fn check_align(&self, align: usize) -> Result<(), AllocError> {
         if !align.is_power_of_two() || align > MAX_ALIGN || align as u64 > (1u64 << self.span_shift)
         {
             return Err(AllocError::BadAlign);
         }
-        let need = (size.max(align) as u64).max(MIN_BLOCK);
-        if need <= MAX_SMALL_BLOCK {
-            let c =
-                (need.next_power_of_two().trailing_zeros() - MIN_BLOCK.trailing_zeros()) as usize;
-            if self.classes[c].count > 0 {
-                return self.alloc_small(c);
-            }
-        }
-        self.alloc_large(need)
+        Ok(())
     }
 
     fn alloc_small(&self, c: usize) -> Result<Offset, AllocError> {
@@ -713,6 +726,13 @@ impl Arena {
     /// A second free of the same block, an offset that is not a block start, or a free block return
     /// an error and leave the free lists intact.
     pub fn free(&self, off: Offset) -> Result<(), BlockError> {
+        let (st, kind, id, gen) = self.claim_free(off)?;
+        self.finish_free(kind, id, st, gen)
+    }
+
+    /// The CAS `allocated(g) -> free(g + 1)` on the block at `off`: after it, the caller alone owns
+    /// the (now free) block and must push it on a list (or cache it). Returns the new generation.
+    fn claim_free(&self, off: Offset) -> Result<(&AtomicU64, Kind, u32, u32), BlockError> {
         let (st, kind, id, _) = self.locate(off)?;
         let mut s = st.load(Ordering::Relaxed);
         for _ in 0..MAX_RETRIES {
@@ -723,7 +743,7 @@ impl Arena {
             // SYNC POINT: AcqRel pairs with the AcqRel CASes of `release` by other holders, so their
             // reads of the block happen before it is reused.
             match st.compare_exchange(s, st_free(gen, NIL), Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return self.finish_free(kind, id, st, gen),
+                Ok(_) => return Ok((st, kind, id, gen)),
                 Err(now) => s = now,
             }
         }

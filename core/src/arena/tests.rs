@@ -418,3 +418,102 @@ fn model_check_random_ops() {
         }
     }
 }
+
+#[test]
+fn cache_alloc_free_and_flush() {
+    let a = arena(256 << 10);
+    let mut cache = ArenaCache::new(&a);
+    let xs: Vec<Offset> = (0..100).map(|_| cache.alloc(24, 8).unwrap()).collect();
+    assert_eq!(
+        xs.iter().collect::<std::collections::HashSet<_>>().len(),
+        100
+    );
+    assert_eq!(a.stats().classes[1].blocks_in_use, 100);
+    for &x in &xs {
+        write(&a, x, 32, 0x5a);
+    }
+    for &x in &xs {
+        cache.free(x).unwrap();
+        assert_eq!(
+            cache.free(x),
+            Err(BlockError::DoubleFree),
+            "double free caught in front of the cache"
+        );
+        assert_eq!(a.free(x), Err(BlockError::DoubleFree));
+    }
+    assert!(cache.cached(1) <= super::cache::CACHE_DEPTH);
+    assert_eq!(a.stats().blocks_in_use(), 0, "cached blocks are free");
+    // Reuse from the cache keeps generations moving.
+    let y = cache.alloc(32, 1).unwrap();
+    assert_eq!(a.info(y).unwrap().refcount, 1);
+    cache.free(y).unwrap();
+    // Large blocks bypass the cache.
+    let big = cache.alloc(10_000, 16).unwrap();
+    assert_eq!(a.stats().large_blocks_in_use, 1);
+    cache.free(big).unwrap();
+    drop(cache);
+    // Everything went back to the shared lists: a plain user can allocate every block of the
+    // carved spans before a new span is needed.
+    let spans = a.stats().classes[1].spans;
+    let per = class_info(1, SHIFT).count;
+    let mut n = 0;
+    while a.stats().classes[1].spans == spans {
+        a.alloc(32, 1).unwrap();
+        n += 1;
+    }
+    assert_eq!(n - 1, spans * per, "blocks lost in the cache");
+}
+
+#[test]
+fn cache_refill_takes_chains() {
+    let a = arena(256 << 10);
+    let xs: Vec<Offset> = (0..40).map(|_| a.alloc(64, 1).unwrap()).collect();
+    for &x in &xs {
+        a.free(x).unwrap();
+    }
+    let mut cache = ArenaCache::new(&a);
+    let y = cache.alloc(64, 1).unwrap();
+    assert_eq!(y, xs[39], "LIFO: the last freed block comes first");
+    assert_eq!(cache.cached(2), super::cache::BATCH - 1);
+    let z = a.alloc(64, 1).unwrap();
+    assert!(
+        !xs[40 - super::cache::BATCH..].contains(&z),
+        "cached blocks are out of the shared list"
+    );
+}
+
+#[test]
+fn threads_with_caches_and_without() {
+    let a = arena(256 << 10);
+    let iters = if cfg!(miri) { 40 } else { 20_000 };
+    std::thread::scope(|s| {
+        for t in 0..2u8 {
+            let a = &a;
+            s.spawn(move || {
+                let mut cache = ArenaCache::new(a);
+                let mut live: Vec<(Offset, u8)> = Vec::new();
+                for i in 0..iters {
+                    let cached = t == 0 || i % 2 == 0;
+                    if live.len() < 40 && (i / 7) % 2 == 0 {
+                        let off = if cached {
+                            cache.alloc(48, 1)
+                        } else {
+                            a.alloc(48, 1)
+                        }
+                        .unwrap();
+                        let tag = (i as u8) ^ (t << 7);
+                        write(a, off, 64, tag);
+                        live.push((off, tag));
+                    } else if let Some((off, tag)) = live.pop() {
+                        assert!(check(a, off, 64, tag), "block shared by two owners");
+                        if cached { cache.free(off) } else { a.free(off) }.unwrap();
+                    }
+                }
+                for (off, _) in live {
+                    cache.free(off).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(a.stats().blocks_in_use(), 0);
+}
