@@ -8,7 +8,8 @@
 //! median over [`RUNS`] runs.
 //!
 //! Systems:
-//! - `flowipc-arena`: the lock-free core allocator (`flowipc_core::arena`) over a sealed memfd.
+//! - `flowipc-arena`: the lock-free core allocator (`flowipc_core::arena`) over a sealed memfd,
+//!   each bench thread through its own `ArenaCache` (one RMW per pair in the steady state).
 //! - `flowipc-arena-jemalloc`: the jemalloc lend pool (`LendPool::create_jemalloc`), through the
 //!   safe API (allocation + header; freed by dropping the object); only with the `jemalloc-shm`
 //!   feature of this crate, one thread (a lend pool is owned by one thread of one process).
@@ -19,7 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
 use std::time::Instant;
 
-use flowipc_core::arena::{Arena, Offset, DEFAULT_SPAN_SHIFT};
+use flowipc_core::arena::{Arena, ArenaCache, Offset, DEFAULT_SPAN_SHIFT};
 use flowipc_sys::mmap::{Access, Mapping};
 use flowipc_sys::AsFd;
 
@@ -32,11 +33,31 @@ const RUNS: usize = 5;
 /// Object sizes measured.
 const SIZES: [usize; 2] = [64, 4096];
 
-/// One allocator as the loop sees it: `alloc` returns a token, `free` takes it back.
+/// One allocator as the loop sees it: each bench thread gets its own [`ThreadAlloc`] handle (a
+/// thread cache, or just a reference), whose `alloc` returns a token that `free` takes back.
 trait Allocator: Sync {
-    type Token: Send;
-    fn alloc(&self, size: usize) -> Self::Token;
-    fn free(&self, t: Self::Token, size: usize);
+    type Thread<'a>: ThreadAlloc
+    where
+        Self: 'a;
+    fn thread(&self) -> Self::Thread<'_>;
+}
+
+/// A bench thread's handle on an allocator.
+trait ThreadAlloc {
+    type Token;
+    fn alloc(&mut self, size: usize) -> Self::Token;
+    fn free(&mut self, t: Self::Token, size: usize);
+}
+
+/// Heap allocators need no per-thread state: the handle is the allocator.
+impl<A: HeapAlloc> ThreadAlloc for &A {
+    type Token = Ptr;
+    fn alloc(&mut self, size: usize) -> Ptr {
+        HeapAlloc::alloc(*self, size)
+    }
+    fn free(&mut self, t: Ptr, size: usize) {
+        HeapAlloc::free(*self, t, size)
+    }
 }
 
 /// The core allocator over a memfd mapping.
@@ -58,13 +79,26 @@ impl CoreArena {
 }
 
 impl Allocator for CoreArena {
+    type Thread<'a> = ArenaCache<'a>;
+    fn thread(&self) -> ArenaCache<'_> {
+        ArenaCache::new(&self.arena)
+    }
+}
+
+impl ThreadAlloc for ArenaCache<'_> {
     type Token = Offset;
-    fn alloc(&self, size: usize) -> Offset {
-        self.arena.alloc(size, 16).expect("arena alloc")
+    fn alloc(&mut self, size: usize) -> Offset {
+        ArenaCache::alloc(self, size, 16).expect("arena alloc")
     }
-    fn free(&self, t: Offset, _size: usize) {
-        self.arena.free(t).expect("arena free");
+    fn free(&mut self, t: Offset, _size: usize) {
+        ArenaCache::free(self, t).expect("arena free");
     }
+}
+
+/// A heap allocator (no per-thread state of ours).
+trait HeapAlloc: Sync {
+    fn alloc(&self, size: usize) -> Ptr;
+    fn free(&self, t: Ptr, size: usize);
 }
 
 /// A heap pointer, sendable between the bench threads (each token is used by one thread only).
@@ -75,7 +109,13 @@ unsafe impl Send for Ptr {}
 struct SystemHeap;
 
 impl Allocator for SystemHeap {
-    type Token = Ptr;
+    type Thread<'a> = &'a SystemHeap;
+    fn thread(&self) -> &SystemHeap {
+        self
+    }
+}
+
+impl HeapAlloc for SystemHeap {
     fn alloc(&self, size: usize) -> Ptr {
         let layout = Layout::from_size_align(size, 16).expect("layout");
         // SAFETY: non-zero size.
@@ -91,7 +131,13 @@ impl Allocator for SystemHeap {
 struct JemallocHeap;
 
 impl Allocator for JemallocHeap {
-    type Token = Ptr;
+    type Thread<'a> = &'a JemallocHeap;
+    fn thread(&self) -> &JemallocHeap {
+        self
+    }
+}
+
+impl HeapAlloc for JemallocHeap {
     fn alloc(&self, size: usize) -> Ptr {
         // SAFETY: plain allocation with default flags (16-byte alignment for these sizes).
         Ptr(NonNull::new(unsafe { tikv_jemalloc_sys::mallocx(size, 0) }.cast()).expect("mallocx"))
@@ -104,17 +150,18 @@ impl Allocator for JemallocHeap {
 
 /// `pairs` window steps on one thread; returns ns per pair.
 fn steps<A: Allocator>(a: &A, size: usize, pairs: usize) -> f64 {
-    let mut window: Vec<A::Token> = (0..WINDOW).map(|_| a.alloc(size)).collect();
+    let mut t = a.thread();
+    let mut window: Vec<_> = (0..WINDOW).map(|_| t.alloc(size)).collect();
     let start = Instant::now();
     for i in 0..pairs {
         let slot = i % WINDOW;
-        let fresh = a.alloc(size);
+        let fresh = t.alloc(size);
         let old = std::mem::replace(&mut window[slot], fresh);
-        a.free(old, size);
+        t.free(old, size);
     }
     let ns = start.elapsed().as_nanos() as f64 / pairs as f64;
-    for t in window {
-        a.free(t, size);
+    for tok in window {
+        t.free(tok, size);
     }
     ns
 }
