@@ -34,7 +34,7 @@
 //! length and the span shift, and only compared with the header, so a peer rewriting the header later
 //! cannot move anything out of bounds.
 
-mod cache;
+pub mod cache;
 pub mod error;
 pub mod handle;
 pub mod layout;
