@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
-use flowipc_core::arena::{AllocError, Arena, BlockError, Offset};
+use flowipc_core::arena::{AllocError, Arena, ArenaCache, BlockError, Offset};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -17,6 +17,9 @@ enum Op {
     FreeRaw { off: u32 },
     Retain { pick: u16 },
     Release { pick: u16 },
+    CacheAlloc { size: u16, align_log: u8 },
+    CacheFree { pick: u16 },
+    CacheFlush,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -50,6 +53,8 @@ fuzz_target!(|input: Input| {
     let a = Arena::new_owned(len, shift).expect("valid geometry");
     let mut live: BTreeMap<u64, Live> = BTreeMap::new();
     let mut fill = 0u8;
+    // A per-thread cache in front of the same arena: its blocks count as free.
+    let mut cache = ArenaCache::new(&a);
     let check_stats = |a: &Arena, live: &BTreeMap<u64, Live>| {
         let st = a.stats();
         assert_eq!(st.blocks_in_use(), live.len() as u64);
@@ -57,13 +62,19 @@ fuzz_target!(|input: Input| {
     };
     for op in input.ops.iter().take(2000) {
         match *op {
-            Op::Alloc { .. } | Op::AllocLarge { .. } => {
+            Op::Alloc { .. } | Op::AllocLarge { .. } | Op::CacheAlloc { .. } => {
                 let (size, align) = match *op {
-                    Op::Alloc { size, align_log } => (usize::from(size), 1usize << (align_log % 13)),
+                    Op::Alloc { size, align_log } | Op::CacheAlloc { size, align_log } => {
+                        (usize::from(size), 1usize << (align_log % 13))
+                    }
                     Op::AllocLarge { spans, .. } => ((usize::from(spans % 8) + 1) << shift, 16),
                     _ => unreachable!(),
                 };
-                match a.alloc(size, align) {
+                let r = match op {
+                    Op::CacheAlloc { .. } => cache.alloc(size, align),
+                    _ => a.alloc(size, align),
+                };
+                match r {
                     Ok(off) => {
                         let o = off.get();
                         assert_eq!(o % align as u64, 0);
@@ -90,19 +101,27 @@ fuzz_target!(|input: Input| {
                     Err(e) => panic!("unexpected {e}"),
                 }
             }
-            Op::Free { pick: i } => {
+            Op::Free { pick: i } | Op::CacheFree { pick: i } => {
                 let Some(o) = pick(&live, i) else { continue };
                 let l = live.remove(&o).unwrap();
                 assert!(bytes(&a, o, l.len).iter().all(|&b| b == l.fill), "contents clobbered");
-                a.free(Offset::new(o)).unwrap();
+                let cached = matches!(op, Op::CacheFree { .. });
+                if cached {
+                    cache.free(Offset::new(o)).unwrap();
+                } else {
+                    a.free(Offset::new(o)).unwrap();
+                }
                 assert_eq!(a.free(Offset::new(o)), Err(BlockError::DoubleFree));
+                assert_eq!(cache.free(Offset::new(o)), Err(BlockError::DoubleFree));
                 check_stats(&a, &live);
-                // Freed memory is reusable at once: the lists are LIFO.
-                let again = a.alloc(l.cap as usize, 1).unwrap();
+                // Freed memory is reusable at once: the lists and the cache are LIFO.
+                let again = if cached { cache.alloc(l.cap as usize, 1) } else { a.alloc(l.cap as usize, 1) };
+                let again = again.unwrap();
                 assert_eq!(again.get(), o);
                 assert_eq!(a.info(again).unwrap().generation, l.gen.wrapping_add(1));
                 a.free(again).unwrap();
             }
+            Op::CacheFlush => cache.flush_all(),
             Op::FreeRaw { off } => {
                 let o = u64::from(off);
                 if live.contains_key(&o) {
@@ -130,6 +149,7 @@ fuzz_target!(|input: Input| {
         }
         check_stats(&a, &live);
     }
+    drop(cache);
     for (o, l) in std::mem::take(&mut live) {
         assert!(bytes(&a, o, l.len).iter().all(|&b| b == l.fill), "contents clobbered");
         a.free(Offset::new(o)).unwrap();
