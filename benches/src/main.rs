@@ -8,6 +8,9 @@
 //! shared machines, so the targets at the end are ratios between rows of the same run.
 
 mod harness;
+#[cfg(feature = "peers")]
+mod peers;
+mod plot;
 mod raw;
 mod report;
 mod ring;
@@ -40,6 +43,9 @@ struct Args {
     /// Measured time per configuration, in milliseconds.
     #[arg(long, value_name = "MS")]
     budget_ms: Option<u64>,
+    /// Directory for the plots (rtt.svg/png, stream.svg/png); created if missing.
+    #[arg(long, value_name = "DIR", default_value = "target/flowipc-bench")]
+    plot_dir: PathBuf,
 }
 
 fn systems() -> Vec<&'static dyn System> {
@@ -302,6 +308,23 @@ fn main() {
     );
     print_table(&rows);
     check_targets(&rows);
+    match plot::write_plots(&rows, &args.plot_dir) {
+        Ok(report) => {
+            if !report.written.is_empty() {
+                println!("\nplots:");
+                for path in &report.written {
+                    println!("  {}", path.display());
+                }
+            }
+            for note in &report.notes {
+                eprintln!("flowipc-bench: {note}");
+            }
+        }
+        Err(e) => eprintln!(
+            "flowipc-bench: cannot write plots to {}: {e}",
+            args.plot_dir.display()
+        ),
+    }
     if let Some(path) = &args.json {
         match serde_json::to_string_pretty(&rows) {
             Ok(s) => {

@@ -1,0 +1,1 @@
+//! Peer crates as systems (the `peers` feature).
