@@ -96,6 +96,7 @@ pub(crate) struct RingTransport {
     fdbuf: RecvFds,
     peer_closed: bool,
     last_idle_check: Option<Instant>,
+    last_send_check: Option<Instant>,
 }
 
 /// Both ends of a new ring channel: (tx ring, rx ring, socket) each.
@@ -144,6 +145,7 @@ impl RingTransport {
             assembling: Vec::new(),
             peer_closed: false,
             last_idle_check: None,
+            last_send_check: None,
         }
     }
 
@@ -188,7 +190,7 @@ impl RingTransport {
         Ok(move || !hung_up(sock.as_fd()))
     }
 
-    fn sender(&mut self) -> Result<&mut RingSender, SendError> {
+    fn sender(&mut self) -> Result<(), SendError> {
         if self.tx.is_none() {
             let mut tx = self.tx_ring.sender().map_err(|e| SendError::Io {
                 op: "taking the sending side of the ring",
@@ -201,7 +203,7 @@ impl RingTransport {
             );
             self.tx = Some(tx);
         }
-        self.tx.as_mut().ok_or(SendError::Poisoned)
+        Ok(())
     }
 
     fn receiver(&mut self) -> Result<(), RecvError> {
@@ -229,8 +231,13 @@ impl RingTransport {
         fds: &[BorrowedFd<'_>],
         block: Option<Option<Instant>>,
     ) -> Result<Step, SendError> {
+        self.sender()?;
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(SendError::Poisoned);
+        };
+        let idle = &mut self.last_send_check;
+        let sock = &self.sock;
         if cur.close {
-            let tx = self.sender()?;
             return match tx.try_send_tagged(&[], CLOSE) {
                 Ok(()) => {
                     cur.chunk = 1;
@@ -244,30 +251,30 @@ impl RingTransport {
                             Err(e) => Err(map_send(e)),
                         }
                     }
-                    None => Ok(Step::Blocked),
+                    None => blocked(sock, idle),
                 },
                 Err(e) => Err(map_send(e)),
             };
         }
         if !fds.is_empty() && !cur.fds_sent {
-            match socket::send_with_fds(self.sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
+            match socket::send_with_fds(sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
                 Ok(_) => cur.fds_sent = true,
                 Err(Errno::AGAIN) => {
                     if let Some(deadline) = block {
-                        let mut pfd = [PollFd::new(&self.sock, PollFlags::OUT)];
+                        let mut pfd = [PollFd::new(sock, PollFlags::OUT)];
                         let slice = deadline
                             .map(|d| d.saturating_duration_since(Instant::now()))
                             .map_or(PEER_CHECK_INTERVAL, |t| t.min(PEER_CHECK_INTERVAL));
                         let _ = socket::poll(&mut pfd, Some(slice));
+                        return Ok(Step::Blocked);
                     }
-                    return Ok(Step::Blocked);
+                    return blocked(sock, idle);
                 }
                 Err(Errno::INTR) => return Ok(Step::Blocked),
                 Err(e) => return Err(SendError::os("sendmsg on the ring channel's socket", e)),
             }
         }
         let nfds = (fds.len() as u16) << 8;
-        let tx = self.sender()?;
         let max = tx.max_payload();
         if data.len() <= max {
             // The common case: one frame, one copy, no system call unless the peer sleeps.
@@ -280,7 +287,7 @@ impl RingTransport {
                     }
                     Err(RingSendError::WouldBlock) => {
                         let Some(deadline) = block else {
-                            return Ok(Step::Blocked);
+                            return blocked(sock, idle);
                         };
                         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                         match tx.write_chunk(data.len(), timeout) {
@@ -305,7 +312,7 @@ impl RingTransport {
                 Ok(c) => c,
                 Err(RingSendError::WouldBlock) => {
                     let Some(deadline) = block else {
-                        return Ok(Step::Blocked);
+                        return blocked(sock, idle);
                     };
                     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match tx.write_chunk(head + take, timeout) {
@@ -517,6 +524,19 @@ fn take_fds(
     }
     Ok(fds)
 }
+/// A non-blocking send found the ring full: `Blocked`, or `PeerGone` if a check (at most every
+/// [`IDLE_CHECK_INTERVAL`], so the fast path stays free of system calls) finds the peer gone.
+fn blocked(sock: &OwnedFd, last_check: &mut Option<Instant>) -> Result<Step, SendError> {
+    let now = Instant::now();
+    if last_check.is_none_or(|t| now.duration_since(t) >= IDLE_CHECK_INTERVAL) {
+        *last_check = Some(now);
+        if hung_up(sock.as_fd()) {
+            return Err(SendError::PeerGone);
+        }
+    }
+    Ok(Step::Blocked)
+}
+
 fn map_send(e: RingSendError) -> SendError {
     match e {
         RingSendError::Closed | RingSendError::PeerGone => SendError::PeerGone,

@@ -1,5 +1,6 @@
 //! The async (tokio) face of a channel: the same non-blocking core, waiting on tokio's reactor
-//! (`AsyncFd`) instead of `poll`.
+//! (`AsyncFd`) instead of `poll`. Ring channels cannot yet arm their wake-up for a reactor, so the
+//! async ring polls: a few yields, then attempts 1 ms apart while idle (a busy ring never waits).
 //!
 //! Every future is cancellation-safe: a dropped `recv` loses nothing (a half-received message
 //! stays in the channel), and a dropped `send` either sent nothing or left the channel a copy of
@@ -10,16 +11,18 @@
 //! (`OwnedFd`), which the `AsyncFd` owns, so that holds by construction; it is the only unsafe
 //! block of the channel module.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::error::{OpenError, RecvError, SendError};
-use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step};
+use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step, TransportKind};
 
 /// A channel driven by tokio: `async fn send/recv` on any runtime flavour. `Send`, so it can move
 /// between tasks and worker threads.
@@ -43,10 +46,59 @@ use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step};
 /// ```
 #[derive(Debug)]
 pub struct AsyncChannel {
-    recv: AsyncFd<OwnedFd>,
-    send: Option<AsyncFd<OwnedFd>>,
-    peer: Option<AsyncFd<OwnedFd>>,
+    wakeup: Wakeup,
     channel: Channel,
+}
+
+/// How an async channel learns that it may make progress.
+#[derive(Debug)]
+enum Wakeup {
+    /// Descriptor readiness from the reactor (socket, mq).
+    Fds {
+        recv: AsyncFd<OwnedFd>,
+        send: Option<AsyncFd<OwnedFd>>,
+        peer: Option<AsyncFd<OwnedFd>>,
+    },
+    /// Polling with back-off (ring: its wake-up cannot be armed for a reactor yet).
+    Poll(Backoff),
+}
+
+/// Yields a few times, then sleeps [`RING_POLL`] between attempts.
+#[derive(Debug, Default)]
+struct Backoff {
+    idle: u32,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Attempts that only yield before the back-off starts sleeping.
+const RING_YIELDS: u32 = 16;
+/// Sleep between attempts of an idle async ring channel.
+const RING_POLL: Duration = Duration::from_millis(1);
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.idle = 0;
+        self.sleep = None;
+    }
+
+    /// `Ready` when it is time for another attempt.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.idle < RING_YIELDS {
+            self.idle += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RING_POLL)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.sleep = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Registers a duplicate of `fd` (same open file, so the same readiness) with the reactor.
@@ -92,6 +144,12 @@ fn settle(seen: [Option<Seen<'_>>; 2]) -> io::Result<bool> {
 impl AsyncChannel {
     /// Registers `channel` with the current tokio runtime.
     pub fn new(channel: Channel) -> Result<Self, OpenError> {
+        if channel.kind() == TransportKind::Ring {
+            return Ok(AsyncChannel {
+                wakeup: Wakeup::Poll(Backoff::default()),
+                channel,
+            });
+        }
         let r = channel.readiness();
         let same = r.send.as_raw_fd() == r.recv.as_raw_fd();
         let recv = if same {
@@ -109,9 +167,7 @@ impl AsyncChannel {
             None => None,
         };
         Ok(AsyncChannel {
-            recv,
-            send,
-            peer,
+            wakeup: Wakeup::Fds { recv, send, peer },
             channel,
         })
     }
@@ -123,13 +179,8 @@ impl AsyncChannel {
 
     /// Deregisters from the runtime and returns the blocking channel.
     pub fn into_channel(self) -> Channel {
-        let AsyncChannel {
-            recv,
-            send,
-            peer,
-            channel,
-        } = self;
-        drop((recv, send, peer));
+        let AsyncChannel { wakeup, channel } = self;
+        drop(wakeup);
         channel
     }
 
@@ -169,33 +220,38 @@ impl AsyncChannel {
 
     /// Receives the next message into `buf`; see [`Channel::recv`].
     pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
-        let AsyncChannel {
-            recv,
-            peer,
-            channel,
-            ..
-        } = self;
-        poll_fn(|cx| loop {
-            let seen = [
-                Some(recv.poll_read_ready(cx)),
-                peer.as_ref().map(|p| p.poll_read_ready(cx)),
-            ];
-            if let Some(fds) = channel.step_recv(buf, None)? {
-                return Poll::Ready(Ok(RecvMeta {
-                    len: buf.len(),
-                    fds,
-                }));
-            }
-            match settle(seen) {
-                Ok(true) => {}
-                Ok(false) => return Poll::Pending,
-                Err(e) => {
-                    return Poll::Ready(Err(RecvError::Io {
-                        op: "tokio readiness",
-                        source: e,
-                    }))
+        let AsyncChannel { wakeup, channel } = self;
+        let done = |buf: &Vec<u8>, fds| RecvMeta {
+            len: buf.len(),
+            fds,
+        };
+        poll_fn(|cx| match wakeup {
+            Wakeup::Poll(backoff) => loop {
+                if let Some(fds) = channel.step_recv(buf, None)? {
+                    backoff.reset();
+                    return Poll::Ready(Ok(done(buf, fds)));
                 }
-            }
+                ready!(backoff.poll_wait(cx));
+            },
+            Wakeup::Fds { recv, peer, .. } => loop {
+                let seen = [
+                    Some(recv.poll_read_ready(cx)),
+                    peer.as_ref().map(|p| p.poll_read_ready(cx)),
+                ];
+                if let Some(fds) = channel.step_recv(buf, None)? {
+                    return Poll::Ready(Ok(done(buf, fds)));
+                }
+                match settle(seen) {
+                    Ok(true) => {}
+                    Ok(false) => return Poll::Pending,
+                    Err(source) => {
+                        return Poll::Ready(Err(RecvError::Io {
+                            op: "tokio readiness",
+                            source,
+                        }))
+                    }
+                }
+            },
         })
         .await
     }
@@ -226,27 +282,34 @@ impl AsyncChannel {
         data: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Poll<Result<(), SendError>> {
-        loop {
-            let send = self.send.as_ref().unwrap_or(&self.recv);
-            let seen = [
-                Some(send.poll_write_ready(cx)),
-                self.peer.as_ref().map(|p| p.poll_read_ready(cx)),
-            ];
-            match self.channel.step_send(cursor, data, fds, None) {
-                Ok(Step::Done) => return Poll::Ready(Ok(())),
-                Ok(Step::Blocked) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            match settle(seen) {
-                Ok(true) => {}
-                Ok(false) => return Poll::Pending,
-                Err(e) => {
-                    return Poll::Ready(Err(SendError::Io {
-                        op: "tokio readiness",
-                        source: e,
-                    }))
+        let AsyncChannel { wakeup, channel } = self;
+        match wakeup {
+            Wakeup::Poll(backoff) => loop {
+                if channel.step_send(cursor, data, fds, None)? == Step::Done {
+                    backoff.reset();
+                    return Poll::Ready(Ok(()));
                 }
-            }
+                ready!(backoff.poll_wait(cx));
+            },
+            Wakeup::Fds { recv, send, peer } => loop {
+                let seen = [
+                    Some(send.as_ref().unwrap_or(recv).poll_write_ready(cx)),
+                    peer.as_ref().map(|p| p.poll_read_ready(cx)),
+                ];
+                if channel.step_send(cursor, data, fds, None)? == Step::Done {
+                    return Poll::Ready(Ok(()));
+                }
+                match settle(seen) {
+                    Ok(true) => {}
+                    Ok(false) => return Poll::Pending,
+                    Err(source) => {
+                        return Poll::Ready(Err(SendError::Io {
+                            op: "tokio readiness",
+                            source,
+                        }))
+                    }
+                }
+            },
         }
     }
 
