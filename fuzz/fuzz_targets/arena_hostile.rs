@@ -8,7 +8,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
 use arbitrary::Arbitrary;
-use flowipc_core::arena::{Arena, ArenaHandle, Offset};
+use flowipc_core::arena::{Arena, ArenaCache, ArenaHandle, Offset};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -21,6 +21,9 @@ enum Op {
     Poke { at: u16, bytes: [u8; 8] },
     Handle { bytes: [u8; 32] },
     Reattach,
+    CacheAlloc { size: u16 },
+    CacheFreeLast,
+    CacheFlush,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -103,6 +106,25 @@ fuzz_target!(|input: Input| {
                         assert!(h.offset + h.len <= LEN as u64 && h.len <= info.capacity);
                         assert!(arena.payload_ptr(Offset::new(h.offset), h.len).is_some());
                     }
+                }
+            }
+            Op::CacheAlloc { .. } | Op::CacheFreeLast | Op::CacheFlush => {
+                // A short-lived cache: refill walks chains the peer may have corrupted, and the
+                // drop flushes back into them.
+                let mut cache = ArenaCache::new(&arena);
+                match *op {
+                    Op::CacheAlloc { size } => {
+                        if let Ok(off) = cache.alloc(usize::from(size), 16) {
+                            assert!(arena.payload_ptr(off, 16).is_some(), "cached block outside the region");
+                            last = Some(off);
+                        }
+                    }
+                    Op::CacheFreeLast => {
+                        if let Some(o) = last.take() {
+                            let _ = cache.free(o);
+                        }
+                    }
+                    _ => cache.flush_all(),
                 }
             }
             Op::Reattach => {
