@@ -7,6 +7,7 @@
 //! | --- | --- | --- | --- |
 //! | [`Channel::socket_pair`] | Unix stream socket, length-prefixed frames | up to 253 per message | simplest, works everywhere |
 //! | [`Channel::mq_pair`] | two POSIX message queues + a companion socket for liveness | no | subject to the kernel's mq limits |
+//! | [`Channel::ring_pair`] | two shared-memory rings + a companion socket for descriptors and liveness | up to 253 per message | fastest: no system call while the peer is awake |
 //!
 //! Every transport has one non-blocking core. The blocking API ([`Channel::send`],
 //! [`Channel::recv`], ...) waits with `poll` on top of it, the async API ([`AsyncChannel`], feature
@@ -238,13 +239,13 @@ impl ChannelOptions {
         let ((atx, arx, asock), (btx, brx, bsock)) = ring::create(self.ring_capacity)?;
         let make = |tx, rx, sock| {
             Channel::new(
-                Transport::Ring(RingTransport::new(
+                Transport::Ring(Box::new(RingTransport::new(
                     tx,
                     rx,
                     sock,
                     self.wait_policy,
                     self.limits(),
-                )),
+                ))),
                 self.limits(),
             )
         };
@@ -311,13 +312,13 @@ impl ChannelOptions {
             TransportKind::Ring => match (it.next(), it.next(), it.next(), it.next()) {
                 (Some(tx), Some(rx), Some(sock), None) => {
                     let (tx, rx) = ring::open(tx, rx)?;
-                    Transport::Ring(RingTransport::new(
+                    Transport::Ring(Box::new(RingTransport::new(
                         tx,
                         rx,
                         sock,
                         self.wait_policy,
                         self.limits(),
-                    ))
+                    )))
                 }
                 _ => return Err(bad("expected three descriptors (tx ring, rx ring, socket)")),
             },
@@ -387,6 +388,11 @@ pub struct Message {
 }
 
 /// The descriptors an event loop watches to drive a channel with the `try_*` calls.
+///
+/// Socket and mq channels signal all progress through these. A ring channel's data moves through
+/// shared memory, which no descriptor reports: for a ring channel `recv` and `send` are its
+/// companion socket (hang-up and descriptors only), so an event loop must also retry
+/// `try_recv`/`try_send` periodically (the [`AsyncChannel`] does so with a back-off).
 #[derive(Debug, Clone, Copy)]
 pub struct Readiness<'a> {
     /// Becomes readable when [`Channel::try_recv`] may make progress.
@@ -402,7 +408,8 @@ pub struct Readiness<'a> {
 enum Transport {
     Socket(SocketTransport),
     Mq(MqTransport),
-    Ring(RingTransport),
+    /// Boxed: the ring handles are several hundred bytes.
+    Ring(Box<RingTransport>),
 }
 
 impl Transport {

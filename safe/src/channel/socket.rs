@@ -119,7 +119,7 @@ pub(crate) struct SocketTransport {
     rend: usize,
     /// Stream offset of `rbuf[0]`.
     rbase: u64,
-    fdbuf: RecvFds,
+    fdbuf: Box<RecvFds>,
     batches: VecDeque<FdBatch>,
     incoming: Option<Incoming>,
     assembling: Vec<u8>,
@@ -131,7 +131,7 @@ impl SocketTransport {
     pub(crate) fn new(sock: OwnedFd, limits: Limits) -> Self {
         SocketTransport {
             sock,
-            fdbuf: RecvFds::with_limit(limits.max_fds_per_message),
+            fdbuf: Box::new(RecvFds::with_limit(limits.max_fds_per_message)),
             limits,
             scratch: Vec::with_capacity(SCRATCH_LEN),
             rbuf: vec![0; RBUF_LEN].into_boxed_slice(),

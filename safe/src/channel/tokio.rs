@@ -36,7 +36,8 @@ use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step, TransportKind
 /// let (mut a, mut b) = (a.into_async()?, b.into_async()?);
 /// let echo = tokio::spawn(async move {
 ///     let msg = b.recv_owned().await?;
-///     b.send(&msg.bytes).await
+///     b.send(&msg.bytes).await?;
+///     Ok::<_, flowipc::Error>(())
 /// });
 /// a.send(b"ping").await?;
 /// assert_eq!(a.recv_owned().await?.bytes, b"ping");
