@@ -230,7 +230,11 @@ impl MappedReader {
         // SAFETY: the mapping is page-aligned and `map.len()` bytes, lives beside the reader, and is
         // only loaded from (Relaxed atomics and byte copies), which is sound on `PROT_READ` memory.
         let reader = Box::new(unsafe { ArenaReader::attach(base, map.len()) }?);
-        Ok(MappedReader::Core { reader, _map: map, _fd: fd })
+        Ok(MappedReader::Core {
+            reader,
+            _map: map,
+            _fd: fd,
+        })
     }
 
     pub(crate) fn pool_tag(&self) -> u64 {
@@ -242,7 +246,12 @@ impl MappedReader {
     }
 
     /// Checks a handle (pool id checked by the caller) and copies its bytes from `at` into `buf`.
-    pub(crate) fn read_handle(&self, h: &ArenaHandle, at: u64, buf: &mut [u8]) -> Result<BlockInfo, ArenaError> {
+    pub(crate) fn read_handle(
+        &self,
+        h: &ArenaHandle,
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<BlockInfo, ArenaError> {
         match self {
             MappedReader::Core { reader, .. } => {
                 let info = reader.check_handle(h)?;
