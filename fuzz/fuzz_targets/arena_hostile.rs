@@ -56,7 +56,9 @@ fn poke(r: &Region, at: usize, bytes: &[u8]) {
 fuzz_target!(|input: Input| {
     let layout = Layout::from_size_align(LEN, 4096).unwrap();
     // SAFETY: non-zero size.
-    let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else { return };
+    let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else {
+        return;
+    };
     let region = Region(base, layout);
     let shift = 8 + u32::from(input.shift % 7);
     let mut arena = if input.raw {
@@ -115,7 +117,10 @@ fuzz_target!(|input: Input| {
                 match *op {
                     Op::CacheAlloc { size } => {
                         if let Ok(off) = cache.alloc(usize::from(size), 16) {
-                            assert!(arena.payload_ptr(off, 16).is_some(), "cached block outside the region");
+                            assert!(
+                                arena.payload_ptr(off, 16).is_some(),
+                                "cached block outside the region"
+                            );
                             last = Some(off);
                         }
                     }

@@ -38,7 +38,9 @@ struct Live {
 }
 
 fn bytes(a: &Arena, off: u64, len: u64) -> &mut [u8] {
-    let p = a.payload_ptr(Offset::new(off), len).expect("live block inside the region");
+    let p = a
+        .payload_ptr(Offset::new(off), len)
+        .expect("live block inside the region");
     // SAFETY: single-threaded; the model guarantees the block is live and owned by this run.
     unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), len as usize) }
 }
@@ -90,7 +92,16 @@ fuzz_target!(|input: Input| {
                         fill = fill.wrapping_add(1);
                         let n = (size as u64).min(4096);
                         bytes(&a, o, n).fill(fill);
-                        live.insert(o, Live { cap: info.capacity, len: n, fill, gen: info.generation, refs: 1 });
+                        live.insert(
+                            o,
+                            Live {
+                                cap: info.capacity,
+                                len: n,
+                                fill,
+                                gen: info.generation,
+                                refs: 1,
+                            },
+                        );
                     }
                     Err(AllocError::OutOfMemory) => {}
                     Err(AllocError::BadAlign) => assert!(align > (1 << shift) || align > 4096),
@@ -104,7 +115,10 @@ fuzz_target!(|input: Input| {
             Op::Free { pick: i } | Op::CacheFree { pick: i } => {
                 let Some(o) = pick(&live, i) else { continue };
                 let l = live.remove(&o).unwrap();
-                assert!(bytes(&a, o, l.len).iter().all(|&b| b == l.fill), "contents clobbered");
+                assert!(
+                    bytes(&a, o, l.len).iter().all(|&b| b == l.fill),
+                    "contents clobbered"
+                );
                 let cached = matches!(op, Op::CacheFree { .. });
                 if cached {
                     cache.free(Offset::new(o)).unwrap();
@@ -115,7 +129,11 @@ fuzz_target!(|input: Input| {
                 assert_eq!(cache.free(Offset::new(o)), Err(BlockError::DoubleFree));
                 check_stats(&a, &live);
                 // Freed memory is reusable at once: the lists and the cache are LIFO.
-                let again = if cached { cache.alloc(l.cap as usize, 1) } else { a.alloc(l.cap as usize, 1) };
+                let again = if cached {
+                    cache.alloc(l.cap as usize, 1)
+                } else {
+                    a.alloc(l.cap as usize, 1)
+                };
                 let again = again.unwrap();
                 assert_eq!(again.get(), o);
                 assert_eq!(a.info(again).unwrap().generation, l.gen.wrapping_add(1));
@@ -127,14 +145,20 @@ fuzz_target!(|input: Input| {
                 if live.contains_key(&o) {
                     continue;
                 }
-                assert!(a.free(Offset::new(o)).is_err(), "freed a block nobody holds");
+                assert!(
+                    a.free(Offset::new(o)).is_err(),
+                    "freed a block nobody holds"
+                );
             }
             Op::Retain { pick: i } => {
                 let Some(o) = pick(&live, i) else { continue };
                 let l = live.get_mut(&o).unwrap();
                 l.refs += 1;
                 assert_eq!(a.retain(Offset::new(o), l.gen), Ok(l.refs));
-                assert_eq!(a.retain(Offset::new(o), l.gen.wrapping_add(1)), Err(BlockError::StaleGeneration));
+                assert_eq!(
+                    a.retain(Offset::new(o), l.gen.wrapping_add(1)),
+                    Err(BlockError::StaleGeneration)
+                );
             }
             Op::Release { pick: i } => {
                 let Some(o) = pick(&live, i) else { continue };
@@ -151,7 +175,10 @@ fuzz_target!(|input: Input| {
     }
     drop(cache);
     for (o, l) in std::mem::take(&mut live) {
-        assert!(bytes(&a, o, l.len).iter().all(|&b| b == l.fill), "contents clobbered");
+        assert!(
+            bytes(&a, o, l.len).iter().all(|&b| b == l.fill),
+            "contents clobbered"
+        );
         a.free(Offset::new(o)).unwrap();
     }
     check_stats(&a, &live);
