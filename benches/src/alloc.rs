@@ -68,7 +68,8 @@ struct CoreArena {
 
 impl CoreArena {
     fn new(len: usize) -> Self {
-        let fd = flowipc_sys::memfd::create_sealed(c"flowipc-bench-arena", len as u64).expect("memfd");
+        let fd =
+            flowipc_sys::memfd::create_sealed(c"flowipc-bench-arena", len as u64).expect("memfd");
         let map = Mapping::map(fd.as_fd(), 0, len, Access::ReadWrite).expect("mmap");
         let base = NonNull::new(map.as_mut_ptr().expect("writable")).expect("non-null");
         // SAFETY: the mapping is page-aligned, `len` bytes, read-write, and outlives the arena (both
@@ -175,8 +176,13 @@ fn measure<A: Allocator>(a: &A, size: usize, threads: usize, pairs: usize) -> f6
                 steps(a, size, pairs)
             } else {
                 std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..threads).map(|_| s.spawn(|| steps(a, size, pairs))).collect();
-                    let per: Vec<f64> = hs.into_iter().map(|h| h.join().expect("bench thread")).collect();
+                    let hs: Vec<_> = (0..threads)
+                        .map(|_| s.spawn(|| steps(a, size, pairs)))
+                        .collect();
+                    let per: Vec<f64> = hs
+                        .into_iter()
+                        .map(|h| h.join().expect("bench thread"))
+                        .collect();
                     per.iter().sum::<f64>() / per.len() as f64
                 })
             }
@@ -189,7 +195,12 @@ fn measure<A: Allocator>(a: &A, size: usize, threads: usize, pairs: usize) -> f6
 fn row(system: &str, threads: usize, size: usize, ns: f64) -> Row {
     Row {
         system: system.to_string(),
-        mode: if threads == 1 { "1-thread" } else { "2-threads" }.to_string(),
+        mode: if threads == 1 {
+            "1-thread"
+        } else {
+            "2-threads"
+        }
+        .to_string(),
         placement: "n/a".to_string(),
         kind: "alloc".to_string(),
         size_bytes: size as u64,
@@ -209,6 +220,14 @@ fn rows_for<A: Allocator>(name: &str, a: &A, pairs: usize, out: &mut Vec<Row>) {
     }
 }
 
+/// The allocator systems this module reports, for `--only`.
+pub const SYSTEMS: [&str; 4] = [
+    "flowipc-arena",
+    "flowipc-arena-jemalloc",
+    "jemalloc-heap",
+    "system-heap",
+];
+
 /// Runs every allocator configuration and returns one row each.
 pub fn run(quick: bool) -> Vec<Row> {
     let pairs = if quick { 200_000 } else { 2_000_000 };
@@ -227,7 +246,9 @@ fn jemalloc_shm(pairs: usize, out: &mut Vec<Row>) {
     let pool = flowipc::arena::LendPool::create_jemalloc(256 << 20).expect("jemalloc pool");
     for size in SIZES {
         let step = |n: usize| {
-            let mut window: Vec<_> = (0..WINDOW).map(|_| pool.alloc(size).expect("alloc")).collect();
+            let mut window: Vec<_> = (0..WINDOW)
+                .map(|_| pool.alloc(size).expect("alloc"))
+                .collect();
             let start = Instant::now();
             for i in 0..n {
                 window[i % WINDOW] = pool.alloc(size).expect("alloc"); // drops (frees) the old one

@@ -7,6 +7,7 @@
 //! Every configuration runs in a fresh pair of processes (see [`harness`]). Absolute figures drift on
 //! shared machines, so the targets at the end are ratios between rows of the same run.
 
+mod alloc;
 mod harness;
 #[cfg(feature = "peers")]
 mod peers;
@@ -49,7 +50,8 @@ struct Args {
 }
 
 fn systems() -> Vec<&'static dyn System> {
-    vec![
+    #[allow(unused_mut)]
+    let mut systems: Vec<&'static dyn System> = vec![
         &ring::Ring,
         &raw::Slot::SPIN,
         &raw::Slot::FUTEX,
@@ -57,7 +59,10 @@ fn systems() -> Vec<&'static dyn System> {
         &raw::Pipe,
         &raw::Uds,
         &raw::Mq,
-    ]
+    ];
+    #[cfg(feature = "peers")]
+    systems.extend(peers::systems());
+    systems
 }
 
 fn configs(args: &Args, systems: &[&'static dyn System]) -> Vec<(&'static dyn System, Config)> {
@@ -113,6 +118,7 @@ fn configs(args: &Args, systems: &[&'static dyn System]) -> Vec<(&'static dyn Sy
 fn fmt_ns(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
+        Some(ns) if ns < 1_000.0 => format!("{ns:.1} ns"),
         Some(ns) if ns < 10_000.0 => format!("{:.2} us", ns / 1e3),
         Some(ns) if ns < 10_000_000.0 => format!("{:.1} us", ns / 1e3),
         Some(ns) => format!("{:.1} ms", ns / 1e6),
@@ -222,7 +228,35 @@ fn check_targets(rows: &[Row]) {
             higher_is_better: true,
         },
     ];
+    let alloc_targets = [
+        (
+            "flowipc-arena 64 B alloc+free <= 2 x jemalloc-heap",
+            "flowipc-arena",
+            2.0,
+        ),
+        (
+            "flowipc-arena-jemalloc 64 B alloc+free <= 1.3 x jemalloc-heap",
+            "flowipc-arena-jemalloc",
+            1.3,
+        ),
+    ];
     println!("\ntargets (ratios within this run):");
+    for (what, system, bound) in alloc_targets {
+        for mode in ["1-thread", "2-threads"] {
+            let key = |s: &'static str| (s, mode, "n/a", "alloc", 64u64);
+            match (
+                find(rows, key(system)).and_then(|r| r.p50_ns),
+                find(rows, key("jemalloc-heap")).and_then(|r| r.p50_ns),
+            ) {
+                (Some(a), Some(b)) if b > 0.0 => {
+                    let ratio = a / b;
+                    let verdict = if ratio <= bound { "met" } else { "MISSED" };
+                    println!("  [{verdict}] {what} ({mode}): {ratio:.2}x");
+                }
+                _ => println!("  [skip] {what} ({mode}): row not measured"),
+            }
+        }
+    }
     for t in &targets {
         let Some(row) = find(rows, t.row).and_then(|r| figure(r, t.higher_is_better)) else {
             println!("  [skip] {}: row not measured", t.what);
@@ -266,7 +300,8 @@ fn main() {
         return;
     }
     let args = Args::parse();
-    let known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
+    let mut known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
+    known.extend(alloc::SYSTEMS);
     for o in &args.only {
         if !known.contains(&o.as_str()) {
             eprintln!(
@@ -299,6 +334,22 @@ fn main() {
                 eprintln!("\nflowipc-bench: {} {:?} failed: {e}", cfg.system, cfg);
             }
         }
+    }
+    let want_alloc = args.only.is_empty()
+        || args
+            .only
+            .iter()
+            .any(|o| alloc::SYSTEMS.contains(&o.as_str()));
+    if want_alloc {
+        eprint!(
+            "\rallocators: alloc+free pairs, 1 and 2 threads{}",
+            " ".repeat(40)
+        );
+        rows.extend(
+            alloc::run(args.quick)
+                .into_iter()
+                .filter(|r| args.only.is_empty() || args.only.contains(&r.system)),
+        );
     }
     eprintln!(
         "\rmeasured {} configurations in {:.0} s{}",
