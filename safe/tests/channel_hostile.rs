@@ -242,3 +242,79 @@ fn hostile_mq_chunks() {
         assert_eq!(open_fds(), before, "{name}: leaked descriptors");
     }
 }
+
+/// Forged frame sequences written straight into a ring channel's ring (the test plays a peer
+/// that writes its own frames).
+#[test]
+fn hostile_ring_frames() {
+    let _g = serial();
+    const FIRST: u16 = 1;
+    const LAST: u16 = 2;
+    let with_total = |total: u64, rest: &[u8]| {
+        let mut f = total.to_le_bytes().to_vec();
+        f.extend_from_slice(rest);
+        f
+    };
+    let cases: Vec<(&str, Vec<(u16, Vec<u8>)>)> = vec![
+        (
+            "continuation without a first frame",
+            vec![(LAST, b"abc".to_vec())],
+        ),
+        (
+            "first frame inside a message",
+            vec![
+                (FIRST, with_total(10, b"abc")),
+                (FIRST, with_total(10, b"abc")),
+            ],
+        ),
+        ("forged total", vec![(FIRST, with_total(u64::MAX, b"abc"))]),
+        (
+            "more bytes than the total",
+            vec![(FIRST, with_total(2, b"abc"))],
+        ),
+        (
+            "last frame before the total",
+            vec![(FIRST, with_total(10, b"abc")), (LAST, b"de".to_vec())],
+        ),
+        (
+            "first frame shorter than its header",
+            vec![(FIRST, vec![1, 2, 3])],
+        ),
+        ("unknown flag", vec![(0x10 | FIRST | LAST, b"x".to_vec())]),
+        (
+            "descriptors declared, none sent",
+            vec![(FIRST | LAST | (2 << 8), b"x".to_vec())],
+        ),
+        (
+            "more descriptors declared than accepted",
+            vec![(FIRST | LAST | (9 << 8), b"x".to_vec())],
+        ),
+        ("close marker with data", vec![(4, b"x".to_vec())]),
+    ];
+    for (name, frames) in cases {
+        let before = open_fds();
+        let (mut ch, peer) = ChannelOptions::new()
+            .max_fds_per_message(8)
+            .ring_capacity(64 * 1024)
+            .ring_pair()
+            .unwrap();
+        let peer: ChannelFds = peer.into_fds().unwrap();
+        assert_eq!(peer.kind(), TransportKind::Ring);
+        // The peer's first descriptor is its sending ring: write forged frames into it.
+        let ring = flowipc::ring::ShmRing::open(peer.fds()[0].try_clone().unwrap()).unwrap();
+        let mut tx = ring.sender().unwrap();
+        for (tag, payload) in &frames {
+            tx.try_send_tagged(payload, *tag).unwrap();
+        }
+        let mut buf = Vec::new();
+        let err = ch.recv(&mut buf).unwrap_err();
+        assert!(matches!(err, RecvError::Corrupt(_)), "{name}: {err:?}");
+        assert!(
+            matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)),
+            "{name}"
+        );
+        eprintln!("{name}: {err}");
+        drop((ch, tx, ring, peer));
+        assert_eq!(open_fds(), before, "{name}: leaked descriptors");
+    }
+}
