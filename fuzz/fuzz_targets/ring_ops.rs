@@ -76,7 +76,7 @@ impl Model {
 }
 
 fuzz_target!(|input: Input| {
-    let cap = 32usize << (input.cap_log % 12);
+    let cap = 32usize << (input.cap_log % 8);
     let max = max_payload(cap);
     let (mut tx, mut rx) = Ring::with_capacity(cap);
     let mut m = Model {
@@ -179,9 +179,10 @@ fuzz_target!(|input: Input| {
             Op::Pop { buf: n } => {
                 let n = usize::from(n).min(buf.len());
                 let got = rx.try_pop(&mut buf[..n], N);
-                match (got, m.visible().cloned()) {
+                match (got, m.visible()) {
                     (Ok(FrameInfo { len, tag }), Some((data, t, taken))) => {
-                        assert_eq!((&buf[..len], tag), (&data[..], t));
+                        assert_eq!((&buf[..len], tag), (&data[..], *t));
+                        let taken = *taken;
                         m.head += taken;
                         m.frames.pop_front();
                     }
