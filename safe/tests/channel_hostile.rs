@@ -258,7 +258,9 @@ fn hostile_ring_frames() {
         f.extend_from_slice(rest);
         f
     };
-    let cases: Vec<(&str, Vec<(u16, Vec<u8>)>)> = vec![
+    /// A forged ring frame: tag and payload.
+    type Frame = (u16, Vec<u8>);
+    let cases: Vec<(&str, Vec<Frame>)> = vec![
         (
             "continuation without a first frame",
             vec![(LAST, b"abc".to_vec())],
