@@ -110,6 +110,27 @@ pub trait Endpoint {
     /// Receives one message into `buf` (large enough for any message of the configuration) and
     /// returns its length.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Receives one message and returns its bytes: in `scratch` by default, or in the endpoint's
+    /// own buffer where the transport fills one anyway (saving a copy the application would not make).
+    fn recv_slice<'a>(&'a mut self, scratch: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        let n = self.recv(scratch)?;
+        Ok(&scratch[..n])
+    }
+}
+
+/// Receives one message of exactly `size` bytes, reads every cache line of it, and returns its flag
+/// byte and sequence number.
+fn recv_msg(ep: &mut dyn Endpoint, scratch: &mut [u8], size: usize) -> io::Result<(u8, u64)> {
+    let msg = ep.recv_slice(scratch)?;
+    if msg.len() != size {
+        return Err(invalid(format!(
+            "received {} bytes, expected {size}",
+            msg.len()
+        )));
+    }
+    touch_read(msg);
+    Ok((msg[0], payload_seq(msg)))
 }
 
 /// A transport under test.
@@ -267,15 +288,14 @@ fn client_rtt(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row
         touch_write(&mut out, seq);
         out[0] = if last { FLAG_END } else { FLAG_DATA };
         ep.send(&out)?;
-        let n = ep.recv(&mut inb)?;
+        let (_, echoed) =
+            recv_msg(ep, &mut inb, size).map_err(|e| invalid(format!("{name}: {e}")))?;
         let t1 = Instant::now();
-        if n != size || payload_seq(&inb) != seq {
+        if echoed != seq {
             return Err(invalid(format!(
-                "{name}: echo mismatch (len {n}, expected {size}; seq {} vs {seq})",
-                payload_seq(&inb[..n.min(size).max(MIN_SIZE)])
+                "{name}: echo of message {echoed} arrived for {seq}"
             )));
         }
-        touch_read(&inb[..n]);
         if last {
             break;
         }
@@ -318,12 +338,11 @@ fn client_stream(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<
             break;
         }
     }
-    let n = ep.recv(&mut inb)?;
+    let (_, acked) = recv_msg(ep, &mut inb, size).map_err(|e| invalid(format!("{name}: {e}")))?;
     let elapsed = start.elapsed().as_secs_f64();
-    if n < MIN_SIZE || payload_seq(&inb) != sent {
+    if acked != sent {
         return Err(invalid(format!(
-            "{name}: server acknowledged {} messages, {sent} were sent",
-            payload_seq(&inb[..n.max(MIN_SIZE).min(size)])
+            "{name}: server acknowledged {acked} messages, {sent} were sent"
         )));
     }
     let msgs_per_s = sent as f64 / elapsed;
@@ -391,16 +410,11 @@ fn server_rtt(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
     let mut inb = vec![0u8; size];
     let mut out = vec![0u8; size];
     loop {
-        let n = ep.recv(&mut inb)?;
-        if n != size {
-            return Err(invalid(format!("server got {n} bytes, expected {size}")));
-        }
-        touch_read(&inb);
-        let seq = payload_seq(&inb);
+        let (flag, seq) = recv_msg(ep, &mut inb, size)?;
         touch_write(&mut out, seq);
-        out[0] = inb[0];
+        out[0] = flag;
         ep.send(&out)?;
-        if inb[0] == FLAG_END {
+        if flag == FLAG_END {
             return Ok(());
         }
     }
@@ -411,13 +425,9 @@ fn server_stream(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
     let mut inb = vec![0u8; size];
     let mut count = 0u64;
     loop {
-        let n = ep.recv(&mut inb)?;
-        if n != size {
-            return Err(invalid(format!("server got {n} bytes, expected {size}")));
-        }
-        touch_read(&inb);
+        let (flag, _) = recv_msg(ep, &mut inb, size)?;
         count += 1;
-        if inb[0] == FLAG_END {
+        if flag == FLAG_END {
             let mut ack = vec![0u8; size];
             touch_write(&mut ack, count);
             return ep.send(&ack);

@@ -8,6 +8,7 @@
 //! shared machines, so the targets at the end are ratios between rows of the same run.
 
 mod alloc;
+mod channel;
 mod harness;
 #[cfg(feature = "peers")]
 mod peers;
@@ -53,6 +54,9 @@ fn systems() -> Vec<&'static dyn System> {
     #[allow(unused_mut)]
     let mut systems: Vec<&'static dyn System> = vec![
         &ring::Ring,
+        &channel::ChannelSystem::RING,
+        &channel::ChannelSystem::SOCKET,
+        &channel::ChannelSystem::MQ,
         &raw::Slot::SPIN,
         &raw::Slot::FUTEX,
         &raw::Slot::EVENTFD,
@@ -227,6 +231,20 @@ fn check_targets(rows: &[Row]) {
             bound: 2.0,
             higher_is_better: true,
         },
+        Target {
+            what: "flowipc-ring spin-then-block cross-core p50 <= 0.6 x iceoryx2 busy-poll",
+            row: ("flowipc-ring", "spin-then-block", "cross-core", "rtt", 64),
+            reference: Some(("iceoryx2", "busy-poll", "cross-core", "rtt", 64)),
+            bound: 0.6,
+            higher_is_better: false,
+        },
+        Target {
+            what: "flowipc-channel-ring block same-core p50 <= 0.5 x iceoryx2 block (event)",
+            row: ("flowipc-channel-ring", "block", "same-core", "rtt", 64),
+            reference: Some(("iceoryx2", "block", "same-core", "rtt", 64)),
+            bound: 0.5,
+            higher_is_better: false,
+        },
     ];
     let alloc_targets = [
         (
@@ -287,6 +305,50 @@ fn check_targets(rows: &[Row]) {
             if ok { "met" } else { "MISSED" },
             t.what
         );
+    }
+    check_channel_targets(rows);
+    #[cfg(feature = "peers")]
+    peers::check_ipc_channel(rows);
+}
+
+/// Prints one latency ratio target: `row`'s p50 over the p50 of `reference` (same kind and size,
+/// and the given mode and placement) must be at most `bound`.
+fn latency_ratio(rows: &[Row], row: &Row, reference: &str, mode: &str, placement: &str, bound: f64) {
+    let what = format!(
+        "{} {} {} {} p50 <= {bound} x {reference} {mode}",
+        row.system,
+        row.mode,
+        row.placement,
+        fmt_size(row.size_bytes)
+    );
+    let other = rows.iter().find(|r| {
+        r.system == reference && r.mode == mode && r.placement == placement && r.kind == row.kind && r.size_bytes == row.size_bytes
+    });
+    match (row.p50_ns, other.and_then(|r| r.p50_ns)) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let ratio = a / b;
+            println!("  [{}] {what}: {ratio:.2}x", if ratio <= bound { "met" } else { "MISSED" });
+        }
+        _ => println!("  [skip] {what}: reference row not measured"),
+    }
+}
+
+/// The channel targets, at every size measured: the ring channel adds little to the bare ring in
+/// each mode and placement, and the socket and ring channels stand against a raw Unix socket.
+fn check_channel_targets(rows: &[Row]) {
+    for row in rows.iter().filter(|r| r.kind == "rtt") {
+        match (row.system.as_str(), row.mode.as_str(), row.placement.as_str()) {
+            ("flowipc-channel-ring", mode, placement) => {
+                latency_ratio(rows, row, "flowipc-ring", mode, placement, 1.3);
+                if mode == "block" && placement == "same-core" {
+                    latency_ratio(rows, row, "raw-uds", "block", "same-core", 0.7);
+                }
+            }
+            ("flowipc-channel-socket", "block", "same-core") => {
+                latency_ratio(rows, row, "raw-uds", "block", "same-core", 1.2);
+            }
+            _ => {}
+        }
     }
 }
 

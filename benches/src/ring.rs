@@ -17,7 +17,7 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 }
 
 /// A ring whose largest frame holds `size` bytes.
-fn capacity_for(size: usize) -> usize {
+pub fn capacity_for(size: usize) -> usize {
     (2 * (size + 64)).next_power_of_two().max(MIN_RING)
 }
 

@@ -120,7 +120,8 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
-    fn code(self) -> u8 {
+    /// The one-byte form sent beside the descriptors (see [`ChannelFds::into_parts`]).
+    pub fn code(self) -> u8 {
         match self {
             TransportKind::Socket => 1,
             TransportKind::Mq => 2,
@@ -128,7 +129,8 @@ impl TransportKind {
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    /// The kind a [`code`](Self::code) stands for; `None` for an unknown code.
+    pub fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(TransportKind::Socket),
             2 => Some(TransportKind::Mq),
