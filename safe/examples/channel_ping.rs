@@ -37,9 +37,33 @@ fn main() -> Result<(), flowipc::Error> {
         .stdin(Stdio::from(boot_fd))
         .spawn()
         .expect("spawn the child");
-    let mut boot = boot_ours;
-    boot.send_channel(theirs)?;
+    let outcome = ping(boot_ours, theirs, &mut ours, size, rounds);
+    if outcome.is_err() {
+        let _ = child.kill();
+    }
+    child.wait().expect("child exit");
+    let mut rtts = outcome?;
+    rtts.sort();
+    let pct = |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)];
+    println!(
+        "{transport} {size} B: round trip p50 {:?}  p99 {:?}  p99.9 {:?}",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999)
+    );
+    Ok(())
+}
 
+/// Hands `theirs` to the child over `boot`, then measures `rounds` round trips (after a
+/// warm-up of a tenth as many).
+fn ping(
+    mut boot: Channel,
+    theirs: Channel,
+    ours: &mut Channel,
+    size: usize,
+    rounds: usize,
+) -> Result<Vec<Duration>, flowipc::Error> {
+    boot.send_channel(theirs)?;
     let msg = vec![0x5a; size];
     let mut buf = Vec::new();
     let mut rtts = Vec::with_capacity(rounds);
@@ -52,16 +76,7 @@ fn main() -> Result<(), flowipc::Error> {
         }
     }
     ours.close()?;
-    child.wait().expect("child exit");
-    rtts.sort();
-    let pct = |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)];
-    println!(
-        "{transport} {size} B: round trip p50 {:?}  p99 {:?}  p99.9 {:?}",
-        pct(0.5),
-        pct(0.99),
-        pct(0.999)
-    );
-    Ok(())
+    Ok(rtts)
 }
 
 fn child() -> Result<(), flowipc::Error> {

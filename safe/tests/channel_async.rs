@@ -214,3 +214,52 @@ fn async_ring_sigkill() {
     async_kill_blocked_recv("async_ring_sigkill", || Channel::ring_pair().unwrap());
     async_kill_blocked_send("async_ring_sigkill", || Channel::ring_pair().unwrap());
 }
+
+/// Split halves: one task streams while another receives, on every transport, both directions
+/// at once.
+async fn full_duplex(a: Channel, b: Channel, n: u64) {
+    let (atx, arx) = a.into_async().unwrap().split().unwrap();
+    let (btx, brx) = b.into_async().unwrap().split().unwrap();
+    let sender = |mut tx: flowipc::channel::AsyncSender, seed: u64| async move {
+        let mut rng = Rng(seed);
+        let mut msg = Vec::new();
+        for seq in 0..n {
+            fill(seq, size(&mut rng).min(256 * 1024), &mut msg);
+            tx.send(&msg).await.unwrap();
+        }
+        tx.close().await.unwrap();
+    };
+    let receiver = |mut rx: flowipc::channel::AsyncReceiver, seed: u64| async move {
+        let mut rng = Rng(seed);
+        let mut buf = Vec::new();
+        for seq in 0..n {
+            rx.recv(&mut buf).await.unwrap();
+            verify(seq, size(&mut rng).min(256 * 1024), &buf).unwrap();
+        }
+        assert!(matches!(rx.recv(&mut buf).await, Err(RecvError::Closed)));
+    };
+    let tasks = [
+        tokio::spawn(sender(atx, 1)),
+        tokio::spawn(sender(btx, 2)),
+        tokio::spawn(receiver(brx, 1)),
+        tokio::spawn(receiver(arx, 2)),
+    ];
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[test]
+fn async_split_full_duplex() {
+    let _g = serial();
+    let rt = runtime();
+    let (a, b) = Channel::socket_pair().unwrap();
+    rt.block_on(full_duplex(a, b, 3000));
+    let (a, b) = retry_mq(Channel::mq_pair);
+    rt.block_on(full_duplex(a, b, 3000));
+    let (a, b) = ChannelOptions::new()
+        .ring_capacity(64 * 1024)
+        .ring_pair()
+        .unwrap();
+    rt.block_on(full_duplex(a, b, 3000));
+}

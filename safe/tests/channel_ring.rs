@@ -150,3 +150,41 @@ fn ring_sigkill_blocked_send() {
         Channel::ring_pair().unwrap()
     });
 }
+
+#[test]
+fn ring_split_after_use() {
+    let _g = serial();
+    let (mut a, mut b) = ChannelOptions::new()
+        .ring_capacity(64 * 1024)
+        .ring_pair()
+        .unwrap();
+    a.send(b"before the split").unwrap();
+    assert_eq!(b.recv_owned().unwrap().bytes, b"before the split");
+    b.send(b"queued before the split").unwrap();
+    let (mut tx, mut rx) = a.split().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        while b.recv(&mut buf).is_ok() {
+            b.send(&buf).unwrap();
+        }
+    });
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_eq!(buf, b"queued before the split");
+        for i in 0..1000u64 {
+            rx.recv(&mut buf).unwrap();
+            verify(i, 40_000, &buf).unwrap();
+        }
+        assert!(matches!(rx.recv(&mut buf), Err(RecvError::Closed)));
+    });
+    let mut msg = Vec::new();
+    for i in 0..1000u64 {
+        fill(i, 40_000, &mut msg);
+        tx.send(&msg).unwrap();
+    }
+    tx.close().unwrap();
+    reader.join().unwrap();
+    drop(tx);
+    echo.join().unwrap();
+}

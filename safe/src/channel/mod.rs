@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 pub use self::error::{Corruption, OpenError, RecvError, SendError};
 #[cfg(feature = "tokio")]
-pub use self::tokio::AsyncChannel;
+pub use self::tokio::{AsyncChannel, AsyncReceiver, AsyncSender};
 
 use self::mq::MqTransport;
 use self::ring::RingTransport;
@@ -927,6 +927,148 @@ impl Channel {
                 cursor,
             });
         }
+    }
+}
+
+impl Channel {
+    /// Splits the channel into a sending and a receiving half that can be used at the same time
+    /// from different threads (each half is `Send`).
+    ///
+    /// The halves share the transport: the sending half holds duplicates of its descriptors. The
+    /// peer sees the channel closed when the sending half is closed or dropped; it sees the
+    /// channel gone once both halves are dropped.
+    ///
+    /// ```
+    /// use flowipc::channel::Channel;
+    ///
+    /// let (a, mut b) = Channel::socket_pair()?;
+    /// let (mut tx, mut rx) = a.split()?;
+    /// let echo = std::thread::spawn(move || {
+    ///     let msg = b.recv_owned().unwrap();
+    ///     b.send(&msg.bytes).unwrap();
+    /// });
+    /// tx.send(b"hi")?;
+    /// assert_eq!(rx.recv_owned()?.bytes, b"hi");
+    /// echo.join().unwrap();
+    /// # Ok::<(), flowipc::Error>(())
+    /// ```
+    pub fn split(mut self) -> Result<(ChannelSender, ChannelReceiver), OpenError> {
+        let half = match self.tr_mut() {
+            Transport::Socket(t) => {
+                Transport::Socket(t.split_sender().map_err(|e| OpenError::os("dup", e))?)
+            }
+            Transport::Mq(t) => Transport::Mq(t.split_sender()?),
+            Transport::Ring(t) => Transport::Ring(Box::new(t.split_sender()?)),
+        };
+        let mut sender = Channel::new(half, self.limits);
+        sender.pending = self.pending.take();
+        sender.nonblocking = self.nonblocking;
+        sender.closed = self.closed;
+        sender.poisoned = self.poisoned;
+        // The receiving half never sends: no close marker when it is dropped.
+        self.closed = true;
+        Ok((ChannelSender(sender), ChannelReceiver(self)))
+    }
+}
+
+/// The sending half of a [`Channel`], from [`Channel::split`].
+#[derive(Debug)]
+pub struct ChannelSender(Channel);
+
+/// The receiving half of a [`Channel`], from [`Channel::split`].
+#[derive(Debug)]
+pub struct ChannelReceiver(Channel);
+
+impl ChannelSender {
+    /// See [`Channel::send`].
+    pub fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.0.send(data)
+    }
+
+    /// See [`Channel::send_with_fds`].
+    pub fn send_with_fds(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        self.0.send_with_fds(data, fds)
+    }
+
+    /// See [`Channel::try_send`].
+    pub fn try_send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.0.try_send(data)
+    }
+
+    /// See [`Channel::try_send_with_fds`].
+    pub fn try_send_with_fds(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SendError> {
+        self.0.try_send_with_fds(data, fds)
+    }
+
+    /// See [`Channel::flush`].
+    pub fn flush(&mut self) -> Result<(), SendError> {
+        self.0.flush()
+    }
+
+    /// See [`Channel::try_flush`].
+    pub fn try_flush(&mut self) -> Result<(), SendError> {
+        self.0.try_flush()
+    }
+
+    /// See [`Channel::close`].
+    pub fn close(&mut self) -> Result<(), SendError> {
+        self.0.close()
+    }
+
+    /// See [`Channel::set_nonblocking`].
+    pub fn set_nonblocking(&mut self, nonblocking: bool) {
+        self.0.set_nonblocking(nonblocking);
+    }
+
+    /// See [`Channel::readiness`] (use its `send` and `peer` descriptors).
+    pub fn readiness(&self) -> Readiness<'_> {
+        self.0.readiness()
+    }
+}
+
+impl ChannelReceiver {
+    /// See [`Channel::recv`].
+    pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        self.0.recv(buf)
+    }
+
+    /// See [`Channel::recv_owned`].
+    pub fn recv_owned(&mut self) -> Result<Message, RecvError> {
+        self.0.recv_owned()
+    }
+
+    /// See [`Channel::try_recv`].
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        self.0.try_recv(buf)
+    }
+
+    /// See [`Channel::recv_timeout`].
+    pub fn recv_timeout(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<RecvMeta, RecvError> {
+        self.0.recv_timeout(buf, timeout)
+    }
+
+    /// See [`Channel::set_nonblocking`].
+    pub fn set_nonblocking(&mut self, nonblocking: bool) {
+        self.0.set_nonblocking(nonblocking);
+    }
+
+    /// See [`Channel::readiness`] (use its `recv` and `peer` descriptors).
+    pub fn readiness(&self) -> Readiness<'_> {
+        self.0.readiness()
+    }
+}
+
+impl AsFd for ChannelReceiver {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 

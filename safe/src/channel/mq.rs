@@ -144,6 +144,20 @@ impl MqTransport {
         })
     }
 
+    /// A second transport on duplicates of the descriptors, for the sending half of a split
+    /// channel.
+    pub(crate) fn split_sender(&self) -> Result<Self, OpenError> {
+        let dup = |fd: &OwnedFd| {
+            flowipc_sys::fd::dup_cloexec(fd.as_fd()).map_err(|e| OpenError::os("dup", e))
+        };
+        MqTransport::new(
+            dup(&self.rx)?,
+            dup(&self.tx)?,
+            dup(&self.sock)?,
+            self.limits,
+        )
+    }
+
     pub(crate) fn recv_fd(&self) -> BorrowedFd<'_> {
         self.rx.as_fd()
     }

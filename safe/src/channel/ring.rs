@@ -149,6 +149,22 @@ impl RingTransport {
         }
     }
 
+    /// A second transport for the sending half of a split channel: the same rings, a duplicate
+    /// of the socket, and this transport's ring sender if it took one.
+    pub(crate) fn split_sender(&mut self) -> Result<Self, OpenError> {
+        let sock =
+            flowipc_sys::fd::dup_cloexec(self.sock.as_fd()).map_err(|e| OpenError::os("dup", e))?;
+        let mut half = RingTransport::new(
+            self.tx_ring.clone(),
+            self.rx_ring.clone(),
+            sock,
+            self.policy,
+            self.limits,
+        );
+        half.tx = self.tx.take();
+        Ok(half)
+    }
+
     pub(crate) fn sock(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }

@@ -146,6 +146,14 @@ impl SocketTransport {
         }
     }
 
+    /// A second transport on a duplicate of the socket, for the sending half of a split channel.
+    pub(crate) fn split_sender(&self) -> Result<Self, Errno> {
+        Ok(SocketTransport::new(
+            flowipc_sys::fd::dup_cloexec(self.sock.as_fd())?,
+            self.limits,
+        ))
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }

@@ -142,7 +142,92 @@ fn settle(seen: [Option<Seen<'_>>; 2]) -> io::Result<bool> {
     Ok(any)
 }
 
+/// The sending half of an [`AsyncChannel`], from [`AsyncChannel::split`].
+#[derive(Debug)]
+pub struct AsyncSender(AsyncChannel);
+
+/// The receiving half of an [`AsyncChannel`], from [`AsyncChannel::split`].
+#[derive(Debug)]
+pub struct AsyncReceiver(AsyncChannel);
+
+impl AsyncSender {
+    /// See [`AsyncChannel::send`].
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.0.send(data).await
+    }
+
+    /// See [`AsyncChannel::send_with_fds`].
+    pub async fn send_with_fds(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SendError> {
+        self.0.send_with_fds(data, fds).await
+    }
+
+    /// See [`AsyncChannel::close`].
+    pub async fn close(&mut self) -> Result<(), SendError> {
+        self.0.close().await
+    }
+}
+
+impl AsyncReceiver {
+    /// See [`AsyncChannel::recv`].
+    pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        self.0.recv(buf).await
+    }
+
+    /// See [`AsyncChannel::recv_owned`].
+    pub async fn recv_owned(&mut self) -> Result<Message, RecvError> {
+        self.0.recv_owned().await
+    }
+}
+
+impl super::ChannelSender {
+    /// Turns this half into an [`AsyncSender`] (inside a tokio runtime).
+    pub fn into_async(self) -> Result<AsyncSender, OpenError> {
+        Ok(AsyncSender(AsyncChannel::new(self.0)?))
+    }
+}
+
+impl super::ChannelReceiver {
+    /// Turns this half into an [`AsyncReceiver`] (inside a tokio runtime).
+    pub fn into_async(self) -> Result<AsyncReceiver, OpenError> {
+        Ok(AsyncReceiver(AsyncChannel::new(self.0)?))
+    }
+}
+
 impl AsyncChannel {
+    /// Splits into a sending and a receiving half that separate tasks can use at the same time;
+    /// see [`Channel::split`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> Result<(), flowipc::Error> {
+    /// use flowipc::channel::Channel;
+    ///
+    /// let (a, b) = Channel::socket_pair()?;
+    /// let (mut tx, mut rx) = a.into_async()?.split()?;
+    /// let mut b = b.into_async()?;
+    /// let echo = tokio::spawn(async move {
+    ///     while let Ok(msg) = b.recv_owned().await {
+    ///         b.send(&msg.bytes).await?;
+    ///     }
+    ///     Ok::<_, flowipc::Error>(())
+    /// });
+    /// let reader = tokio::spawn(async move { rx.recv_owned().await });
+    /// tx.send(b"ping").await?;
+    /// assert_eq!(reader.await.unwrap()?.bytes, b"ping");
+    /// tx.close().await?;
+    /// echo.await.unwrap()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn split(self) -> Result<(AsyncSender, AsyncReceiver), OpenError> {
+        let (tx, rx) = self.into_channel().split()?;
+        Ok((tx.into_async()?, rx.into_async()?))
+    }
+
     /// Registers `channel` with the current tokio runtime.
     pub fn new(channel: Channel) -> Result<Self, OpenError> {
         if channel.kind() == TransportKind::Ring {
