@@ -426,7 +426,7 @@ impl Transport {
     ) -> Result<Step, SendError> {
         match self {
             Transport::Socket(t) => t.send_step(cur, data, fds),
-            Transport::Mq(t) => t.send_step(cur, data, fds),
+            Transport::Mq(t) => t.send_step(cur, data, fds, block.is_some()),
             Transport::Ring(t) => t.send_step(cur, data, fds, block),
         }
     }
@@ -438,7 +438,7 @@ impl Transport {
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         match self {
             Transport::Socket(t) => t.recv_step(out),
-            Transport::Mq(t) => t.recv_step(out),
+            Transport::Mq(t) => t.recv_step(out, block.is_some()),
             Transport::Ring(t) => t.recv_step(out, block),
         }
     }

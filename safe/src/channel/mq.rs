@@ -14,6 +14,7 @@
 //! `RLIMIT_MSGQUEUE` (819200 bytes here, which holds about nine full-size queues, so four mq
 //! channels per user). Running out gives [`OpenError::MqLimit`], which says what to raise.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,9 @@ pub(crate) struct MqTransport {
     rbuf: Vec<u8>,
     reasm: Reassembler,
     peer_closed: bool,
+    /// Set by `wait` when the companion socket reported a hang-up; a blocking step checks the
+    /// peer only then, so a wait costs one `poll` rather than two.
+    hangup_seen: Cell<bool>,
 }
 
 /// The descriptors of both ends of a new mq channel: (rx, tx, sock) for each side.
@@ -141,6 +145,7 @@ impl MqTransport {
             rbuf: vec![0; rsize],
             reasm: Reassembler::default(),
             peer_closed: false,
+            hangup_seen: Cell::new(false),
         })
     }
 
@@ -191,11 +196,18 @@ impl MqTransport {
                 .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
     }
 
+    /// Whether to ask the socket if the peer is gone: always for a non-blocking call, for a
+    /// blocking one only after its `wait` saw a hang-up.
+    fn should_check_peer(&self, blocking: bool) -> bool {
+        !blocking || self.hangup_seen.get()
+    }
+
     pub(crate) fn send_step(
         &mut self,
         cur: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
+        blocking: bool,
     ) -> Result<Step, SendError> {
         if !fds.is_empty() {
             return Err(SendError::FdsUnsupported);
@@ -223,7 +235,7 @@ impl MqTransport {
                     cur.pos = end.max(1);
                 }
                 Err(Errno::AGAIN) => {
-                    if self.peer_gone() {
+                    if self.should_check_peer(blocking) && self.peer_gone() {
                         return Err(SendError::PeerGone);
                     }
                     return Ok(Step::Blocked);
@@ -238,6 +250,7 @@ impl MqTransport {
     pub(crate) fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
+        blocking: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         if self.peer_closed {
             return Err(RecvError::Closed);
@@ -273,7 +286,7 @@ impl MqTransport {
                     if checked_peer {
                         return Err(RecvError::PeerGone);
                     }
-                    if !self.peer_gone() {
+                    if !self.should_check_peer(blocking) || !self.peer_gone() {
                         return Ok(None);
                     }
                     checked_peer = true;
@@ -299,7 +312,15 @@ impl MqTransport {
             PollFd::new(&self.sock, PollFlags::RDHUP),
         ];
         match socket::poll(&mut pfd, timeout) {
-            Ok(_) | Err(Errno::INTR) => Ok(()),
+            Ok(_) | Err(Errno::INTR) => {
+                if pfd[1]
+                    .revents()
+                    .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
+                {
+                    self.hangup_seen.set(true);
+                }
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
