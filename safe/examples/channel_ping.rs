@@ -6,13 +6,14 @@
 //! cargo run --release -p flowipc --example channel_ping -- socket 65536 10000
 //! ```
 //!
-//! Arguments: transport (`socket`, `mq` or `ring`), message size in bytes, round trips.
+//! Arguments: transport (`socket`, `mq` or `ring`), message size in bytes, round trips, and for
+//! the ring the wait policy (`spin` = spin then block, the default; `block`; `busy`).
 
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowipc::channel::{Channel, RecvError};
+use flowipc::channel::{Channel, ChannelOptions, RecvError, WaitPolicy};
 
 fn main() -> Result<(), flowipc::Error> {
     if std::env::var_os("CHANNEL_PING_CHILD").is_some() {
@@ -22,18 +23,25 @@ fn main() -> Result<(), flowipc::Error> {
     let transport = args.next().unwrap_or_else(|| "ring".into());
     let size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let policy = match args.next().as_deref() {
+        None | Some("spin") => WaitPolicy::default(),
+        Some("block") => WaitPolicy::Block,
+        Some("busy") => WaitPolicy::BusyPoll,
+        Some(other) => panic!("unknown wait policy {other}: use spin, block or busy"),
+    };
+    let options = ChannelOptions::new().wait_policy(policy);
 
     let (mut ours, theirs) = match transport.as_str() {
-        "socket" => Channel::socket_pair()?,
-        "mq" => Channel::mq_pair()?,
-        "ring" => Channel::ring_pair()?,
+        "socket" => options.socket_pair()?,
+        "mq" => options.mq_pair()?,
+        "ring" => options.ring_pair()?,
         other => panic!("unknown transport {other}: use socket, mq or ring"),
     };
     // The child's stdin is one end of a bootstrap socket; the channel travels over it.
     let (boot_ours, boot_theirs) = Channel::socket_pair()?;
     let boot_fd = boot_theirs.into_fds()?.into_parts().1.remove(0);
     let mut child = Command::new(std::env::current_exe().expect("own executable"))
-        .env("CHANNEL_PING_CHILD", "1")
+        .env("CHANNEL_PING_CHILD", format!("{policy:?}"))
         .stdin(Stdio::from(boot_fd))
         .spawn()
         .expect("spawn the child");
@@ -85,7 +93,12 @@ fn child() -> Result<(), flowipc::Error> {
         .try_clone_to_owned()
         .expect("dup stdin");
     let mut boot = Channel::from_socket(stdin);
-    let mut ch = boot.recv_channel()?;
+    let policy = match std::env::var("CHANNEL_PING_CHILD").as_deref() {
+        Ok("Block") => WaitPolicy::Block,
+        Ok("BusyPoll") => WaitPolicy::BusyPoll,
+        _ => WaitPolicy::default(),
+    };
+    let mut ch = boot.recv_channel_with(&ChannelOptions::new().wait_policy(policy))?;
     let mut buf = Vec::new();
     loop {
         match ch.recv_timeout(&mut buf, Duration::from_secs(30)) {

@@ -780,6 +780,12 @@ impl Channel {
     /// Receives a channel end sent with [`send_channel`](Channel::send_channel), with default
     /// [`ChannelOptions`].
     pub fn recv_channel(&mut self) -> Result<Channel, crate::Error> {
+        self.recv_channel_with(&ChannelOptions::default())
+    }
+
+    /// [`recv_channel`](Channel::recv_channel) re-creating the channel with `options` (limits,
+    /// wait policy).
+    pub fn recv_channel_with(&mut self, options: &ChannelOptions) -> Result<Channel, crate::Error> {
         let msg = self.recv_owned()?;
         match msg.bytes.split_last() {
             Some((&code, tag)) if tag == CHANNEL_TAG => {
@@ -787,7 +793,7 @@ impl Channel {
                     kind: "unknown",
                     reason: format!("unknown transport code {code}"),
                 })?;
-                Ok(Channel::from_fds(fds)?)
+                Ok(options.from_fds(fds)?)
             }
             _ => Err(OpenError::BadFds {
                 kind: "any",
