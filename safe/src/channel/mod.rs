@@ -23,10 +23,28 @@
 //! - [`Channel::close`] reaches the peer after every message sent before it; the peer's receive then
 //!   returns [`RecvError::Closed`]. A peer that dies (or drops its end without closing) gives
 //!   [`RecvError::PeerGone`] / [`SendError::PeerGone`] once everything it sent has been received.
-//! - Whatever the peer sends is validated (see the transport modules): a forged length, wrong
-//!   descriptor counts or a bad chunk sequence gives [`RecvError::Corrupt`], closes the
-//!   descriptors that came with it and poisons the channel. Nothing the peer claims is allocated
-//!   before the bytes arrive.
+//! - Whatever the peer sends is validated: a forged length, wrong descriptor counts or a bad
+//!   chunk sequence gives [`RecvError::Corrupt`], closes the descriptors that came with it and
+//!   poisons the channel. Nothing the peer claims is allocated before the bytes arrive.
+//! - [`Channel::split`] gives a sending and a receiving half for use from two threads or tasks.
+//!
+//! # Wire formats
+//!
+//! - Socket: each message is an 8-byte header (48-bit length, descriptor count, kind) and the
+//!   payload. Descriptors ride the `sendmsg` that starts their message's header; the receiver
+//!   accepts a batch only for the header that begins in the bytes of the read that delivered it,
+//!   with exactly the declared count. Lengths above [`ChannelOptions::max_message_size`]
+//!   (default 1 GiB) are corrupt.
+//! - POSIX mq: messages are split into queue messages with a 16-byte chunk header (first/last
+//!   flags, index, total length); no descriptors. The companion socket only reports the peer's
+//!   death. The kernel's limits (here 10 messages of 8 KiB per queue and about nine queues per
+//!   user) give [`OpenError::MqLimit`], which says what to raise.
+//! - Ring: a message that fits a ring frame (up to about half the ring) is one frame; longer ones
+//!   are frames of a quarter ring, the first carrying the total length; the frame tag holds the
+//!   first/last/close flags and the descriptor count. Descriptors go over the companion socket just
+//!   before the first frame. A blocked side checks the socket for the peer's hang-up every 20 ms.
+//!   The async ring polls (yields, then 1 ms steps) because the ring's wake-up cannot yet be
+//!   armed for a reactor.
 //!
 //! # Example
 //!
@@ -615,8 +633,9 @@ impl Channel {
         self.send_with_fds(data, &[])
     }
 
-    /// Sends a message with descriptors attached (at most [`MAX_FDS_PER_MESSAGE`]; the socket
-    /// transport only). The descriptors stay open here; the peer gets its own.
+    /// Sends a message with descriptors attached (at most [`MAX_FDS_PER_MESSAGE`]; socket and
+    /// ring transports, mq gives [`SendError::FdsUnsupported`]). The descriptors stay open here;
+    /// the peer gets its own, close-on-exec.
     ///
     /// ```
     /// use std::os::fd::AsFd;
@@ -767,8 +786,8 @@ impl Channel {
     }
 
     /// Sends another channel's end to the peer, which takes it with
-    /// [`recv_channel`](Channel::recv_channel). The socket transport only, since it carries the
-    /// descriptors.
+    /// [`recv_channel`](Channel::recv_channel). `self` must carry descriptors (socket or ring);
+    /// `channel` may be of any transport, and a ring channel must not have been used yet.
     pub fn send_channel(&mut self, channel: Channel) -> Result<(), SendError> {
         let fds = channel.into_fds()?;
         let mut msg = CHANNEL_TAG.to_vec();
