@@ -30,6 +30,7 @@ use ::iceoryx2::port::publisher::Publisher;
 use ::iceoryx2::port::subscriber::Subscriber;
 use ::iceoryx2::port::update_connections::UpdateConnections;
 use ::iceoryx2::prelude::*;
+use ::iceoryx2::sample::Sample;
 use ::iceoryx2::service::port_factory::event::PortFactory as EventService;
 use ::iceoryx2::service::port_factory::publish_subscribe::PortFactory as PubSubService;
 
@@ -44,6 +45,9 @@ fn err(what: &str, e: impl std::fmt::Debug) -> io::Error {
 
 /// Services and ports in the same order each side, dropped ports first, node last.
 struct Iox2Endpoint {
+    /// The sample last received, read in place and released by the next receive (see
+    /// [`Endpoint::recv_slice`]).
+    last: Option<Sample<ipc::Service, [u8], ()>>,
     publisher: Publisher<ipc::Service, [u8], ()>,
     subscriber: Subscriber<ipc::Service, [u8], ()>,
     /// `block` mode: wakes the peer's listener after each sample.
@@ -155,6 +159,7 @@ impl Iox2Endpoint {
             (None, None, Vec::new())
         };
         Ok(Self {
+            last: None,
             publisher,
             subscriber,
             notifier,
@@ -192,12 +197,19 @@ impl Endpoint for Iox2Endpoint {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let msg = self.recv_slice(&mut [])?;
+        let n = msg.len().min(buf.len());
+        buf[..n].copy_from_slice(&msg[..n]);
+        Ok(n)
+    }
+
+    /// Zero-copy, as an iceoryx2 application reads: the payload in the publisher's shared memory,
+    /// held until the next receive (the default allows a subscriber two borrowed samples).
+    fn recv_slice<'a>(&'a mut self, _scratch: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        self.last = None;
         loop {
             if let Some(sample) = self.subscriber.receive().map_err(|e| err("receive", e))? {
-                let payload = sample.payload();
-                let n = payload.len().min(buf.len());
-                buf[..n].copy_from_slice(&payload[..n]);
-                return Ok(n);
+                return Ok(self.last.insert(sample).payload());
             }
             match &self.listener {
                 // Wakes at once if a notification arrived since the last wait; collects them all.

@@ -33,20 +33,28 @@ enum IpcChannelEndpoint {
     Ready {
         tx: IpcBytesSender,
         rx: IpcBytesReceiver,
+        /// The message last received: ipc-channel hands over a fresh `Vec` per message, which
+        /// [`Endpoint::recv_slice`] lends out rather than copying.
+        last: Vec<u8>,
     },
 }
 
 impl IpcChannelEndpoint {
-    fn ready(&mut self) -> io::Result<(&IpcBytesSender, &IpcBytesReceiver)> {
+    /// The channels (accepting first if need be) and the last message received.
+    fn ready(&mut self) -> io::Result<(&IpcBytesSender, &IpcBytesReceiver, &mut Vec<u8>)> {
         if let IpcChannelEndpoint::Accepting(server) = self {
             let server = server
                 .take()
                 .ok_or_else(|| err("accept", "failed before"))?;
             let (_, (tx, rx)) = server.accept().map_err(|e| err("accept", e))?;
-            *self = IpcChannelEndpoint::Ready { tx, rx };
+            *self = IpcChannelEndpoint::Ready {
+                tx,
+                rx,
+                last: Vec::new(),
+            };
         }
         match self {
-            IpcChannelEndpoint::Ready { tx, rx } => Ok((tx, rx)),
+            IpcChannelEndpoint::Ready { tx, rx, last } => Ok((tx, rx, last)),
             IpcChannelEndpoint::Accepting(_) => unreachable!("accepted above"),
         }
     }
@@ -54,16 +62,21 @@ impl IpcChannelEndpoint {
 
 impl Endpoint for IpcChannelEndpoint {
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        let (tx, _) = self.ready()?;
+        let (tx, _, _) = self.ready()?;
         tx.send(msg).map_err(|e| err("send", e))
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (_, rx) = self.ready()?;
-        let msg = rx.recv().map_err(|e| err("recv", e))?;
+        let msg = self.recv_slice(&mut [])?;
         let n = msg.len().min(buf.len());
         buf[..n].copy_from_slice(&msg[..n]);
         Ok(n)
+    }
+
+    fn recv_slice<'a>(&'a mut self, _scratch: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        let (_, rx, last) = self.ready()?;
+        *last = rx.recv().map_err(|e| err("recv", e))?;
+        Ok(last)
     }
 }
 
@@ -99,6 +112,7 @@ impl System for IpcChannel {
         Ok(Box::new(IpcChannelEndpoint::Ready {
             tx: s2c_tx,
             rx: c2s_rx,
+            last: Vec::new(),
         }))
     }
 }
