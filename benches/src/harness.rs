@@ -111,6 +111,12 @@ pub trait Endpoint {
     /// returns its length.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Makes everything sent so far visible to the peer; for transports that batch (the default
+    /// does nothing). The harness calls it after every rtt message and after the last stream message.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Receives one message and returns its bytes: in `scratch` by default, or in the endpoint's
     /// own buffer where the transport fills one anyway (saving a copy the application would not make).
     fn recv_slice<'a>(&'a mut self, scratch: &'a mut [u8]) -> io::Result<&'a [u8]> {
@@ -288,6 +294,7 @@ fn client_rtt(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row
         touch_write(&mut out, seq);
         out[0] = if last { FLAG_END } else { FLAG_DATA };
         ep.send(&out)?;
+        ep.flush()?;
         let (_, echoed) =
             recv_msg(ep, &mut inb, size).map_err(|e| invalid(format!("{name}: {e}")))?;
         let t1 = Instant::now();
@@ -335,6 +342,7 @@ fn client_stream(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<
         ep.send(&out)?;
         sent += 1;
         if last {
+            ep.flush()?;
             break;
         }
     }
@@ -414,6 +422,7 @@ fn server_rtt(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
         touch_write(&mut out, seq);
         out[0] = flag;
         ep.send(&out)?;
+        ep.flush()?;
         if flag == FLAG_END {
             return Ok(());
         }
@@ -430,7 +439,8 @@ fn server_stream(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
         if flag == FLAG_END {
             let mut ack = vec![0u8; size];
             touch_write(&mut ack, count);
-            return ep.send(&ack);
+            ep.send(&ack)?;
+            return ep.flush();
         }
     }
 }

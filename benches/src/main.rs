@@ -53,7 +53,8 @@ struct Args {
 fn systems() -> Vec<&'static dyn System> {
     #[allow(unused_mut)]
     let mut systems: Vec<&'static dyn System> = vec![
-        &ring::Ring,
+        &ring::Ring::PLAIN,
+        &ring::Ring::BATCHED,
         &channel::ChannelSystem::RING,
         &channel::ChannelSystem::SOCKET,
         &channel::ChannelSystem::MQ,
@@ -214,6 +215,13 @@ fn check_targets(rows: &[Row]) {
                 "stream",
                 64,
             ),
+            reference: None,
+            bound: 10e6,
+            higher_is_better: true,
+        },
+        Target {
+            what: "flowipc-ring-batched stream 64 B cross-core >= 10 M msgs/s",
+            row: ("flowipc-ring-batched", "spin-then-block", "cross-core", "stream", 64),
             reference: None,
             bound: 10e6,
             higher_is_better: true,

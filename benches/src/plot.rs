@@ -45,7 +45,7 @@ const FONT_CANDIDATES: &[&str] = &[
 const FONT: &str = "sans-serif";
 const WIDTH: u32 = 1600;
 const HEIGHT: u32 = 720;
-const LEGEND_WIDTH: u32 = 300;
+const LEGEND_WIDTH: u32 = 340;
 
 /// What [`write_plots`] did.
 #[derive(Debug, Default)]

@@ -29,24 +29,42 @@ fn policy(mode: Mode) -> WaitPolicy {
     }
 }
 
+/// A batching sender flushes (one publish fence, at most one wake-up) once this much is staged.
+const BATCH_BYTES: usize = 4096;
+
 struct RingEndpoint {
     tx: RingSender,
     rx: RingReceiver,
+    batch: bool,
 }
 
 impl RingEndpoint {
-    fn new(tx_ring: &ShmRing, rx_ring: &ShmRing, mode: Mode) -> io::Result<Self> {
+    fn new(tx_ring: &ShmRing, rx_ring: &ShmRing, mode: Mode, batch: bool) -> io::Result<Self> {
         let mut tx = tx_ring.sender().map_err(other)?;
         let mut rx = rx_ring.receiver().map_err(other)?;
         tx.set_policy(policy(mode));
         rx.set_policy(policy(mode));
-        Ok(RingEndpoint { tx, rx })
+        Ok(RingEndpoint { tx, rx, batch })
     }
 }
 
 impl Endpoint for RingEndpoint {
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        self.tx.send(msg).map_err(other)
+        if !self.batch {
+            return self.tx.send(msg).map_err(other);
+        }
+        self.tx.stage(msg).map_err(other)?;
+        if self.tx.staged_bytes() >= BATCH_BYTES {
+            self.tx.flush();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.batch {
+            self.tx.flush();
+        }
+        Ok(())
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -54,17 +72,33 @@ impl Endpoint for RingEndpoint {
     }
 }
 
-/// The `flowipc-ring` system.
-pub struct Ring;
+/// The `flowipc-ring` system (one `send` per message), or `flowipc-ring-batched` (streaming with
+/// `stage` and a `flush` every [`BATCH_BYTES`], as a streaming producer would use the ring).
+pub struct Ring {
+    batch: bool,
+}
+
+impl Ring {
+    /// Every message published on its own.
+    pub const PLAIN: Ring = Ring { batch: false };
+    /// Streaming in bursts.
+    pub const BATCHED: Ring = Ring { batch: true };
+}
 
 impl System for Ring {
     fn name(&self) -> &'static str {
-        "flowipc-ring"
+        if self.batch {
+            "flowipc-ring-batched"
+        } else {
+            "flowipc-ring"
+        }
     }
 
-    fn supports(&self, mode: Mode, placement: Placement, _kind: Kind, _size: usize) -> bool {
+    fn supports(&self, mode: Mode, placement: Placement, kind: Kind, _size: usize) -> bool {
+        // Batching only changes streaming; a round trip flushes every message.
+        (kind == Kind::Stream || !self.batch)
         // Spinning on the CPU the peer needs only delays it; same-core runs block.
-        mode == Mode::Block || placement == Placement::CrossCore
+            && (mode == Mode::Block || placement == Placement::CrossCore)
     }
 
     fn setup(&self, cfg: &Config) -> io::Result<(Box<dyn Endpoint>, Vec<OwnedFd>)> {
@@ -75,7 +109,10 @@ impl System for Ring {
             c2s.fd().try_clone_to_owned()?,
             s2c.fd().try_clone_to_owned()?,
         ];
-        Ok((Box::new(RingEndpoint::new(&c2s, &s2c, cfg.mode)?), fds))
+        Ok((
+            Box::new(RingEndpoint::new(&c2s, &s2c, cfg.mode, self.batch)?),
+            fds,
+        ))
     }
 
     fn attach(&self, cfg: &Config, fds: Vec<OwnedFd>) -> io::Result<Box<dyn Endpoint>> {
@@ -87,6 +124,8 @@ impl System for Ring {
         })?;
         let c2s = ShmRing::open(c2s).map_err(other)?;
         let s2c = ShmRing::open(s2c).map_err(other)?;
-        Ok(Box::new(RingEndpoint::new(&s2c, &c2s, cfg.mode)?))
+        Ok(Box::new(RingEndpoint::new(
+            &s2c, &c2s, cfg.mode, self.batch,
+        )?))
     }
 }
