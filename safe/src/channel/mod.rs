@@ -67,6 +67,9 @@
 
 mod chunk;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod mq;
 mod ring;
 mod socket;
