@@ -3,7 +3,7 @@
 //!
 //! Each figure has one panel per placement (cross-core, same-core) with both axes logarithmic, one
 //! line per system and mode, and a shared legend on the right: the colour names the system, the
-//! marker and the dashes the mode. flowipc systems are drawn thicker than the baselines and peers.
+//! marker and the dashes the mode. flowipc systems are drawn thickest, the raw baselines thinnest.
 //!
 //! Text: the SVG names the `sans-serif` family and leaves rendering to the viewer; the PNG rasterises
 //! its text with a TrueType file found at run time ([`FONT_ENV`] or a list of usual places), so
@@ -74,6 +74,8 @@ struct Figure {
     y_fmt: fn(&f64) -> String,
     /// Placement name and its lines, cross-core first.
     panels: Vec<(String, Vec<Line>)>,
+    /// The systems in the order the run measured them.
+    run_order: Vec<String>,
 }
 
 /// Registers a font with plotters once per process; returns where it came from, or why none.
@@ -118,6 +120,7 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> std::io::Result<PlotReport> {
                 y_desc: "RTT p50",
                 y_fmt: fmt_ns,
                 panels: panels(rows, "rtt", |r| r.p50_ns),
+                run_order: run_order(rows),
             },
         ),
         (
@@ -127,6 +130,7 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> std::io::Result<PlotReport> {
                 y_desc: "payload GB/s (1e9 B/s)",
                 y_fmt: fmt_gbps,
                 panels: panels(rows, "stream", |r| r.gbytes_per_s),
+                run_order: run_order(rows),
             },
         ),
     ];
@@ -286,6 +290,17 @@ impl DrawingBackend for SvgFontFree<'_> {
     }
 }
 
+/// The systems of `rows`, in the order they first appear.
+fn run_order(rows: &[Row]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.system) {
+            names.push(r.system.clone());
+        }
+    }
+    names
+}
+
 /// Groups the rows of `kind` into panels by placement and lines by (system, mode).
 fn panels(rows: &[Row], kind: &str, value: fn(&Row) -> Option<f64>) -> Vec<(String, Vec<Line>)> {
     let mut by_placement: BTreeMap<&str, BTreeMap<(&str, &str), Points>> = BTreeMap::new();
@@ -326,7 +341,7 @@ fn panels(rows: &[Row], kind: &str, value: fn(&Row) -> Option<f64>) -> Vec<(Stri
     out
 }
 
-/// Colours for systems, in the order systems are first met (sorted by name, flowipc first).
+/// Colours for systems, given in [`system_order`].
 const PALETTE: &[RGBColor] = &[
     RGBColor(0xd6, 0x27, 0x28), // red
     RGBColor(0x1f, 0x77, 0xb4), // blue
@@ -340,33 +355,50 @@ const PALETTE: &[RGBColor] = &[
     RGBColor(0x17, 0xbe, 0xcf), // cyan
     RGBColor(0x00, 0x00, 0x00), // black
     RGBColor(0x39, 0x3b, 0x79), // navy
+    RGBColor(0x00, 0x80, 0x80), // teal
+    RGBColor(0x80, 0x00, 0x00), // maroon
+    RGBColor(0xb8, 0x86, 0x0b), // dark gold
+    RGBColor(0x55, 0x6b, 0x2f), // dark olive
 ];
 
-fn is_flowipc(system: &str) -> bool {
-    system.starts_with("flowipc")
+/// flowipc systems first, then peers, then the raw baselines.
+fn group(system: &str) -> u8 {
+    if system.starts_with("flowipc") {
+        0
+    } else if system.starts_with("raw-") {
+        2
+    } else {
+        1
+    }
 }
 
-/// The systems of a figure, flowipc first, each with its colour.
-fn system_colours(fig: &Figure) -> BTreeMap<String, RGBColor> {
-    let mut names: Vec<&str> = fig
-        .panels
-        .iter()
-        .flat_map(|(_, lines)| lines.iter().map(|l| l.system.as_str()))
-        .collect();
-    names.sort_by_key(|n| (!is_flowipc(n), n.to_string()));
-    names.dedup();
+/// The systems of a figure by [`group`], each group in the order of the run.
+fn system_order(fig: &Figure) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for line in fig.panels.iter().flat_map(|(_, lines)| lines) {
+        if !names.contains(&line.system.as_str()) {
+            names.push(&line.system);
+        }
+    }
+    names.sort_by_key(|n| (group(n), fig.run_order.iter().position(|s| s == n)));
     names
+}
+
+/// Each system's colour, in [`system_order`].
+fn system_colours(fig: &Figure) -> BTreeMap<String, RGBColor> {
+    system_order(fig)
         .into_iter()
         .enumerate()
         .map(|(i, n)| (n.to_string(), PALETTE[i % PALETTE.len()]))
         .collect()
 }
 
+/// flowipc drawn thickest, the raw baselines thinnest.
 fn stroke(system: &str) -> u32 {
-    if is_flowipc(system) {
-        3
-    } else {
-        2
+    match group(system) {
+        0 => 3,
+        1 => 2,
+        _ => 1,
     }
 }
 
@@ -464,7 +496,8 @@ where
         .iter()
         .flat_map(|(_, lines)| lines.iter().map(|l| (l.system.as_str(), l.mode.as_str())))
         .collect();
-    entries.sort_by_key(|(s, m)| (!is_flowipc(s), s.to_string(), mode_rank(m)));
+    let order = system_order(fig);
+    entries.sort_by_key(|(s, m)| (order.iter().position(|o| o == s), mode_rank(m)));
     entries.dedup();
     let row_h = 22;
     let top = 40;
@@ -643,6 +676,7 @@ mod tests {
                     points: vec![(64.0, 1.0), (1024.0, 2.0)],
                 }],
             )],
+            run_order: vec!["flowipc-ring".into()],
         };
         let dir = std::env::temp_dir().join(format!("flowipc-plot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
