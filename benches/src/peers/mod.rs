@@ -8,6 +8,12 @@
 //! - `ipc-channel`: ipc-channel 0.23 `IpcBytesSender`/`IpcBytesReceiver` pairs, `block` mode only
 //!   (its receivers sleep in the kernel).
 //!
+//! Both send by copying the message in (iceoryx2 into a loaned sample, ipc-channel into the socket)
+//! and receive without a further copy, as their applications would read: iceoryx2 in place in the
+//! publisher's shared memory, ipc-channel from the `Vec` it returns (see `Endpoint::recv_slice`).
+//! Their documented defaults are kept; the one exception, lossless delivery for iceoryx2 streams,
+//! is explained in its module.
+//!
 //! The harness hands the server only file descriptors, so names travel in a pipe: the client writes
 //! the name into a pipe, closes the write end and passes the read end as the server's first fd
 //! ([`name_fd`], [`read_name`]).
