@@ -234,6 +234,10 @@ impl crate::wait::Waiter for SideWaiter {
 struct PeerCheck {
     check: Option<Box<dyn FnMut() -> bool + Send>>,
     interval: Duration,
+    /// When `check` last ran. Kept across blocking calls: a per-call clock would run the check (a
+    /// `poll` system call) before the first sleep of every call, which in `Block` mode is every
+    /// message.
+    last: Option<Instant>,
 }
 
 impl Default for PeerCheck {
@@ -241,6 +245,7 @@ impl Default for PeerCheck {
         PeerCheck {
             check: None,
             interval: DEFAULT_PEER_CHECK_INTERVAL,
+            last: None,
         }
     }
 }
@@ -263,7 +268,6 @@ impl PeerCheck {
         timeout: E,
         gone: E,
     ) -> impl FnMut() -> Result<Option<Duration>, E> + 'a {
-        let mut last_check: Option<Instant> = None;
         move || {
             let now = Instant::now();
             let mut slice = None;
@@ -274,8 +278,8 @@ impl PeerCheck {
                 slice = Some(d - now);
             }
             if let Some(check) = self.check.as_mut() {
-                if last_check.is_none_or(|t| now.duration_since(t) >= self.interval) {
-                    last_check = Some(now);
+                if self.last.is_none_or(|t| now.duration_since(t) >= self.interval) {
+                    self.last = Some(now);
                     if !check() {
                         return Err(gone);
                     }
@@ -346,6 +350,7 @@ impl RingSender {
         self.peer = PeerCheck {
             check: Some(Box::new(check)),
             interval,
+            last: None,
         };
     }
 
@@ -651,6 +656,7 @@ impl RingReceiver {
         self.peer = PeerCheck {
             check: Some(Box::new(check)),
             interval,
+            last: None,
         };
     }
 
