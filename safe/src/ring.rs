@@ -278,7 +278,10 @@ impl PeerCheck {
                 slice = Some(d - now);
             }
             if let Some(check) = self.check.as_mut() {
-                if self.last.is_none_or(|t| now.duration_since(t) >= self.interval) {
+                if self
+                    .last
+                    .is_none_or(|t| now.duration_since(t) >= self.interval)
+                {
                     self.last = Some(now);
                     if !check() {
                         return Err(gone);
