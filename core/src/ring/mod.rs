@@ -1316,11 +1316,33 @@ impl<N: Notifier + ?Sized> ReadChunk<'_, N> {
         n
     }
 
+    /// Appends the payload from `offset` on to `out` and returns how many bytes that was.
+    ///
+    /// Unlike `resize` followed by [`read`](Self::read), the new bytes are written once, not zeroed
+    /// first: for a large message that saves a pass over the data. The growth is bounded by the
+    /// frame's validated length.
+    #[cfg(any(feature = "alloc", test))]
+    pub fn extend_vec(&self, offset: usize, out: &mut alloc::vec::Vec<u8>) -> usize {
+        let n = self.frame.len.saturating_sub(offset);
+        out.reserve(n);
+        let old = out.len();
+        if n != 0 {
+            // SAFETY: `offset + n <= len`, within the validated payload; `reserve` made room for `n`
+            // bytes after `old` in `out`, and the source is shared memory, never `out` itself.
+            unsafe {
+                ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr().add(old), n);
+            }
+        }
+        // SAFETY: the `n` bytes after `old` were initialised by the copy above.
+        unsafe { out.set_len(old + n) };
+        n
+    }
+
     /// Copies the whole payload into a new vector.
     #[cfg(any(feature = "alloc", test))]
     pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
-        let mut v = alloc::vec![0u8; self.frame.len];
-        self.read(0, &mut v);
+        let mut v = alloc::vec::Vec::new();
+        self.extend_vec(0, &mut v);
         v
     }
 

@@ -56,6 +56,25 @@ fn push_pop_roundtrip_with_tags() {
 }
 
 #[test]
+fn read_chunk_extend_vec_appends_without_zeroing() {
+    let (mut tx, mut rx) = Ring::with_capacity(256);
+    tx.try_push(b"hello world", N).unwrap();
+    tx.try_push(b"abc", N).unwrap();
+    let mut out = b"prefix:".to_vec();
+    {
+        let chunk = rx.read_chunk(N).unwrap();
+        assert_eq!(chunk.extend_vec(6, &mut out), 5);
+        assert_eq!(out, b"prefix:world");
+        // An offset at or past the end appends nothing.
+        assert_eq!(chunk.extend_vec(11, &mut out), 0);
+        assert_eq!(chunk.extend_vec(usize::MAX, &mut out), 0);
+        assert_eq!(out, b"prefix:world");
+    }
+    let chunk = rx.read_chunk(N).unwrap();
+    assert_eq!(chunk.to_vec(), b"abc");
+}
+
+#[test]
 fn errors_full_too_large_buffer_too_small() {
     let (mut tx, mut rx) = Ring::with_capacity(64);
     assert_eq!(

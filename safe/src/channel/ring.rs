@@ -453,8 +453,7 @@ impl RingTransport {
                     );
                 }
                 self.assembling.clear();
-                self.assembling.resize(len - skip, 0);
-                chunk.read(skip, &mut self.assembling);
+                chunk.extend_vec(skip, &mut self.assembling);
                 drop(chunk);
                 self.total = total;
                 self.in_progress = true;
@@ -476,8 +475,7 @@ impl RingTransport {
                         Corruption::BadChunk("chunks longer than the announced total").into(),
                     );
                 }
-                self.assembling.resize(old + len, 0);
-                chunk.read(0, &mut self.assembling[old..]);
+                chunk.extend_vec(0, &mut self.assembling);
                 drop(chunk);
             }
             if flags & LAST != 0 {
