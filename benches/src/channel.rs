@@ -1,6 +1,6 @@
 //! `flowipc-channel-ring`, `flowipc-channel-socket`, `flowipc-channel-mq`: the application-level
 //! [`flowipc::channel::Channel`] over each transport, handed to the server as
-//! [`ChannelFds`](flowipc::channel::ChannelFds) exactly as a session would hand it over.
+//! [`flowipc::channel::ChannelFds`] exactly as a session would hand it over.
 
 use std::io;
 use std::os::fd::OwnedFd;
