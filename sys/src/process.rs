@@ -91,6 +91,21 @@ pub fn clock_monotonic_ns() -> u64 {
         .wrapping_add(t.tv_nsec as u64)
 }
 
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`—asks the kernel to kill the calling process when the thread
+/// that created it exits.
+///
+/// Benchmark servers and test children use it so that a parent that dies (or gives up on a hung
+/// peer) never leaves them behind, spinning or blocked on shared memory.
+///
+/// # References
+///  - [Linux `prctl(2)`]
+///
+/// [Linux `prctl(2)`]: https://man7.org/linux/man-pages/man2/prctl.2.html
+#[doc(alias = "PR_SET_PDEATHSIG")]
+pub fn set_parent_death_kill() -> Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,19 +129,4 @@ mod tests {
         let fd = pidfd_open(getpid()).unwrap();
         assert!(crate::fd::is_cloexec(rustix::fd::AsFd::as_fd(&fd)).unwrap());
     }
-}
-
-/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`—asks the kernel to kill the calling process when the thread
-/// that created it exits.
-///
-/// Benchmark servers and test children use it so that a parent that dies (or gives up on a hung
-/// peer) never leaves them behind, spinning or blocked on shared memory.
-///
-/// # References
-///  - [Linux `prctl(2)`]
-///
-/// [Linux `prctl(2)`]: https://man7.org/linux/man-pages/man2/prctl.2.html
-#[doc(alias = "PR_SET_PDEATHSIG")]
-pub fn set_parent_death_kill() -> Result<()> {
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
 }
