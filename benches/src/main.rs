@@ -221,7 +221,13 @@ fn check_targets(rows: &[Row]) {
         },
         Target {
             what: "flowipc-ring-batched stream 64 B cross-core >= 10 M msgs/s",
-            row: ("flowipc-ring-batched", "spin-then-block", "cross-core", "stream", 64),
+            row: (
+                "flowipc-ring-batched",
+                "spin-then-block",
+                "cross-core",
+                "stream",
+                64,
+            ),
             reference: None,
             bound: 10e6,
             higher_is_better: true,
@@ -321,7 +327,14 @@ fn check_targets(rows: &[Row]) {
 
 /// Prints one latency ratio target: `row`'s p50 over the p50 of `reference` (same kind and size,
 /// and the given mode and placement) must be at most `bound`.
-fn latency_ratio(rows: &[Row], row: &Row, reference: &str, mode: &str, placement: &str, bound: f64) {
+fn latency_ratio(
+    rows: &[Row],
+    row: &Row,
+    reference: &str,
+    mode: &str,
+    placement: &str,
+    bound: f64,
+) {
     let what = format!(
         "{} {} {} {} p50 <= {bound} x {reference} {mode}",
         row.system,
@@ -330,12 +343,19 @@ fn latency_ratio(rows: &[Row], row: &Row, reference: &str, mode: &str, placement
         fmt_size(row.size_bytes)
     );
     let other = rows.iter().find(|r| {
-        r.system == reference && r.mode == mode && r.placement == placement && r.kind == row.kind && r.size_bytes == row.size_bytes
+        r.system == reference
+            && r.mode == mode
+            && r.placement == placement
+            && r.kind == row.kind
+            && r.size_bytes == row.size_bytes
     });
     match (row.p50_ns, other.and_then(|r| r.p50_ns)) {
         (Some(a), Some(b)) if b > 0.0 => {
             let ratio = a / b;
-            println!("  [{}] {what}: {ratio:.2}x", if ratio <= bound { "met" } else { "MISSED" });
+            println!(
+                "  [{}] {what}: {ratio:.2}x",
+                if ratio <= bound { "met" } else { "MISSED" }
+            );
         }
         _ => println!("  [skip] {what}: reference row not measured"),
     }
@@ -345,7 +365,11 @@ fn latency_ratio(rows: &[Row], row: &Row, reference: &str, mode: &str, placement
 /// each mode and placement, and the socket and ring channels stand against a raw Unix socket.
 fn check_channel_targets(rows: &[Row]) {
     for row in rows.iter().filter(|r| r.kind == "rtt") {
-        match (row.system.as_str(), row.mode.as_str(), row.placement.as_str()) {
+        match (
+            row.system.as_str(),
+            row.mode.as_str(),
+            row.placement.as_str(),
+        ) {
             ("flowipc-channel-ring", mode, placement) => {
                 latency_ratio(rows, row, "flowipc-ring", mode, placement, 1.3);
                 if mode == "block" && placement == "same-core" {
