@@ -39,6 +39,15 @@ struct Args {
     /// Only these systems (comma-separated), e.g. `flowipc-ring,raw-futex`.
     #[arg(long, value_delimiter = ',', value_name = "SYSTEM,...")]
     only: Vec<String>,
+    /// Only these waiting modes (comma-separated): busy-poll, spin-then-block, block.
+    #[arg(long, value_delimiter = ',', value_name = "MODE,...")]
+    modes: Vec<String>,
+    /// Only these placements (comma-separated): cross-core, same-core.
+    #[arg(long, value_delimiter = ',', value_name = "PLACEMENT,...")]
+    placements: Vec<String>,
+    /// Only these kinds (comma-separated): rtt, stream.
+    #[arg(long, value_delimiter = ',', value_name = "KIND,...")]
+    kinds: Vec<String>,
     /// Payload sizes in bytes (comma-separated); overrides the defaults.
     #[arg(long, value_delimiter = ',', value_name = "BYTES,...")]
     sizes: Vec<usize>,
@@ -98,7 +107,14 @@ fn configs(args: &Args, systems: &[&'static dyn System]) -> Vec<(&'static dyn Sy
                         continue;
                     }
                     for &size in &sizes {
-                        if system.supports(mode, placement, kind, size) {
+                        let wanted = |filter: &[String], name: &str| {
+                            filter.is_empty() || filter.iter().any(|f| f == name)
+                        };
+                        if system.supports(mode, placement, kind, size)
+                            && wanted(&args.modes, mode.as_str())
+                            && wanted(&args.placements, placement.as_str())
+                            && wanted(&args.kinds, kind.as_str())
+                        {
                             let system_name = system.name().to_string();
                             out.push((
                                 system,
