@@ -76,7 +76,7 @@ impl ChannelSystem {
         };
         ChannelOptions::new()
             .wait_policy(policy)
-            .ring_capacity(crate::ring::capacity_for(cfg.size))
+            .ring_capacity(crate::ring::capacity_for(cfg.size, cfg.kind))
     }
 }
 

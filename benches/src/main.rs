@@ -51,6 +51,9 @@ struct Args {
     /// Payload sizes in bytes (comma-separated); overrides the defaults.
     #[arg(long, value_delimiter = ',', value_name = "BYTES,...")]
     sizes: Vec<usize>,
+    /// Run every configuration this many times (in rounds) and report the median run of each.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: usize,
     /// Measured time per configuration, in milliseconds.
     #[arg(long, value_name = "MS")]
     budget_ms: Option<u64>,
@@ -134,6 +137,17 @@ fn configs(args: &Args, systems: &[&'static dyn System]) -> Vec<(&'static dyn Sy
         }
     }
     out
+}
+
+/// The run with the median figure (p50 for latency, msgs/s for throughput), so that one row keeps
+/// the percentiles of one real run rather than a blend.
+fn median_run(mut runs: Vec<Row>) -> Option<Row> {
+    runs.sort_by(|a, b| {
+        let key = |r: &Row| r.p50_ns.or(r.msgs_per_s).unwrap_or(0.0);
+        key(a).total_cmp(&key(b))
+    });
+    let mid = runs.len() / 2;
+    runs.into_iter().nth(mid)
 }
 
 fn fmt_ns(v: Option<f64>) -> String {
@@ -423,28 +437,35 @@ fn main() {
     }
     let configs = configs(&args, &systems);
     let started = Instant::now();
-    let mut rows = Vec::new();
+    let repeat = args.repeat.max(1);
+    // One slot per configuration; rounds run every configuration once, so drift on a shared machine
+    // affects all systems alike rather than whichever ran last.
+    let mut runs: Vec<Vec<Row>> = vec![Vec::new(); configs.len()];
     let mut failures = 0;
-    for (i, (system, cfg)) in configs.iter().enumerate() {
-        eprint!(
-            "\r[{:>3}/{}] {:<22} {:<16} {:<11} {:<6} {:>8}   ",
-            i + 1,
-            configs.len(),
-            cfg.system,
-            cfg.mode.as_str(),
-            cfg.placement.as_str(),
-            cfg.kind.as_str(),
-            fmt_size(cfg.size as u64)
-        );
-        let _ = std::io::stderr().flush();
-        match harness::run(*system, cfg) {
-            Ok(row) => rows.push(row),
-            Err(e) => {
-                failures += 1;
-                eprintln!("\nflowipc-bench: {} {:?} failed: {e}", cfg.system, cfg);
+    for round in 0..repeat {
+        for (i, (system, cfg)) in configs.iter().enumerate() {
+            eprint!(
+                "\r[round {}/{repeat}] [{:>3}/{}] {:<22} {:<16} {:<11} {:<6} {:>8}   ",
+                round + 1,
+                i + 1,
+                configs.len(),
+                cfg.system,
+                cfg.mode.as_str(),
+                cfg.placement.as_str(),
+                cfg.kind.as_str(),
+                fmt_size(cfg.size as u64)
+            );
+            let _ = std::io::stderr().flush();
+            match harness::run(*system, cfg) {
+                Ok(row) => runs[i].push(row),
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("\nflowipc-bench: {} {:?} failed: {e}", cfg.system, cfg);
+                }
             }
         }
     }
+    let mut rows: Vec<Row> = runs.into_iter().filter_map(median_run).collect();
     let want_alloc = args.only.is_empty()
         || args
             .only
