@@ -238,6 +238,9 @@ struct PeerCheck {
     /// `poll` system call) before the first sleep of every call, which in `Block` mode is every
     /// message.
     last: Option<Instant>,
+    /// Set once `check` has reported the peer dead: a dead peer does not come back, so later blocked
+    /// calls end at once instead of waiting for the next interval.
+    gone: bool,
 }
 
 impl Default for PeerCheck {
@@ -246,6 +249,7 @@ impl Default for PeerCheck {
             check: None,
             interval: DEFAULT_PEER_CHECK_INTERVAL,
             last: None,
+            gone: false,
         }
     }
 }
@@ -269,6 +273,9 @@ impl PeerCheck {
         gone: E,
     ) -> impl FnMut() -> Result<Option<Duration>, E> + 'a {
         move || {
+            if self.gone {
+                return Err(gone);
+            }
             let now = Instant::now();
             let mut slice = None;
             if let Some(d) = deadline {
@@ -284,6 +291,7 @@ impl PeerCheck {
                 {
                     self.last = Some(now);
                     if !check() {
+                        self.gone = true;
                         return Err(gone);
                     }
                 }
@@ -296,6 +304,8 @@ impl PeerCheck {
     fn watch_process(&mut self, pid: Pid) -> Result<(), Errno> {
         let pidfd = pidfd_open(pid)?;
         self.check = Some(Box::new(move || process_alive(&pidfd)));
+        self.last = None;
+        self.gone = false;
         Ok(())
     }
 }
@@ -354,6 +364,7 @@ impl RingSender {
             check: Some(Box::new(check)),
             interval,
             last: None,
+            gone: false,
         };
     }
 
@@ -660,6 +671,7 @@ impl RingReceiver {
             check: Some(Box::new(check)),
             interval,
             last: None,
+            gone: false,
         };
     }
 
