@@ -245,12 +245,7 @@ struct PeerCheck {
 
 impl Default for PeerCheck {
     fn default() -> Self {
-        PeerCheck {
-            check: None,
-            interval: DEFAULT_PEER_CHECK_INTERVAL,
-            last: None,
-            gone: false,
-        }
+        PeerCheck::new(DEFAULT_PEER_CHECK_INTERVAL, None)
     }
 }
 
@@ -264,6 +259,16 @@ impl fmt::Debug for PeerCheck {
 }
 
 impl PeerCheck {
+    /// A check run at most every `interval`, not yet run, with the peer not yet seen dead.
+    fn new(interval: Duration, check: Option<Box<dyn FnMut() -> bool + Send>>) -> Self {
+        PeerCheck {
+            check,
+            interval,
+            last: None,
+            gone: false,
+        }
+    }
+
     /// The `check` callback of the core's blocking calls: ends the wait with `timeout` after
     /// `deadline` or `gone` when the peer check fails, and bounds each sleep so both are noticed.
     fn callback<'a, E: Copy + 'a>(
@@ -303,9 +308,7 @@ impl PeerCheck {
 
     fn watch_process(&mut self, pid: Pid) -> Result<(), Errno> {
         let pidfd = pidfd_open(pid)?;
-        self.check = Some(Box::new(move || process_alive(&pidfd)));
-        self.last = None;
-        self.gone = false;
+        *self = PeerCheck::new(self.interval, Some(Box::new(move || process_alive(&pidfd))));
         Ok(())
     }
 }
@@ -360,12 +363,7 @@ impl RingSender {
         interval: Duration,
         check: impl FnMut() -> bool + Send + 'static,
     ) {
-        self.peer = PeerCheck {
-            check: Some(Box::new(check)),
-            interval,
-            last: None,
-            gone: false,
-        };
+        self.peer = PeerCheck::new(interval, Some(Box::new(check)));
     }
 
     /// Makes blocked calls fail with [`RingSendError::PeerGone`] once process `pid` has exited
@@ -667,12 +665,7 @@ impl RingReceiver {
         interval: Duration,
         check: impl FnMut() -> bool + Send + 'static,
     ) {
-        self.peer = PeerCheck {
-            check: Some(Box::new(check)),
-            interval,
-            last: None,
-            gone: false,
-        };
+        self.peer = PeerCheck::new(interval, Some(Box::new(check)));
     }
 
     /// Makes blocked calls fail with [`RingRecvError::PeerGone`] once process `pid` has exited
