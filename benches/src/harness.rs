@@ -123,20 +123,124 @@ pub trait Endpoint {
         let n = self.recv(scratch)?;
         Ok(&scratch[..n])
     }
+
+    /// Produces `msg` and sends it: the application's share of the work (writing every cache line)
+    /// plus the transport's. By default the message is built in `scratch` (`msg.size` bytes) and
+    /// sent with [`send`](Self::send); a zero-copy transport builds it in place instead.
+    fn send_message(&mut self, msg: &Message, scratch: &mut [u8]) -> io::Result<()> {
+        send_copied(self, msg, scratch)
+    }
+
+    /// Receives one message and reads every cache line of it (the application's share of consuming
+    /// it). By default through [`recv_slice`](Self::recv_slice); a zero-copy transport reads it in
+    /// place instead.
+    fn recv_message(&mut self, scratch: &mut [u8]) -> io::Result<Received> {
+        recv_copied(self, scratch)
+    }
+}
+
+/// The default [`Endpoint::send_message`]: builds `msg` in `scratch` and sends it from there.
+pub fn send_copied<E: Endpoint + ?Sized>(
+    ep: &mut E,
+    msg: &Message,
+    scratch: &mut [u8],
+) -> io::Result<()> {
+    msg.build(|offset, bytes| scratch[offset..offset + bytes.len()].copy_from_slice(bytes));
+    ep.send(&scratch[..msg.size])
+}
+
+/// The default [`Endpoint::recv_message`]: receives through [`Endpoint::recv_slice`] and reads the
+/// bytes there.
+pub fn recv_copied<E: Endpoint + ?Sized>(ep: &mut E, scratch: &mut [u8]) -> io::Result<Received> {
+    let msg = ep.recv_slice(scratch)?;
+    Ok(Received::read(msg.len(), |offset, dst| {
+        dst.copy_from_slice(&msg[offset..offset + dst.len()])
+    }))
+}
+
+/// A message as the harness defines it: `size` bytes whose first byte is a flag, bytes 8..16 a
+/// little-endian sequence number, and every further cache line written by the sender.
+#[derive(Debug, Clone, Copy)]
+pub struct Message {
+    /// Payload bytes.
+    pub size: usize,
+    /// Sequence number (or, for a stream's acknowledgement, the count received).
+    pub seq: u64,
+    /// [`FLAG_DATA`] or [`FLAG_END`].
+    pub flag: u8,
+}
+
+impl Message {
+    /// Writes the message's defined bytes through `write(offset, bytes)`: one byte in every cache
+    /// line after the first, the sequence number and the flag. `size >= MIN_SIZE`.
+    #[inline]
+    pub fn build(&self, mut write: impl FnMut(usize, &[u8])) {
+        let v = [self.seq as u8];
+        let mut offset = 64;
+        while offset < self.size {
+            write(offset, &v);
+            offset += 64;
+        }
+        write(8, &self.seq.to_le_bytes());
+        write(0, &[self.flag]);
+    }
+}
+
+/// What the receiver read of a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Payload bytes.
+    pub len: usize,
+    /// The flag byte.
+    pub flag: u8,
+    /// The sequence number.
+    pub seq: u64,
+}
+
+impl Received {
+    /// Reads a message of `len` bytes through `read(offset, dst)`: one byte of every cache line,
+    /// then the flag and the sequence number. A message shorter than [`MIN_SIZE`] has flag and
+    /// sequence 0 (the caller rejects its length).
+    #[inline]
+    pub fn read(len: usize, mut read: impl FnMut(usize, &mut [u8])) -> Received {
+        let mut sum = 0u64;
+        let mut b = [0u8; 8];
+        let mut offset = 0;
+        while offset < len {
+            read(offset, &mut b[..1]);
+            sum = sum.wrapping_add(u64::from(b[0]));
+            offset += 64;
+        }
+        std::hint::black_box(sum);
+        if len < MIN_SIZE {
+            return Received {
+                len,
+                flag: 0,
+                seq: 0,
+            };
+        }
+        read(0, &mut b[..1]);
+        let flag = b[0];
+        read(8, &mut b);
+        Received {
+            len,
+            flag,
+            seq: u64::from_le_bytes(b),
+        }
+    }
 }
 
 /// Receives one message of exactly `size` bytes, reads every cache line of it, and returns its flag
 /// byte and sequence number.
 fn recv_msg(ep: &mut dyn Endpoint, scratch: &mut [u8], size: usize) -> io::Result<(u8, u64)> {
-    let msg = ep.recv_slice(scratch)?;
-    if msg.len() != size {
+    let got = ep.recv_message(scratch)?;
+    if got.len != size {
         return Err(invalid(format!(
             "received {} bytes, expected {size}",
-            msg.len()
+            got.len
         )));
     }
-    touch_read(msg);
-    Ok((msg[0], payload_seq(msg)))
+    Ok((got.flag, got.seq))
 }
 
 /// A transport under test.
@@ -152,9 +256,9 @@ pub trait System: Sync {
 }
 
 /// First payload byte: an ordinary message.
-const FLAG_DATA: u8 = 0;
+pub const FLAG_DATA: u8 = 0;
 /// First payload byte: the last message of the run (echoed, or acknowledged with the count).
-const FLAG_END: u8 = 1;
+pub const FLAG_END: u8 = 1;
 /// Smallest payload the protocol needs (flag byte plus a u64 count).
 pub const MIN_SIZE: usize = 16;
 /// The server's CPU in cross-core runs; the client always runs on CPU 0.
@@ -163,34 +267,6 @@ const OTHER_CPU: usize = 1;
 const WARMUP: Duration = Duration::from_millis(50);
 /// Upper bound on recorded round trips, to bound memory and time at tiny latencies.
 const MAX_ROUND_TRIPS: u64 = 5_000_000;
-
-/// Writes every cache line of `buf` (the sender's share of touching the payload).
-#[inline]
-fn touch_write(buf: &mut [u8], seq: u64) {
-    let v = seq as u8;
-    for b in buf.iter_mut().skip(64).step_by(64) {
-        *b = v;
-    }
-    if buf.len() >= MIN_SIZE {
-        buf[8..16].copy_from_slice(&seq.to_le_bytes());
-    }
-}
-
-/// Reads every cache line of `buf` (the receiver's share of touching the payload).
-#[inline]
-fn touch_read(buf: &[u8]) -> u64 {
-    let mut sum = 0u64;
-    for b in buf.iter().step_by(64) {
-        sum = sum.wrapping_add(u64::from(*b));
-    }
-    std::hint::black_box(sum)
-}
-
-fn payload_seq(buf: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&buf[8..16]);
-    u64::from_le_bytes(b)
-}
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -291,9 +367,8 @@ fn client_rtt(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row
         let t0 = Instant::now();
         let elapsed = t0 - start;
         let last = elapsed >= budget || hist.len() >= MAX_ROUND_TRIPS;
-        touch_write(&mut out, seq);
-        out[0] = if last { FLAG_END } else { FLAG_DATA };
-        ep.send(&out)?;
+        let flag = if last { FLAG_END } else { FLAG_DATA };
+        ep.send_message(&Message { size, seq, flag }, &mut out)?;
         ep.flush()?;
         let (_, echoed) =
             recv_msg(ep, &mut inb, size).map_err(|e| invalid(format!("{name}: {e}")))?;
@@ -337,9 +412,15 @@ fn client_stream(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<
     let check_every = if size >= 4096 { 1 } else { 256 };
     loop {
         let last = sent % check_every == 0 && start.elapsed() >= budget;
-        touch_write(&mut out, sent);
-        out[0] = if last { FLAG_END } else { FLAG_DATA };
-        ep.send(&out)?;
+        let flag = if last { FLAG_END } else { FLAG_DATA };
+        ep.send_message(
+            &Message {
+                size,
+                seq: sent,
+                flag,
+            },
+            &mut out,
+        )?;
         sent += 1;
         if last {
             ep.flush()?;
@@ -419,9 +500,7 @@ fn server_rtt(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
     let mut out = vec![0u8; size];
     loop {
         let (flag, seq) = recv_msg(ep, &mut inb, size)?;
-        touch_write(&mut out, seq);
-        out[0] = flag;
-        ep.send(&out)?;
+        ep.send_message(&Message { size, seq, flag }, &mut out)?;
         ep.flush()?;
         if flag == FLAG_END {
             return Ok(());
@@ -438,8 +517,12 @@ fn server_stream(ep: &mut dyn Endpoint, cfg: &Config) -> io::Result<()> {
         count += 1;
         if flag == FLAG_END {
             let mut ack = vec![0u8; size];
-            touch_write(&mut ack, count);
-            ep.send(&ack)?;
+            let msg = Message {
+                size,
+                seq: count,
+                flag: FLAG_DATA,
+            };
+            ep.send_message(&msg, &mut ack)?;
             return ep.flush();
         }
     }

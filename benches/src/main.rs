@@ -67,6 +67,7 @@ fn systems() -> Vec<&'static dyn System> {
     let mut systems: Vec<&'static dyn System> = vec![
         &ring::Ring::PLAIN,
         &ring::Ring::BATCHED,
+        &ring::Ring::ZERO_COPY,
         &channel::ChannelSystem::RING,
         &channel::ChannelSystem::SOCKET,
         &channel::ChannelSystem::MQ,
