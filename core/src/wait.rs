@@ -246,6 +246,27 @@ where
     }
 }
 
+/// The sleeper's half of the protocol without the sleep, for a side driven by a reactor: stores
+/// `kind` in `word`, fences, then calls `ready`. If that finds progress (or fails), the word is
+/// cleared again and the result returned; otherwise (`Ok(false)`) the word stays set, so the
+/// peer's next publish or release wakes this side the way `kind` asks (for an eventfd: writes it).
+pub(crate) fn arm<E, R>(word: &AtomicU32, kind: WakeKind, ready: R) -> Result<bool, E>
+where
+    R: FnOnce() -> Result<bool, E>,
+{
+    // An RMW for the same reason as in `block_until`: it is ordered after the peer's last reset.
+    word.swap(kind.word(), Ordering::Relaxed);
+    // SYNC POINT (Dekker, sleeper side): orders the store of `word` above before the re-check of
+    // the peer's position in `ready`. Pairs with the fence in `wake_if_waiting`, which sits between
+    // the peer's position store and its load of `word`.
+    fence(Ordering::SeqCst);
+    let r = ready();
+    if !matches!(r, Ok(false)) {
+        word.store(0, Ordering::Relaxed);
+    }
+    r
+}
+
 /// The publisher's side of the protocol: call after storing a new position.
 #[inline]
 pub(crate) fn wake_if_waiting<N: Notifier + ?Sized>(word: &AtomicU32, notifier: &N) {

@@ -546,6 +546,29 @@ impl RingSender {
     pub fn close(&mut self) {
         self.handle.close(&self.waker);
     }
+
+    /// For a sender driven by a reactor: announces that it waits for room on its eventfd (the one
+    /// whose duplicate the receiver holds through [`RingReceiver::set_peer_eventfd`]) and
+    /// re-checks the ring. Flushes staged messages first.
+    ///
+    /// `Ok(true)`: the receiver freed space meanwhile, try again. `Ok(false)`: the receiver's next
+    /// read (or close) writes the eventfd; wait for it to become readable, drain it, try again,
+    /// and arm again before the next wait.
+    ///
+    /// # Errors
+    ///
+    /// [`RingSendError::Closed`] or [`RingSendError::Corrupt`].
+    pub fn arm_eventfd_wake(&mut self) -> Result<bool, RingSendError> {
+        self.handle.flush(&self.waker);
+        self.handle
+            .arm_wake(WakeKind::EventFd)
+            .map_err(RingSendError::from)
+    }
+
+    /// Withdraws an [`arm_eventfd_wake`](Self::arm_eventfd_wake) that is no longer needed.
+    pub fn disarm(&self) {
+        self.handle.disarm();
+    }
 }
 
 impl Drop for RingSender {
@@ -778,6 +801,28 @@ impl RingReceiver {
     /// Closes the ring and wakes the sender (also done on drop).
     pub fn close(&mut self) {
         self.handle.close(&self.waker);
+    }
+
+    /// For a receiver driven by a reactor: announces that it waits for a message on its eventfd
+    /// (the one whose duplicate the sender holds through [`RingSender::set_peer_eventfd`]) and
+    /// re-checks the ring.
+    ///
+    /// `Ok(true)`: a message is pending (or the sender closed), receive again. `Ok(false)`: the
+    /// sender's next message (or close) writes the eventfd; wait for it to become readable, drain
+    /// it, receive again, and arm again before the next wait.
+    ///
+    /// # Errors
+    ///
+    /// [`RingRecvError::Corrupt`].
+    pub fn arm_eventfd_wake(&mut self) -> Result<bool, RingRecvError> {
+        self.handle
+            .arm_wake(WakeKind::EventFd)
+            .map_err(RingRecvError::from)
+    }
+
+    /// Withdraws an [`arm_eventfd_wake`](Self::arm_eventfd_wake) that is no longer needed.
+    pub fn disarm(&self) {
+        self.handle.disarm();
     }
 }
 

@@ -58,3 +58,33 @@ pub fn eventfd_write(fd: BorrowedFd<'_>, value: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether `fd` is an eventfd: `readlink("/proc/self/fd/<fd>")` reads `anon_inode:[eventfd]`.
+///
+/// For validating a descriptor a peer claims is an eventfd before writing or polling it.
+///
+/// # References
+///  - [Linux `proc_pid_fd(5)`]
+///
+/// [Linux `proc_pid_fd(5)`]: https://man7.org/linux/man-pages/man5/proc_pid_fd.5.html
+#[cfg(feature = "alloc")]
+pub fn is_eventfd(fd: BorrowedFd<'_>) -> Result<bool> {
+    use rustix::fd::AsRawFd;
+    let path = alloc::format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let link = rustix::fs::readlink(path.as_str(), alloc::vec::Vec::new())?;
+    Ok(link.as_bytes() == b"anon_inode:[eventfd]")
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod is_eventfd_tests {
+    use super::*;
+
+    #[test]
+    fn tells_eventfds_from_other_descriptors() {
+        use rustix::fd::AsFd;
+        let e = eventfd(0, EventfdFlags::NONBLOCK).unwrap();
+        assert!(is_eventfd(e.as_fd()).unwrap());
+        let (r, _w) = crate::pipe::pipe().unwrap();
+        assert!(!is_eventfd(r.as_fd()).unwrap());
+    }
+}

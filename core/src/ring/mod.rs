@@ -61,7 +61,7 @@ pub use self::layout::{
     MAX_CAPACITY, MIN_CAPACITY, REGION_ALIGN, RING_MAGIC, RING_VERSION,
 };
 use crate::sync::Ordering;
-use crate::wait::{block_until, wake_if_waiting, Notifier, WaitPolicy, Waiter};
+use crate::wait::{arm, block_until, wake_if_waiting, Notifier, WaitPolicy, Waiter, WakeKind};
 
 /// How far past `head` a consumer prefetches when it sees newly published bytes: four lines, which
 /// covers a frame header and a payload of up to 248 bytes (larger payloads are streamed by the
@@ -407,7 +407,9 @@ impl RawRing {
         #[cfg(all(target_arch = "x86_64", not(miri), not(flowipc_loom)))]
         {
             use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let end = pos.saturating_add(len.min(PREFETCH_BYTES)).min(self.capacity);
+            let end = pos
+                .saturating_add(len.min(PREFETCH_BYTES))
+                .min(self.capacity);
             let mut at = pos & !63;
             while at < end {
                 // SAFETY: `at < capacity`, so the address lies inside the buffer; a prefetch
@@ -802,6 +804,46 @@ impl Producer {
             self.refresh_head()?;
             Ok(self.free() >= need as u64)
         })
+    }
+
+    /// Announces that this side is about to wait for room without sleeping here (e.g. on an
+    /// eventfd registered with a reactor): stores `kind` in the producer's waiting word, fences,
+    /// and re-reads the consumer position.
+    ///
+    /// `Ok(true)`: the consumer freed space since this side last looked (retry the push; the word
+    /// is clear again). `Ok(false)`: nothing changed, the word stays set and the consumer's next
+    /// release or close wakes this side as `kind` asks (once; arm again after each wake-up).
+    /// Publish staged frames first (see [`flush`](Self::flush)): the consumer cannot free their
+    /// space before it sees them. A stale armed word only costs the peer one needless wake; see
+    /// [`disarm`](Self::disarm).
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Closed`] (the consumer is gone) or [`PushError::Corrupt`]; the word is clear.
+    pub fn arm_wake(&mut self, kind: WakeKind) -> Result<bool, PushError> {
+        let header = self.ring.header;
+        // SAFETY: the header outlives the handle (constructor contract), hence this call.
+        let word = unsafe { &header.as_ref().producer_waiting };
+        arm(word, kind, || {
+            if self.poisoned {
+                return Err(PushError::Corrupt);
+            }
+            if self.is_closed() {
+                return Err(PushError::Closed);
+            }
+            let before = self.cached_head;
+            self.refresh_head()?;
+            Ok(self.cached_head != before)
+        })
+    }
+
+    /// Clears this side's waiting word (after [`arm_wake`](Self::arm_wake), once this side no
+    /// longer waits), so the consumer stops paying for wake-ups.
+    pub fn disarm(&self) {
+        self.ring
+            .header()
+            .producer_waiting
+            .store(0, Ordering::Relaxed);
     }
 
     /// [`try_push_tagged`](Self::try_push_tagged), waiting for space per `policy`; see
@@ -1237,6 +1279,42 @@ impl Consumer {
             }
             Ok(false)
         })
+    }
+
+    /// Announces that this side is about to wait for a frame without sleeping here (e.g. on an
+    /// eventfd registered with a reactor): stores `kind` in the consumer's waiting word, fences,
+    /// and re-checks the ring.
+    ///
+    /// `Ok(true)`: a frame is pending or the producer closed (pop again; the word is clear again).
+    /// `Ok(false)`: the ring is empty, the word stays set and the producer's next publish or
+    /// close wakes this side as `kind` asks (once; arm again after each wake-up). A stale armed
+    /// word only costs the peer one needless wake; see [`disarm`](Self::disarm).
+    ///
+    /// # Errors
+    ///
+    /// [`PopError::Corrupt`]; the word is clear.
+    pub fn arm_wake(&mut self, kind: WakeKind) -> Result<bool, PopError> {
+        let header = self.ring.header;
+        // SAFETY: the header outlives the handle (constructor contract), hence this call.
+        let word = unsafe { &header.as_ref().consumer_waiting };
+        arm(word, kind, || {
+            if self.poisoned {
+                return Err(PopError::Corrupt);
+            }
+            if self.cached_tail != self.head || self.refresh_tail()? {
+                return Ok(true);
+            }
+            self.closed_and_drained()
+        })
+    }
+
+    /// Clears this side's waiting word (after [`arm_wake`](Self::arm_wake), once this side no
+    /// longer waits), so the producer stops paying for wake-ups.
+    pub fn disarm(&self) {
+        self.ring
+            .header()
+            .consumer_waiting
+            .store(0, Ordering::Relaxed);
     }
 
     /// [`try_pop`](Self::try_pop), waiting for a frame per `policy`; see

@@ -751,3 +751,76 @@ fn staged_frames_are_invisible_until_flushed() {
     assert_eq!(rx.try_pop(&mut buf, N).unwrap().tag, 8);
     assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Closed));
 }
+
+/// Counts wake calls by kind, for the arm tests.
+#[derive(Default)]
+struct KindCounter {
+    eventfd: core::cell::Cell<u32>,
+    futex: core::cell::Cell<u32>,
+}
+
+impl Notifier for KindCounter {
+    fn wake(&self, _word: &AtomicU32, kind: WakeKind) {
+        let c = match kind {
+            WakeKind::EventFd => &self.eventfd,
+            WakeKind::Futex => &self.futex,
+        };
+        c.set(c.get() + 1);
+    }
+}
+
+#[test]
+fn consumer_arm_wake_rechecks_and_leaves_word_for_the_publisher() {
+    let (mut tx, mut rx) = Ring::with_capacity(64);
+    let n = KindCounter::default();
+    let word = |rx: &Consumer| rx.raw().header().consumer_waiting.load(Ordering::Relaxed);
+    assert_eq!(rx.arm_wake(WakeKind::EventFd), Ok(false));
+    assert_eq!(word(&rx), WakeKind::EventFd.word());
+    tx.try_push(b"x", &n).unwrap();
+    assert_eq!((n.eventfd.get(), n.futex.get()), (1, 0));
+    assert_eq!(word(&rx), 0, "the publisher resets the word before waking");
+    // Data pending: arming reports it at once and leaves the word clear.
+    assert_eq!(rx.arm_wake(WakeKind::EventFd), Ok(true));
+    assert_eq!(word(&rx), 0);
+    tx.try_push(b"y", &n).unwrap();
+    assert_eq!(n.eventfd.get(), 1, "no wake without an armed word");
+    let mut buf = [0u8; 8];
+    rx.try_pop(&mut buf, &n).unwrap();
+    rx.try_pop(&mut buf, &n).unwrap();
+    assert_eq!(rx.arm_wake(WakeKind::EventFd), Ok(false));
+    rx.disarm();
+    assert_eq!(word(&rx), 0);
+    tx.try_push(b"z", &n).unwrap();
+    assert_eq!(n.eventfd.get(), 1, "disarmed: no wake");
+    rx.try_pop(&mut buf, &n).unwrap();
+    // Closed and drained counts as ready (the next pop reports Closed).
+    tx.close(&n);
+    assert_eq!(rx.arm_wake(WakeKind::EventFd), Ok(true));
+    assert_eq!(rx.try_pop(&mut buf, &n), Err(PopError::Closed));
+}
+
+#[test]
+fn producer_arm_wake_rechecks_and_is_woken_by_release() {
+    // 32 bytes hold two 16-byte frames.
+    let (mut tx, mut rx) = Ring::with_capacity(32);
+    let n = KindCounter::default();
+    let word = |tx: &Producer| tx.raw().header().producer_waiting.load(Ordering::Relaxed);
+    tx.try_push(&[1; 8], &n).unwrap();
+    tx.try_push(&[2; 8], &n).unwrap();
+    assert_eq!(tx.try_push(&[3; 8], &n), Err(PushError::Full));
+    assert_eq!(tx.arm_wake(WakeKind::EventFd), Ok(false));
+    assert_eq!(word(&tx), WakeKind::EventFd.word());
+    let mut buf = [0u8; 8];
+    rx.try_pop(&mut buf, &n).unwrap();
+    assert_eq!(n.eventfd.get(), 1);
+    assert_eq!(word(&tx), 0);
+    // The release is seen by the re-check too.
+    assert_eq!(tx.arm_wake(WakeKind::EventFd), Ok(true));
+    assert_eq!(word(&tx), 0);
+    tx.try_push(&[3; 8], &n).unwrap();
+    assert_eq!(tx.arm_wake(WakeKind::EventFd), Ok(false));
+    rx.close(&n);
+    assert_eq!(n.eventfd.get(), 2, "close wakes an armed producer");
+    assert_eq!(tx.arm_wake(WakeKind::EventFd), Err(PushError::Closed));
+    assert_eq!(word(&tx), 0);
+}

@@ -43,8 +43,9 @@
 //!   are frames of a quarter ring, the first carrying the total length; the frame tag holds the
 //!   first/last/close flags and the descriptor count. Descriptors go over the companion socket just
 //!   before the first frame. A blocked side checks the socket for the peer's hang-up every 20 ms.
-//!   The async ring polls (yields, then 1 ms steps) because the ring's wake-up cannot yet be
-//!   armed for a reactor.
+//!   Each ring also has two eventfds (`data` and `room`), so an end is seven descriptors. The
+//!   async ring arms the ring's eventfd wake-up and awaits the eventfd in the reactor; the sync
+//!   API sleeps on futexes.
 //!
 //! # Example
 //!
@@ -259,20 +260,18 @@ impl ChannelOptions {
 
     /// A connected pair of ring channels; see [`Channel::ring_pair`].
     pub fn ring_pair(&self) -> Result<(Channel, Channel), OpenError> {
-        let ((atx, arx, asock), (btx, brx, bsock)) = ring::create(self.ring_capacity)?;
-        let make = |tx, rx, sock| {
+        let (a, b) = ring::create(self.ring_capacity)?;
+        let make = |end| {
             Channel::new(
                 Transport::Ring(Box::new(RingTransport::new(
-                    tx,
-                    rx,
-                    sock,
+                    end,
                     self.wait_policy,
                     self.limits(),
                 ))),
                 self.limits(),
             )
         };
-        Ok((make(atx, arx, asock), make(btx, brx, bsock)))
+        Ok((make(a), make(b)))
     }
 
     fn limits(&self) -> Limits {
@@ -332,19 +331,11 @@ impl ChannelOptions {
                     ))
                 }
             },
-            TransportKind::Ring => match (it.next(), it.next(), it.next(), it.next()) {
-                (Some(tx), Some(rx), Some(sock), None) => {
-                    let (tx, rx) = ring::open(tx, rx)?;
-                    Transport::Ring(Box::new(RingTransport::new(
-                        tx,
-                        rx,
-                        sock,
-                        self.wait_policy,
-                        self.limits(),
-                    )))
-                }
-                _ => return Err(bad("expected three descriptors (tx ring, rx ring, socket)")),
-            },
+            TransportKind::Ring => Transport::Ring(Box::new(RingTransport::new(
+                ring::open(it.collect())?,
+                self.wait_policy,
+                self.limits(),
+            ))),
         };
         Ok(Channel::new(transport, self.limits()))
     }
@@ -437,7 +428,8 @@ enum Transport {
 
 impl Transport {
     /// One send step. `block`: the ring waits inside (until the deadline, if any) rather than
-    /// returning `Blocked` at once; the others ignore it and wait in [`Transport::wait`].
+    /// returning `Blocked` at once; the socket blocks in its system calls when there is no
+    /// deadline; the others wait in [`Transport::wait`].
     fn send_step(
         &mut self,
         cur: &mut SendCursor,
@@ -446,7 +438,7 @@ impl Transport {
         block: Option<Option<Instant>>,
     ) -> Result<Step, SendError> {
         match self {
-            Transport::Socket(t) => t.send_step(cur, data, fds),
+            Transport::Socket(t) => t.send_step(cur, data, fds, block == Some(None)),
             Transport::Mq(t) => t.send_step(cur, data, fds, block.is_some()),
             Transport::Ring(t) => t.send_step(cur, data, fds, block),
         }
@@ -458,7 +450,7 @@ impl Transport {
         block: Option<Option<Instant>>,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         match self {
-            Transport::Socket(t) => t.recv_step(out),
+            Transport::Socket(t) => t.recv_step(out, block == Some(None)),
             Transport::Mq(t) => t.recv_step(out, block.is_some()),
             Transport::Ring(t) => t.recv_step(out, block),
         }
@@ -822,6 +814,15 @@ impl Channel {
                 reason: "the message received is not a channel".to_owned(),
             }
             .into()),
+        }
+    }
+
+    /// The ring transport, if this is a ring channel (for the async face's armed wake-ups).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ring_transport(&mut self) -> Option<&mut RingTransport> {
+        match self.transport.as_mut() {
+            Some(Transport::Ring(t)) => Some(t),
+            _ => None,
         }
     }
 

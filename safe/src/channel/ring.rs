@@ -32,13 +32,19 @@
 //! peer ends a blocked call with `PeerGone` within about 20 ms. A ring closed by the peer without
 //! an orderly close marker also counts as `PeerGone`.
 //!
-//! The async face waits by polling (a few yields, then a timer backing off to 1 ms) plus the
-//! companion socket's readiness, because the ring has no reactor-armed wake-up yet.
+//! Each ring also has two eventfds, created with the rings and handed over with them
+//! ([`RingTransport::into_fds`]): `data`, which the producer writes when the consumer armed it
+//! (`Consumer::arm_wake`) and sleeps on an empty ring, and `room`, which the consumer writes when
+//! the producer armed it on a full ring. Synchronous calls sleep on futexes and never arm them;
+//! the async face arms them and awaits the eventfd with tokio's reactor. Both ends must have
+//! them: an end without its peer's eventfds could not wake a peer that armed one, so an end
+//! is rebuilt only from all seven descriptors.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use flowipc_sys::eventfd::{eventfd, EventfdFlags};
 use flowipc_sys::socket::{self, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags};
 use flowipc_sys::Errno;
 
@@ -77,11 +83,56 @@ fn hung_up(sock: BorrowedFd<'_>) -> bool {
             .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
 }
 
+/// The two eventfds of one ring (both ends hold duplicates of the same two).
+#[derive(Debug)]
+pub(crate) struct RingWakeFds {
+    /// Written by the producer after a publish when the consumer armed its wake-up.
+    data: OwnedFd,
+    /// Written by the consumer after freeing space when the producer armed its wake-up.
+    room: OwnedFd,
+}
+
+impl RingWakeFds {
+    fn new() -> Result<Self, Errno> {
+        Ok(RingWakeFds {
+            data: eventfd(0, EventfdFlags::NONBLOCK)?,
+            room: eventfd(0, EventfdFlags::NONBLOCK)?,
+        })
+    }
+
+    fn try_clone(&self) -> Result<Self, Errno> {
+        Ok(RingWakeFds {
+            data: flowipc_sys::fd::dup_cloexec(self.data.as_fd())?,
+            room: flowipc_sys::fd::dup_cloexec(self.room.as_fd())?,
+        })
+    }
+
+    /// Takes two descriptors a peer claims are this ring's eventfds. They are written and polled
+    /// by this process, so each must be a non-blocking eventfd (a blocking one would let a full
+    /// counter stall a send; another kind of descriptor could not be registered with a reactor).
+    fn from_received(data: OwnedFd, room: OwnedFd) -> Result<Self, OpenError> {
+        for fd in [&data, &room] {
+            let ok = flowipc_sys::eventfd::is_eventfd(fd.as_fd()).unwrap_or(false)
+                && flowipc_sys::fd::is_nonblocking(fd.as_fd()).unwrap_or(false);
+            if !ok {
+                return Err(OpenError::BadFds {
+                    kind: "ring",
+                    reason: "a wake-up descriptor is not a non-blocking eventfd".to_owned(),
+                });
+            }
+        }
+        Ok(RingWakeFds { data, room })
+    }
+}
+
 /// Non-blocking (and, for the sync API, blocking) core of the ring transport.
 #[derive(Debug)]
 pub(crate) struct RingTransport {
     tx_ring: ShmRing,
     rx_ring: ShmRing,
+    /// Eventfds of the tx and rx rings.
+    tx_wake: RingWakeFds,
+    rx_wake: RingWakeFds,
     /// Taken on first use, so that an unused end can be handed to another process.
     tx: Option<RingSender>,
     rx: Option<RingReceiver>,
@@ -99,40 +150,73 @@ pub(crate) struct RingTransport {
     last_send_check: Option<Instant>,
 }
 
-/// Both ends of a new ring channel: (tx ring, rx ring, socket) each.
-pub(crate) type RingEnds = ((ShmRing, ShmRing, OwnedFd), (ShmRing, ShmRing, OwnedFd));
-
-/// Creates the two rings and the companion socket of a channel.
-pub(crate) fn create(capacity: usize) -> Result<RingEnds, OpenError> {
-    let ab = ShmRing::create(capacity).map_err(ring_open_error)?;
-    let ba = ShmRing::create(capacity).map_err(ring_open_error)?;
-    let (sa, sb) = socket::socketpair_stream().map_err(|e| OpenError::os("socketpair", e))?;
-    Ok(((ab.clone(), ba.clone(), sa), (ba, ab, sb)))
+/// One end of a ring channel before it becomes a transport: its tx and rx rings with their
+/// eventfds, and its end of the companion socket.
+#[derive(Debug)]
+pub(crate) struct RingEnd {
+    tx: (ShmRing, RingWakeFds),
+    rx: (ShmRing, RingWakeFds),
+    sock: OwnedFd,
 }
 
-/// Opens the rings of an end received as descriptors.
-pub(crate) fn open(tx: OwnedFd, rx: OwnedFd) -> Result<(ShmRing, ShmRing), OpenError> {
-    let bad = |e: RingOpenError| OpenError::BadFds {
-        kind: "ring",
-        reason: e.to_string(),
+/// Creates the two rings, their eventfds and the companion socket of a channel.
+pub(crate) fn create(capacity: usize) -> Result<(RingEnd, RingEnd), OpenError> {
+    let efd = |e| OpenError::os("eventfd", e);
+    let dup = |e| OpenError::os("dup", e);
+    let ab = ShmRing::create(capacity).map_err(ring_open_error)?;
+    let ba = ShmRing::create(capacity).map_err(ring_open_error)?;
+    let ab_wake = RingWakeFds::new().map_err(efd)?;
+    let ba_wake = RingWakeFds::new().map_err(efd)?;
+    let (sa, sb) = socket::socketpair_stream().map_err(|e| OpenError::os("socketpair", e))?;
+    let a = RingEnd {
+        tx: (ab.clone(), ab_wake.try_clone().map_err(dup)?),
+        rx: (ba.clone(), ba_wake.try_clone().map_err(dup)?),
+        sock: sa,
     };
-    Ok((
-        ShmRing::open(tx).map_err(bad)?,
-        ShmRing::open(rx).map_err(bad)?,
-    ))
+    let b = RingEnd {
+        tx: (ba, ba_wake),
+        rx: (ab, ab_wake),
+        sock: sb,
+    };
+    Ok((a, b))
+}
+
+/// Opens an end received as descriptors: tx memfd, rx memfd, socket, then the tx ring's `data`
+/// and `room` eventfds and the rx ring's (see [`RingTransport::into_fds`]).
+pub(crate) fn open(fds: Vec<OwnedFd>) -> Result<RingEnd, OpenError> {
+    let bad = |reason: String| OpenError::BadFds {
+        kind: "ring",
+        reason,
+    };
+    let n = fds.len();
+    let Ok([tx, rx, sock, td, tr, rd, rr]) = <[OwnedFd; 7]>::try_from(fds) else {
+        return Err(bad(format!(
+            "expected seven descriptors (tx ring, rx ring, socket, 4 eventfds), got {n}; \
+             send every descriptor of `Channel::into_fds`, in order"
+        )));
+    };
+    let tx_wake = RingWakeFds::from_received(td, tr)?;
+    let rx_wake = RingWakeFds::from_received(rd, rr)?;
+    let open_err = |e: RingOpenError| bad(e.to_string());
+    Ok(RingEnd {
+        tx: (ShmRing::open(tx).map_err(open_err)?, tx_wake),
+        rx: (ShmRing::open(rx).map_err(open_err)?, rx_wake),
+        sock,
+    })
 }
 
 impl RingTransport {
-    pub(crate) fn new(
-        tx_ring: ShmRing,
-        rx_ring: ShmRing,
-        sock: OwnedFd,
-        policy: WaitPolicy,
-        limits: Limits,
-    ) -> Self {
+    pub(crate) fn new(end: RingEnd, policy: WaitPolicy, limits: Limits) -> Self {
+        let RingEnd {
+            tx: (tx_ring, tx_wake),
+            rx: (rx_ring, rx_wake),
+            sock,
+        } = end;
         RingTransport {
             tx_ring,
             rx_ring,
+            tx_wake,
+            rx_wake,
             tx: None,
             rx: None,
             sock,
@@ -152,15 +236,14 @@ impl RingTransport {
     /// A second transport for the sending half of a split channel: the same rings, a duplicate
     /// of the socket, and this transport's ring sender if it took one.
     pub(crate) fn split_sender(&mut self) -> Result<Self, OpenError> {
-        let sock =
-            flowipc_sys::fd::dup_cloexec(self.sock.as_fd()).map_err(|e| OpenError::os("dup", e))?;
-        let mut half = RingTransport::new(
-            self.tx_ring.clone(),
-            self.rx_ring.clone(),
+        let dup = |e| OpenError::os("dup", e);
+        let sock = flowipc_sys::fd::dup_cloexec(self.sock.as_fd()).map_err(dup)?;
+        let end = RingEnd {
+            tx: (self.tx_ring.clone(), self.tx_wake.try_clone().map_err(dup)?),
+            rx: (self.rx_ring.clone(), self.rx_wake.try_clone().map_err(dup)?),
             sock,
-            self.policy,
-            self.limits,
-        );
+        };
+        let mut half = RingTransport::new(end, self.policy, self.limits);
         half.tx = self.tx.take();
         Ok(half)
     }
@@ -169,7 +252,8 @@ impl RingTransport {
         self.sock.as_fd()
     }
 
-    /// The descriptors of this end: tx memfd, rx memfd, socket. Fails once a ring side was taken
+    /// The descriptors of this end: tx memfd, rx memfd, socket, then (if this end has them) the
+    /// tx ring's `data` and `room` eventfds and the rx ring's. Fails once a ring side was taken
     /// (giving it up would close the ring for the peer).
     pub(crate) fn into_fds(self) -> Result<Vec<OwnedFd>, SendError> {
         if self.tx.is_some() || self.rx.is_some() {
@@ -183,11 +267,59 @@ impl RingTransport {
         let dup = |fd: BorrowedFd<'_>| {
             flowipc_sys::fd::dup_cloexec(fd).map_err(|e| SendError::os("dup", e))
         };
-        Ok(vec![
-            dup(self.tx_ring.fd())?,
-            dup(self.rx_ring.fd())?,
-            self.sock,
-        ])
+        let mut fds = vec![dup(self.tx_ring.fd())?, dup(self.rx_ring.fd())?, self.sock];
+        let (t, r) = (self.tx_wake, self.rx_wake);
+        fds.extend([t.data, t.room, r.data, r.room]);
+        Ok(fds)
+    }
+
+    /// The eventfd the peer writes when this end armed its receive wake-up (the rx ring's `data`).
+    pub(crate) fn recv_eventfd(&self) -> BorrowedFd<'_> {
+        self.rx_wake.data.as_fd()
+    }
+
+    /// The eventfd the peer writes when this end armed its send wake-up (the tx ring's `room`).
+    pub(crate) fn send_eventfd(&self) -> BorrowedFd<'_> {
+        self.tx_wake.room.as_fd()
+    }
+
+    /// Arms the receive wake-up (see `RingReceiver::arm_eventfd_wake`): `Ok(true)` if the ring
+    /// has something already (receive again), `Ok(false)` if the peer's next message writes
+    /// [`recv_eventfd`](Self::recv_eventfd).
+    pub(crate) fn arm_recv(&mut self) -> Result<bool, RecvError> {
+        self.receiver()?;
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(RecvError::Poisoned);
+        };
+        rx.arm_eventfd_wake()
+            .map_err(|_| Corruption::Ring("invalid positions or frame header".into()).into())
+    }
+
+    /// Arms the send wake-up (see `RingSender::arm_eventfd_wake`): `Ok(true)` if the peer freed
+    /// space already (send again), `Ok(false)` if its next read writes
+    /// [`send_eventfd`](Self::send_eventfd).
+    pub(crate) fn arm_send(&mut self) -> Result<bool, SendError> {
+        self.sender()?;
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(SendError::Poisoned);
+        };
+        tx.arm_eventfd_wake().map_err(map_send)
+    }
+
+    /// Withdraws an armed receive (`recv`) or send wake-up that is no longer needed.
+    pub(crate) fn disarm(&self, recv: bool) {
+        match (recv, &self.rx, &self.tx) {
+            (true, Some(rx), _) => rx.disarm(),
+            (false, _, Some(tx)) => tx.disarm(),
+            _ => {}
+        }
+    }
+
+    /// Makes the next idle receive or send check the companion socket for a hang-up at once (the
+    /// reactor reported activity on it).
+    pub(crate) fn check_peer_soon(&mut self) {
+        self.last_idle_check = None;
+        self.last_send_check = None;
     }
 
     pub(crate) fn discard(&mut self) {
@@ -213,6 +345,9 @@ impl RingTransport {
                 source: io::Error::other(e),
             })?;
             tx.set_policy(self.policy);
+            let fd = flowipc_sys::fd::dup_cloexec(self.tx_wake.data.as_fd())
+                .map_err(|e| SendError::os("dup", e))?;
+            tx.set_peer_eventfd(fd);
             tx.set_peer_check(
                 PEER_CHECK_INTERVAL,
                 self.peer_check().map_err(|e| SendError::os("dup", e))?,
@@ -229,6 +364,9 @@ impl RingTransport {
                 source: io::Error::other(e),
             })?;
             rx.set_policy(self.policy);
+            let fd = flowipc_sys::fd::dup_cloexec(self.rx_wake.room.as_fd())
+                .map_err(|e| RecvError::os("dup", e))?;
+            rx.set_peer_eventfd(fd);
             rx.set_peer_check(
                 PEER_CHECK_INTERVAL,
                 self.peer_check().map_err(|e| RecvError::os("dup", e))?,

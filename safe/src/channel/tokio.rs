@@ -1,6 +1,11 @@
 //! The async (tokio) face of a channel: the same non-blocking core, waiting on tokio's reactor
-//! (`AsyncFd`) instead of `poll`. Ring channels cannot yet arm their wake-up for a reactor, so the
-//! async ring polls: a few yields, then attempts 1 ms apart while idle (a busy ring never waits).
+//! (`AsyncFd`) instead of `poll`.
+//!
+//! A ring channel has no descriptor that reports its data, so it arms the ring's wake-up instead:
+//! after a receive (send) finds the ring empty (full), it stores "wake me by eventfd" in the ring's
+//! waiting word, re-checks the ring (the Dekker handshake of `flowipc_core::wait`), and only then
+//! awaits its eventfd, which the peer writes after its next publish (release). The companion
+//! socket is watched beside it, so a dead peer ends the wait at once.
 //!
 //! Every future is cancellation-safe: a dropped `recv` loses nothing (a half-received message
 //! stays in the channel), and a dropped `send` either sent nothing or left the channel a copy of
@@ -11,17 +16,16 @@
 //! (`OwnedFd`), which the `AsyncFd` owns, so that holds by construction; it is the only unsafe
 //! block of the channel module.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::pin::Pin;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::error::{OpenError, RecvError, SendError};
+use super::ring::RingTransport;
 use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step, TransportKind};
 
 /// A channel driven by tokio: `async fn send/recv` on any runtime flavour. `Send`, so it can move
@@ -60,46 +64,88 @@ enum Wakeup {
         send: Option<AsyncFd<OwnedFd>>,
         peer: Option<AsyncFd<OwnedFd>>,
     },
-    /// Polling with back-off (ring: its wake-up cannot be armed for a reactor yet).
-    Poll(Backoff),
+    /// A ring: armed wake-ups awaited in the reactor.
+    Ring(RingWakeup),
 }
 
-/// Yields a few times, then sleeps [`RING_POLL`] between attempts.
-#[derive(Debug, Default)]
-struct Backoff {
-    idle: u32,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+/// The reactor registrations of a ring channel.
+#[derive(Debug)]
+struct RingWakeup {
+    /// The rx ring's `data` eventfd: written by the peer after a publish when receiving is armed.
+    recv: AsyncFd<OwnedFd>,
+    /// The tx ring's `room` eventfd: written by the peer after a read when sending is armed.
+    send: AsyncFd<OwnedFd>,
+    /// The companion socket: hang-up (and descriptor bytes) from the peer.
+    peer: AsyncFd<OwnedFd>,
 }
 
-/// Attempts that only yield before the back-off starts sleeping.
-const RING_YIELDS: u32 = 16;
-/// Sleep between attempts of an idle async ring channel.
-const RING_POLL: Duration = Duration::from_millis(1);
+/// Which way a ring channel waits.
+#[derive(Debug, Clone, Copy)]
+enum Dir {
+    Recv,
+    Send,
+}
 
-impl Backoff {
-    fn reset(&mut self) {
-        self.idle = 0;
-        self.sleep = None;
+impl RingWakeup {
+    fn new(t: &RingTransport) -> Result<Self, OpenError> {
+        Ok(RingWakeup {
+            recv: register(t.recv_eventfd(), Interest::READABLE)?,
+            send: register(t.send_eventfd(), Interest::READABLE)?,
+            peer: register(t.sock(), Interest::READABLE)?,
+        })
     }
 
-    /// `Ready` when it is time for another attempt.
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.idle < RING_YIELDS {
-            self.idle += 1;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RING_POLL)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.sleep = None;
-                Poll::Ready(())
+    /// Looks at the companion socket once: if the reactor reported something (hang-up, or a
+    /// descriptor byte), makes the next step check for the peer's death at once. `Ok(true)` if it
+    /// did (retry before sleeping: its waker is not registered).
+    fn poll_peer(&self, cx: &mut Context<'_>, t: &mut RingTransport) -> io::Result<bool> {
+        match self.peer.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut guard)) => {
+                // A hang-up stays ready (tokio never clears it); the step then reports PeerGone.
+                guard.clear_ready();
+                t.check_peer_soon();
+                Ok(true)
             }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// After a step found nothing to do and arming found the ring unchanged: waits for the
+    /// eventfd of `dir`. `Ready(Ok(()))`: try the step again.
+    fn poll_eventfd(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        peer_seen: bool,
+    ) -> Poll<io::Result<()>> {
+        let efd = match dir {
+            Dir::Recv => &self.recv,
+            Dir::Send => &self.send,
+        };
+        match efd.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut guard)) => {
+                // Drain the counter before clearing the readiness; a write after the drain is a
+                // new event that tokio keeps (its clear is conditional on the tick it saw).
+                // AGAIN: already drained (a stale readiness).
+                let _ = flowipc_sys::eventfd::eventfd_read(guard.get_inner().as_fd());
+                guard.clear_ready();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // The companion socket was ready and cleared above this call: look at it once more so
+            // that its waker is registered too.
+            Poll::Pending if peer_seen => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// The ring transport of a channel whose wake-up is [`Wakeup::Ring`].
+fn ring_of(channel: &mut Channel) -> &mut RingTransport {
+    channel
+        .ring_transport()
+        .expect("Wakeup::Ring is made only for ring channels")
 }
 
 /// Registers a duplicate of `fd` (same open file, so the same readiness) with the reactor.
@@ -230,12 +276,12 @@ impl AsyncChannel {
 
     /// Registers `channel` with the current tokio runtime.
     pub fn new(channel: Channel) -> Result<Self, OpenError> {
-        if channel.kind() == TransportKind::Ring {
-            return Ok(AsyncChannel {
-                wakeup: Wakeup::Poll(Backoff::default()),
-                channel,
-            });
+        let mut channel = channel;
+        if let Some(t) = channel.ring_transport() {
+            let wakeup = Wakeup::Ring(RingWakeup::new(t)?);
+            return Ok(AsyncChannel { wakeup, channel });
         }
+        debug_assert_ne!(channel.kind(), TransportKind::Ring);
         let r = channel.readiness();
         let same = r.send.as_raw_fd() == r.recv.as_raw_fd();
         let recv = if same {
@@ -311,13 +357,25 @@ impl AsyncChannel {
             len: buf.len(),
             fds,
         };
+        let mut armed = false;
         poll_fn(|cx| match wakeup {
-            Wakeup::Poll(backoff) => loop {
+            Wakeup::Ring(r) => loop {
+                let io_err = |source| RecvError::Io {
+                    op: "tokio readiness",
+                    source,
+                };
+                let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
                 if let Some(fds) = channel.step_recv(buf, None)? {
-                    backoff.reset();
+                    if armed {
+                        ring_of(channel).disarm(true);
+                    }
                     return Poll::Ready(Ok(done(buf, fds)));
                 }
-                ready!(backoff.poll_wait(cx));
+                if ring_of(channel).arm_recv()? {
+                    continue;
+                }
+                armed = true;
+                ready!(r.poll_eventfd(cx, Dir::Recv, peer_seen)).map_err(io_err)?;
             },
             Wakeup::Fds { recv, peer, .. } => loop {
                 let seen = [
@@ -364,18 +422,30 @@ impl AsyncChannel {
     fn poll_step(
         &mut self,
         cx: &mut Context<'_>,
+        armed: &mut bool,
         cursor: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Poll<Result<(), SendError>> {
         let AsyncChannel { wakeup, channel } = self;
         match wakeup {
-            Wakeup::Poll(backoff) => loop {
+            Wakeup::Ring(r) => loop {
+                let io_err = |source| SendError::Io {
+                    op: "tokio readiness",
+                    source,
+                };
+                let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
                 if channel.step_send(cursor, data, fds, None)? == Step::Done {
-                    backoff.reset();
+                    if *armed {
+                        ring_of(channel).disarm(false);
+                    }
                     return Poll::Ready(Ok(()));
                 }
-                ready!(backoff.poll_wait(cx));
+                if ring_of(channel).arm_send()? {
+                    continue;
+                }
+                *armed = true;
+                ready!(r.poll_eventfd(cx, Dir::Send, peer_seen)).map_err(io_err)?;
             },
             Wakeup::Fds { recv, send, peer } => loop {
                 let seen = [
@@ -412,6 +482,8 @@ impl AsyncChannel {
             data: &'d [u8],
             cursor: SendCursor,
             finished: bool,
+            /// A ring's send wake-up was armed (withdrawn once the message is out).
+            armed: bool,
         }
         impl Drop for Guard<'_, '_> {
             fn drop(&mut self) {
@@ -426,10 +498,13 @@ impl AsyncChannel {
             data,
             cursor,
             finished: false,
+            armed: false,
         };
         let result = poll_fn(|cx| {
-            let Guard { ch, cursor, .. } = &mut g;
-            ch.poll_step(cx, cursor, data, fds)
+            let Guard {
+                ch, cursor, armed, ..
+            } = &mut g;
+            ch.poll_step(cx, armed, cursor, data, fds)
         })
         .await;
         g.finished = true;

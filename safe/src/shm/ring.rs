@@ -17,7 +17,7 @@ use flowipc_core::ring::{
     self as core_ring, AttachError, Consumer, FrameInfo, PopError, Producer, PushError, RawRing,
     ReadChunk, WriteChunk,
 };
-use flowipc_core::wait::{Notifier, WaitPolicy, Waiter};
+use flowipc_core::wait::{Notifier, WaitPolicy, Waiter, WakeKind};
 use flowipc_sys::mmap::Access;
 use flowipc_sys::{BorrowedFd, OwnedFd};
 
@@ -236,6 +236,14 @@ impl ProducerHandle {
             .wait_writable(len, notifier, waiter, policy, check)
     }
 
+    pub(crate) fn arm_wake(&mut self, kind: WakeKind) -> Result<bool, PushError> {
+        self.inner.arm_wake(kind)
+    }
+
+    pub(crate) fn disarm(&self) {
+        self.inner.disarm()
+    }
+
     pub(crate) fn close<N: Notifier + ?Sized>(&mut self, notifier: &N) {
         self.inner.close(notifier)
     }
@@ -293,6 +301,14 @@ impl ConsumerHandle {
         C: FnMut() -> Result<Option<Duration>, E>,
     {
         self.inner.wait_readable(waiter, policy, check)
+    }
+
+    pub(crate) fn arm_wake(&mut self, kind: WakeKind) -> Result<bool, PopError> {
+        self.inner.arm_wake(kind)
+    }
+
+    pub(crate) fn disarm(&self) {
+        self.inner.disarm()
     }
 
     pub(crate) fn close<N: Notifier + ?Sized>(&mut self, notifier: &N) {
