@@ -9,6 +9,10 @@
 //! closes the ones that did arrive and reports [`Errno::MSGSIZE`], so a truncation never leaks a
 //! descriptor and never goes unnoticed.
 //!
+//! [`send_vectored_with_fds`] and [`recv_vectored_with_fds`] gather from and scatter into several
+//! buffers in one system call, so a frame header and its payload need not be copied next to each
+//! other first.
+//!
 //! Sends always add `MSG_NOSIGNAL`: a peer that closed its end yields [`Errno::PIPE`], never a
 //! process-killing `SIGPIPE`.
 //!
@@ -19,7 +23,6 @@ use core::mem::MaybeUninit;
 use core::time::Duration;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::io::{IoSlice, IoSliceMut};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SocketFlags, SocketType,
@@ -29,6 +32,7 @@ use crate::{Errno, Result};
 
 pub use crate::fd::set_nonblocking;
 pub use rustix::event::{PollFd, PollFlags};
+pub use rustix::io::{IoSlice, IoSliceMut};
 pub use rustix::net::{RecvFlags, SendFlags, Shutdown, UCred};
 
 /// The most descriptors one message can carry: Linux's `SCM_MAX_FD`.
@@ -147,7 +151,58 @@ pub fn send_with_fds(
     fds: &[BorrowedFd<'_>],
     flags: SendFlags,
 ) -> Result<usize> {
-    if fds.len() > MAX_FDS_PER_MESSAGE || (!fds.is_empty() && bytes.is_empty()) {
+    send_vectored_with_fds(sock, &[IoSlice::new(bytes)], fds, flags)
+}
+
+/// `sendmsg(sock, {bufs..., SCM_RIGHTS(fds)}, flags | MSG_NOSIGNAL)`—sends several buffers as one
+/// stretch of bytes (gather), with descriptors attached.
+///
+/// Like [`send_with_fds`], but the bytes are the concatenation of `bufs`, so a header and a
+/// payload kept apart go out in one system call without being copied together first. `fds` may
+/// hold 0 to [`MAX_FDS_PER_MESSAGE`] descriptors ([`Errno::INVAL`] beyond, before any syscall);
+/// when it is not empty the buffers must not all be empty ([`Errno::INVAL`]). Returns the number
+/// of bytes sent, counted across `bufs`: a stream socket may take fewer than all of them (always
+/// so with [`SendFlags::DONTWAIT`] and a full socket buffer, or when a signal interrupts a
+/// blocking send after some bytes went). The descriptors went with the first byte; send the rest
+/// without them. At most `UIO_MAXIOV` (1024) buffers ([`Errno::MSGSIZE`] from the kernel beyond).
+///
+/// # Examples
+///
+/// ```
+/// use flowipc_sys::socket::{
+///     recv_with_fds, send_vectored_with_fds, socketpair_stream, IoSlice, RecvFds, RecvFlags,
+///     SendFlags,
+/// };
+/// use flowipc_sys::{eventfd, AsFd};
+///
+/// let (a, b) = socketpair_stream()?;
+/// let ev = eventfd::eventfd(3, eventfd::EventfdFlags::empty())?;
+/// let parts = [IoSlice::new(b"head:"), IoSlice::new(b"body")];
+/// assert_eq!(send_vectored_with_fds(a.as_fd(), &parts, &[ev.as_fd()], SendFlags::empty())?, 9);
+///
+/// let mut buf = [0u8; 16];
+/// let mut fds = RecvFds::new();
+/// let n = recv_with_fds(b.as_fd(), &mut buf, &mut fds, RecvFlags::empty())?;
+/// assert_eq!(&buf[..n], b"head:body");
+/// assert_eq!(fds.len(), 1);
+/// # Ok::<(), flowipc_sys::Errno>(())
+/// ```
+///
+/// # References
+///  - [Linux `sendmsg(2)`]
+///  - [Linux `unix(7)`, `SCM_RIGHTS`]
+///
+/// [Linux `sendmsg(2)`]: https://man7.org/linux/man-pages/man2/sendmsg.2.html
+/// [Linux `unix(7)`, `SCM_RIGHTS`]: https://man7.org/linux/man-pages/man7/unix.7.html
+#[doc(alias = "sendmsg")]
+#[doc(alias = "SCM_RIGHTS")]
+pub fn send_vectored_with_fds(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> Result<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE || (!fds.is_empty() && bufs.iter().all(|b| b.is_empty())) {
         return Err(Errno::INVAL);
     }
     let mut space = CmsgBuf::new();
@@ -156,12 +211,7 @@ pub fn send_with_fds(
         // Unreachable: the buffer is sized for MAX_FDS_PER_MESSAGE descriptors.
         return Err(Errno::NOBUFS);
     }
-    rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        flags | SendFlags::NOSIGNAL,
-    )
+    rustix::net::sendmsg(sock, bufs, &mut control, flags | SendFlags::NOSIGNAL)
 }
 
 /// `recvmsg(sock, {buf, SCM_RIGHTS}, flags | MSG_CMSG_CLOEXEC)`—receives bytes and the descriptors
@@ -197,6 +247,54 @@ pub fn recv_with_fds(
     fds: &mut RecvFds,
     flags: RecvFlags,
 ) -> Result<usize> {
+    recv_vectored_with_fds(sock, &mut [IoSliceMut::new(buf)], fds, flags)
+}
+
+/// `recvmsg(sock, {bufs..., SCM_RIGHTS}, flags | MSG_CMSG_CLOEXEC)`—receives bytes into several
+/// buffers in turn (scatter), and the descriptors sent with them.
+///
+/// Like [`recv_with_fds`], with the same descriptor handling and errors, but the bytes fill
+/// `bufs` one after the other: the first buffer is filled before anything lands in the second.
+/// Returns the total number of bytes received (0: the peer shut down its sending side, or all
+/// buffers are empty). With [`RecvFlags::WAITALL`] a blocking call waits until every buffer is
+/// full, the peer shuts down, descriptors arrive (the kernel ends a read after the bytes that
+/// carried them), or a signal interrupts it after some bytes arrived.
+///
+/// # Examples
+///
+/// ```
+/// use flowipc_sys::socket::{
+///     recv_vectored_with_fds, send, socketpair_stream, IoSliceMut, RecvFds, RecvFlags,
+///     SendFlags,
+/// };
+/// use flowipc_sys::AsFd;
+///
+/// let (a, b) = socketpair_stream()?;
+/// send(a.as_fd(), b"12345678payload", SendFlags::empty())?;
+/// let (mut header, mut body) = ([0u8; 8], [0u8; 16]);
+/// let mut fds = RecvFds::new();
+/// let mut bufs = [IoSliceMut::new(&mut header), IoSliceMut::new(&mut body)];
+/// let n = recv_vectored_with_fds(b.as_fd(), &mut bufs, &mut fds, RecvFlags::empty())?;
+/// assert_eq!((n, &header, &body[..n - 8]), (15, b"12345678", &b"payload"[..]));
+/// # Ok::<(), flowipc_sys::Errno>(())
+/// ```
+///
+/// # References
+///  - [Linux `recvmsg(2)`]
+///  - [Linux `unix(7)`, `SCM_RIGHTS`]
+///  - [Linux `cmsg(3)`]
+///
+/// [Linux `recvmsg(2)`]: https://man7.org/linux/man-pages/man2/recvmsg.2.html
+/// [Linux `unix(7)`, `SCM_RIGHTS`]: https://man7.org/linux/man-pages/man7/unix.7.html
+/// [Linux `cmsg(3)`]: https://man7.org/linux/man-pages/man3/cmsg.3.html
+#[doc(alias = "recvmsg")]
+#[doc(alias = "SCM_RIGHTS")]
+pub fn recv_vectored_with_fds(
+    sock: BorrowedFd<'_>,
+    bufs: &mut [IoSliceMut<'_>],
+    fds: &mut RecvFds,
+    flags: RecvFlags,
+) -> Result<usize> {
     let before = fds.len();
     let room = fds.remaining();
     let mut space = CmsgBuf::new();
@@ -208,13 +306,7 @@ pub fn recv_with_fds(
         CMSG_HDR_LEN + room * size_of::<i32>()
     };
     let mut control = RecvAncillaryBuffer::new(&mut space.0[..control_len]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut iov,
-        &mut control,
-        flags | RecvFlags::CMSG_CLOEXEC,
-    )?;
+    let msg = rustix::net::recvmsg(sock, bufs, &mut control, flags | RecvFlags::CMSG_CLOEXEC)?;
     let mut overflow = false;
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = message {

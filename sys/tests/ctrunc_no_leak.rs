@@ -8,7 +8,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use flowipc_sys::eventfd::{eventfd, EventfdFlags};
 use flowipc_sys::socket::{
-    recv_with_fds, send_with_fds, socketpair_stream, RecvFds, RecvFlags, SendFlags,
+    recv_vectored_with_fds, recv_with_fds, send_vectored_with_fds, send_with_fds,
+    socketpair_stream, IoSlice, IoSliceMut, RecvFds, RecvFlags, SendFlags,
 };
 use flowipc_sys::Errno;
 
@@ -76,4 +77,27 @@ fn ctrunc_closes_what_arrived_and_leaks_nothing() {
     let n = recv_with_fds(b.as_fd(), &mut buf, &mut fds, RecvFlags::empty()).unwrap();
     assert_eq!(&buf[..n], b"after");
     assert_eq!(fds.len(), 1);
+
+    // The vectored forms behave the same: gather-sent descriptors truncated by a scatter receive
+    // are closed, and the bytes of that read were consumed.
+    let parts = [IoSlice::new(b"hd"), IoSlice::new(b"body")];
+    send_vectored_with_fds(a.as_fd(), &parts, &five, SendFlags::empty()).unwrap();
+    let (mut h, mut rest) = ([0u8; 2], [0u8; 8]);
+    let mut small = RecvFds::with_limit(3);
+    let before = open_fd_count();
+    let mut bufs = [IoSliceMut::new(&mut h), IoSliceMut::new(&mut rest)];
+    assert_eq!(
+        recv_vectored_with_fds(b.as_fd(), &mut bufs, &mut small, RecvFlags::empty()),
+        Err(Errno::MSGSIZE)
+    );
+    assert!(small.is_empty());
+    assert_eq!(
+        open_fd_count(),
+        before,
+        "vectored receive leaked descriptors"
+    );
+    assert_eq!(
+        recv_with_fds(b.as_fd(), &mut buf, &mut small, RecvFlags::DONTWAIT),
+        Err(Errno::AGAIN)
+    );
 }
