@@ -19,15 +19,30 @@
 //! descriptors as arrived. Anything else (descriptors no header declares, a count mismatch, a
 //! truncated control message) is [`Corruption`]; the descriptors are closed.
 //!
-//! Reads go through a 64 KiB buffer, so many small messages cost one `recvmsg`; the rest of a large
-//! payload is read straight into the message buffer, which grows with the bytes actually received
-//! (never to a size the peer merely claimed).
+//! # System calls per message
+//!
+//! A send is one gather `sendmsg` of the header and the payload as they are (no copy into a
+//! staging buffer); a stream socket may take only part of it, and the rest follows with plain
+//! `send`s. In blocking mode the calls block in the kernel instead of polling first.
+//!
+//! Reads go through a 128 KiB buffer, so many small messages cost one `recvmsg`. Between messages
+//! a read scatters: the next header lands in that buffer, the bytes after it straight in the
+//! message buffer (as far as that buffer is already allocated, at most the read buffer's size),
+//! and whatever follows in the read buffer again. Bytes past the end of the message are moved
+//! into the read buffer where they would have landed, so the read buffer always mirrors the
+//! stream and descriptor batches keep their stream offsets. The rest of a large payload is read
+//! straight into the message buffer, which grows with the bytes actually received (never to a
+//! size the peer merely claimed). In blocking mode (no deadline) the receive blocks in `recvmsg`
+//! rather than in `poll`: one system call per read, and a peer's death is the end of the stream
+//! it returns.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use flowipc_sys::socket::{self, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags};
+use flowipc_sys::socket::{
+    self, IoSlice, IoSliceMut, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags,
+};
 use flowipc_sys::Errno;
 
 use super::error::{Corruption, RecvError, SendError};
@@ -40,11 +55,9 @@ const KIND_DATA: u64 = 0xD1;
 const KIND_CLOSE: u64 = 0xC1;
 
 /// Size of the read buffer.
-const RBUF_LEN: usize = 64 * 1024;
+const RBUF_LEN: usize = 128 * 1024;
 /// A payload remainder at least this long is read straight into the message buffer.
 const DIRECT_MIN: u64 = 16 * 1024;
-/// Bytes of payload copied next to the header so that a small message is one `sendmsg`.
-const SCRATCH_LEN: usize = 16 * 1024;
 /// A correct peer leaves at most two batches unclaimed (see the module docs); more is an attack.
 const MAX_BATCHES: usize = 4;
 /// The message buffer kept between messages is dropped when it grew beyond this.
@@ -108,12 +121,13 @@ struct Incoming {
     fds: Vec<OwnedFd>,
 }
 
-/// Non-blocking core of the socket transport.
+/// Core of the socket transport: non-blocking steps, or blocking ones when asked.
 #[derive(Debug)]
 pub(crate) struct SocketTransport {
     sock: OwnedFd,
     limits: Limits,
-    scratch: Vec<u8>,
+    /// The read buffer; `rbuf[i]` holds stream offset `rbase + i` (see the module docs for the
+    /// bytes a scattered read puts in the message buffer instead).
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
@@ -122,7 +136,14 @@ pub(crate) struct SocketTransport {
     fdbuf: Box<RecvFds>,
     batches: VecDeque<FdBatch>,
     incoming: Option<Incoming>,
+    /// The message buffer. `assembling[..filled]` is the payload received so far; the rest of
+    /// its length is initialized bytes (of an earlier message) that reads may overwrite without
+    /// zeroing them first.
     assembling: Vec<u8>,
+    filled: usize,
+    /// Payload bytes of the next message that a scattered read put in `assembling` already;
+    /// claimed by `start_message`.
+    prefilled: usize,
     peer_closed: bool,
     eof: bool,
 }
@@ -133,7 +154,6 @@ impl SocketTransport {
             sock,
             fdbuf: Box::new(RecvFds::with_limit(limits.max_fds_per_message)),
             limits,
-            scratch: Vec::with_capacity(SCRATCH_LEN),
             rbuf: vec![0; RBUF_LEN].into_boxed_slice(),
             rstart: 0,
             rend: 0,
@@ -141,6 +161,8 @@ impl SocketTransport {
             batches: VecDeque::new(),
             incoming: None,
             assembling: Vec::new(),
+            filled: 0,
+            prefilled: 0,
             peer_closed: false,
             eof: false,
         }
@@ -166,6 +188,7 @@ impl SocketTransport {
     pub(crate) fn discard(&mut self) {
         self.batches.clear();
         self.incoming = None;
+        self.prefilled = 0;
         self.fdbuf.clear();
     }
 
@@ -174,12 +197,14 @@ impl SocketTransport {
         self.rend > self.rstart || self.incoming.is_some() || !self.batches.is_empty()
     }
 
-    /// Sends as much of the message as the socket takes without blocking.
+    /// Sends as much of the message as the socket takes: without blocking, or, with `block`,
+    /// blocking in the kernel until it took everything (or a signal or an error ends the call).
     pub(crate) fn send_step(
         &mut self,
         cur: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
+        block: bool,
     ) -> Result<Step, SendError> {
         let (data, fds) = if cur.close {
             (&[][..], &[][..])
@@ -188,29 +213,20 @@ impl SocketTransport {
         };
         let header = encode_header(cur.close, data.len() as u64, fds.len());
         let total = HEADER_LEN + data.len();
+        let flags = if block {
+            SendFlags::empty()
+        } else {
+            SendFlags::DONTWAIT
+        };
         while cur.pos < total {
             let sent = if cur.pos < HEADER_LEN {
-                // The header (or what is left of it) and the head of the payload, in one sendmsg.
-                let head = data.len().min(SCRATCH_LEN - HEADER_LEN);
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&header[cur.pos..]);
-                self.scratch.extend_from_slice(&data[..head]);
-                if cur.pos == 0 && !fds.is_empty() {
-                    socket::send_with_fds(
-                        self.sock.as_fd(),
-                        &self.scratch,
-                        fds,
-                        SendFlags::DONTWAIT,
-                    )
-                } else {
-                    socket::send(self.sock.as_fd(), &self.scratch, SendFlags::DONTWAIT)
-                }
+                // The header (or what is left of it) and the payload, gathered in one sendmsg;
+                // the descriptors ride its first byte, so only the call at position 0 has them.
+                let parts = [IoSlice::new(&header[cur.pos..]), IoSlice::new(data)];
+                let fds = if cur.pos == 0 { fds } else { &[] };
+                socket::send_vectored_with_fds(self.sock.as_fd(), &parts, fds, flags)
             } else {
-                socket::send(
-                    self.sock.as_fd(),
-                    &data[cur.pos - HEADER_LEN..],
-                    SendFlags::DONTWAIT,
-                )
+                socket::send(self.sock.as_fd(), &data[cur.pos - HEADER_LEN..], flags)
             };
             match sent {
                 Ok(n) => {
@@ -225,13 +241,15 @@ impl SocketTransport {
         Ok(Step::Done)
     }
 
-    /// Receives a complete message into `out` if one can be had without blocking.
+    /// Receives a complete message into `out`: if one can be had without blocking, or, with
+    /// `block`, waiting in `recvmsg` for it.
     ///
-    /// `Ok(None)`: would block. On success `out` holds the message (its previous buffer is kept
-    /// for the next message).
+    /// `Ok(None)`: would block (with `block` only if the socket itself is non-blocking). On
+    /// success `out` holds the message (its previous buffer is kept for the next message).
     pub(crate) fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
+        block: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         loop {
             let Some(incoming) = self.incoming.as_mut() else {
@@ -245,24 +263,34 @@ impl SocketTransport {
                 if self.eof {
                     return Err(RecvError::PeerGone);
                 }
-                if !self.fill()? {
+                if !self.fill(block)? {
                     return Ok(None);
                 }
                 continue;
             };
             let avail = (self.rend - self.rstart) as u64;
-            if avail > 0 {
+            if avail > 0 && incoming.remaining > 0 {
                 let n = avail.min(incoming.remaining) as usize;
-                self.assembling
-                    .extend_from_slice(&self.rbuf[self.rstart..self.rstart + n]);
+                let bytes = &self.rbuf[self.rstart..self.rstart + n];
+                let end = self.filled + n;
+                if end <= self.assembling.len() {
+                    self.assembling[self.filled..end].copy_from_slice(bytes);
+                } else {
+                    self.assembling.truncate(self.filled);
+                    self.assembling.extend_from_slice(bytes);
+                }
+                self.filled = end;
                 self.rstart += n;
                 incoming.remaining -= n as u64;
             }
             if incoming.remaining == 0 {
                 let fds = std::mem::take(&mut incoming.fds);
                 self.incoming = None;
+                self.assembling.truncate(self.filled);
+                self.filled = 0;
                 std::mem::swap(out, &mut self.assembling);
-                self.assembling.clear();
+                // The caller's old buffer becomes the next message buffer, bytes and all: its
+                // length is what later reads may overwrite without zeroing.
                 if self.assembling.capacity() > KEEP_CAPACITY {
                     self.assembling = Vec::new();
                 }
@@ -273,9 +301,9 @@ impl SocketTransport {
             }
             let progressed = if incoming.remaining >= DIRECT_MIN {
                 let remaining = incoming.remaining;
-                self.read_direct(remaining)?
+                self.read_direct(remaining, block)?
             } else {
-                self.fill()?
+                self.fill(block)?
             };
             if !progressed {
                 return Ok(None);
@@ -283,11 +311,13 @@ impl SocketTransport {
         }
     }
 
-    /// Parses the header at `rstart` (at least 8 bytes are buffered) and claims its descriptors.
+    /// Parses the header at `rstart` (at least 8 bytes are buffered) and claims its descriptors
+    /// and the payload bytes a scattered read put in the message buffer.
     fn start_message(&mut self) -> Result<(), RecvError> {
         let at = self.rbase + self.rstart as u64;
         let mut bytes = [0u8; HEADER_LEN];
         bytes.copy_from_slice(&self.rbuf[self.rstart..self.rstart + HEADER_LEN]);
+        let prefilled = std::mem::take(&mut self.prefilled);
         let header = decode_header(bytes, &self.limits)?;
         self.rstart += HEADER_LEN;
         let (len, nfds) = match header {
@@ -325,16 +355,22 @@ impl SocketTransport {
             }
             _ => Vec::new(),
         };
-        self.assembling.clear();
+        // `fill` counted these bytes as this message's payload from the same header, so they are
+        // at most `len`; they sit in `assembling[..prefilled]` and stand for the read buffer's
+        // next `prefilled` bytes.
+        debug_assert!(prefilled as u64 <= len);
+        self.rstart += prefilled;
+        self.filled = prefilled;
         self.incoming = Some(Incoming {
-            remaining: len,
+            remaining: len - prefilled as u64,
             fds,
         });
         Ok(())
     }
 
-    /// One non-blocking read into the buffer. `Ok(false)`: nothing to read yet.
-    fn fill(&mut self) -> Result<bool, RecvError> {
+    /// One read into the read buffer, scattered into the message buffer too when it starts a
+    /// message (see the module docs). `Ok(false)`: nothing to read yet.
+    fn fill(&mut self, block: bool) -> Result<bool, RecvError> {
         if self.rstart == self.rend {
             self.rbase += self.rstart as u64;
             self.rstart = 0;
@@ -346,13 +382,36 @@ impl SocketTransport {
             self.rstart = 0;
         }
         let start = self.rend;
+        // At a message boundary with nothing buffered, the header goes to `rbuf[..8]` and what
+        // follows to the message buffer's initialized bytes, then to `rbuf[8 + direct..]`.
+        let direct = if self.incoming.is_none() && start == 0 {
+            self.assembling.len().min(RBUF_LEN - HEADER_LEN)
+        } else {
+            0
+        };
+        let flags = if block {
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
         let n = loop {
-            match socket::recv_with_fds(
-                self.sock.as_fd(),
-                &mut self.rbuf[start..],
-                &mut self.fdbuf,
-                RecvFlags::DONTWAIT,
-            ) {
+            let got = if direct > 0 {
+                let (head, tail) = self.rbuf.split_at_mut(HEADER_LEN);
+                let mut bufs = [
+                    IoSliceMut::new(head),
+                    IoSliceMut::new(&mut self.assembling[..direct]),
+                    IoSliceMut::new(&mut tail[direct..]),
+                ];
+                socket::recv_vectored_with_fds(self.sock.as_fd(), &mut bufs, &mut self.fdbuf, flags)
+            } else {
+                socket::recv_with_fds(
+                    self.sock.as_fd(),
+                    &mut self.rbuf[start..],
+                    &mut self.fdbuf,
+                    flags,
+                )
+            };
+            match got {
                 Ok(n) => break n,
                 Err(Errno::AGAIN) => return Ok(false),
                 Err(Errno::INTR) => {}
@@ -366,6 +425,9 @@ impl SocketTransport {
             return Ok(true);
         }
         self.rend += n;
+        if direct > 0 && n > HEADER_LEN {
+            self.place_scattered(n - HEADER_LEN, direct);
+        }
         if !self.fdbuf.is_empty() {
             let start = self.rbase + start as u64;
             let fds: Vec<OwnedFd> = self.fdbuf.drain().collect();
@@ -381,26 +443,55 @@ impl SocketTransport {
         Ok(true)
     }
 
+    /// After a scattered read of a header and `after` more bytes, `direct` of which went to the
+    /// message buffer: keeps there the ones that are the header's payload (`prefilled`) and moves
+    /// the rest where they stand in the read buffer, `rbuf[8..8 + direct]`.
+    fn place_scattered(&mut self, after: usize, direct: usize) {
+        let in_msg = after.min(direct);
+        let word = u64::from_le_bytes(
+            self.rbuf[..HEADER_LEN]
+                .try_into()
+                .expect("a header is 8 bytes"),
+        );
+        // Only a data header has payload; its length is checked against the limits when the
+        // header is parsed, and only bytes that arrived are counted here.
+        let claimed = if word >> 56 == KIND_DATA {
+            (word & LEN_MASK).min(in_msg as u64) as usize
+        } else {
+            0
+        };
+        self.rbuf[HEADER_LEN + claimed..HEADER_LEN + in_msg]
+            .copy_from_slice(&self.assembling[claimed..in_msg]);
+        self.prefilled = claimed;
+    }
+
     /// Reads payload bytes straight into the message buffer, at most `remaining` (so never past
-    /// the message's end). The buffer grows with what arrives: at most doubling per step.
-    fn read_direct(&mut self, remaining: u64) -> Result<bool, RecvError> {
-        let old = self.assembling.len();
-        let step = (remaining as usize).min(old.max(RBUF_LEN));
-        self.assembling.resize(old + step, 0);
+    /// the message's end). The buffer grows with what arrives: beyond what it already holds, at
+    /// most doubling per step. With `block`, waits until that much arrived (`MSG_WAITALL`).
+    fn read_direct(&mut self, remaining: u64, block: bool) -> Result<bool, RecvError> {
+        let old = self.filled;
+        let initialized = self.assembling.len() - old;
+        let step = (remaining as usize).min(initialized.max(old.max(RBUF_LEN)));
+        if old + step > self.assembling.len() {
+            self.assembling.resize(old + step, 0);
+        }
+        let flags = if block {
+            RecvFlags::WAITALL
+        } else {
+            RecvFlags::DONTWAIT
+        };
         let got = loop {
             match socket::recv_with_fds(
                 self.sock.as_fd(),
-                &mut self.assembling[old..],
+                &mut self.assembling[old..old + step],
                 &mut self.fdbuf,
-                RecvFlags::DONTWAIT,
+                flags,
             ) {
                 Ok(n) => break Ok(n),
                 Err(Errno::INTR) => {}
                 Err(e) => break Err(e),
             }
         };
-        let n = *got.as_ref().unwrap_or(&0);
-        self.assembling.truncate(old + n);
         match got {
             Ok(0) => {
                 self.eof = true;
@@ -412,6 +503,7 @@ impl SocketTransport {
                     self.fdbuf.clear();
                     return Err(Corruption::UnexpectedFds.into());
                 }
+                self.filled += n;
                 self.rbase += n as u64;
                 if let Some(incoming) = self.incoming.as_mut() {
                     incoming.remaining -= n as u64;
