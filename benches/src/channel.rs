@@ -87,8 +87,9 @@ impl System for ChannelSystem {
 
     fn supports(&self, mode: Mode, placement: Placement, _kind: Kind, _size: usize) -> bool {
         match self.transport {
-            // Spinning on the CPU the peer needs only delays it; same-core ring runs block.
-            Transport::Ring => mode == Mode::Block || placement == Placement::CrossCore,
+            // Busy-polling on the CPU the peer needs only delays it; same-core ring runs block or
+            // spin then block (the default policy, whose spins adapt away on one CPU).
+            Transport::Ring => mode != Mode::BusyPoll || placement == Placement::CrossCore,
             // The kernel transports wait in poll(2): blocking is all they do.
             Transport::Socket | Transport::Mq => mode == Mode::Block,
         }

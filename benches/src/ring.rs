@@ -158,8 +158,9 @@ impl System for Ring {
     fn supports(&self, mode: Mode, placement: Placement, kind: Kind, _size: usize) -> bool {
         // Batching only changes streaming; a round trip flushes every message.
         (kind == Kind::Stream || self.how != Use::Batched)
-        // Spinning on the CPU the peer needs only delays it; same-core runs block.
-            && (mode == Mode::Block || placement == Placement::CrossCore)
+        // Busy-polling on the CPU the peer needs only delays it; same-core runs block, or spin
+        // then block (the default policy, whose spins adapt away when they never succeed).
+            && (mode != Mode::BusyPoll || placement == Placement::CrossCore)
     }
 
     fn setup(&self, cfg: &Config) -> io::Result<(Box<dyn Endpoint>, Vec<OwnedFd>)> {

@@ -1,5 +1,6 @@
 //! The async (tokio) API on a multi-threaded runtime, for every transport: traffic, cancellation,
 //! and a SIGKILLed peer.
+#![cfg(feature = "tokio")]
 
 mod channel_util;
 

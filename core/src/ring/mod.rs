@@ -61,7 +61,9 @@ pub use self::layout::{
     MAX_CAPACITY, MIN_CAPACITY, REGION_ALIGN, RING_MAGIC, RING_VERSION,
 };
 use crate::sync::Ordering;
-use crate::wait::{arm, block_until, wake_if_waiting, Notifier, WaitPolicy, Waiter, WakeKind};
+use crate::wait::{
+    arm, block_until, wake_if_waiting, Notifier, SpinBudget, WaitPolicy, Waiter, WakeKind,
+};
 
 /// How far past `head` a consumer prefetches when it sees newly published bytes: four lines, which
 /// covers a frame header and a payload of up to 248 bytes (larger payloads are streamed by the
@@ -342,6 +344,7 @@ impl RawRing {
             tail,
             published: tail,
             cached_head: head,
+            spin_budget: SpinBudget::new(),
             poisoned: false,
             closed: false,
             #[cfg(any(feature = "alloc", test))]
@@ -368,6 +371,7 @@ impl RawRing {
             ring: *self,
             head,
             cached_tail: head,
+            spin_budget: SpinBudget::new(),
             poisoned: false,
             closed: false,
             #[cfg(any(feature = "alloc", test))]
@@ -525,6 +529,7 @@ impl Ring {
             tail: 0,
             published: 0,
             cached_head: 0,
+            spin_budget: SpinBudget::new(),
             poisoned: false,
             closed: false,
             _owner: Some(owner.clone()),
@@ -533,6 +538,7 @@ impl Ring {
             ring,
             head: 0,
             cached_tail: 0,
+            spin_budget: SpinBudget::new(),
             poisoned: false,
             closed: false,
             _owner: Some(owner),
@@ -554,6 +560,8 @@ pub struct Producer {
     published: u64,
     /// Last validated consumer position: `tail - capacity <= cached_head <= tail`.
     cached_head: u64,
+    /// Spins the next wait may use; see [`SpinBudget`].
+    spin_budget: SpinBudget,
     poisoned: bool,
     closed: bool,
     #[cfg(any(feature = "alloc", test))]
@@ -795,7 +803,8 @@ impl Producer {
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
         let word = unsafe { &header.as_ref().producer_waiting };
-        block_until(word, waiter, policy, check, || {
+        let mut budget = self.spin_budget;
+        let r = block_until(word, waiter, policy, &mut budget, check, || {
             let need = self.check_len(len)?;
             let (_, need) = self.layout_for(need);
             if self.free() >= need as u64 {
@@ -803,7 +812,9 @@ impl Producer {
             }
             self.refresh_head()?;
             Ok(self.free() >= need as u64)
-        })
+        });
+        self.spin_budget = budget;
+        r
     }
 
     /// Announces that this side is about to wait for room without sleeping here (e.g. on an
@@ -1031,6 +1042,8 @@ pub struct Consumer {
     /// Last validated producer position: `head <= cached_tail <= head + capacity`, on a frame
     /// boundary.
     cached_tail: u64,
+    /// Spins the next wait may use; see [`SpinBudget`].
+    spin_budget: SpinBudget,
     poisoned: bool,
     closed: bool,
     #[cfg(any(feature = "alloc", test))]
@@ -1267,7 +1280,8 @@ impl Consumer {
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
         let word = unsafe { &header.as_ref().consumer_waiting };
-        block_until(word, waiter, policy, check, || {
+        let mut budget = self.spin_budget;
+        let r = block_until(word, waiter, policy, &mut budget, check, || {
             if self.poisoned {
                 return Err(PopError::Corrupt.into());
             }
@@ -1278,7 +1292,9 @@ impl Consumer {
                 return Err(PopError::Closed.into());
             }
             Ok(false)
-        })
+        });
+        self.spin_budget = budget;
+        r
     }
 
     /// Announces that this side is about to wait for a frame without sleeping here (e.g. on an

@@ -824,3 +824,65 @@ fn producer_arm_wake_rechecks_and_is_woken_by_release() {
     assert_eq!(tx.arm_wake(WakeKind::EventFd), Err(PushError::Closed));
     assert_eq!(word(&tx), 0);
 }
+
+/// A waiter that makes the wait succeed by publishing a frame from "the peer" when asked to
+/// sleep, and counts the sleeps.
+struct PushOnSleep {
+    tx: core::cell::RefCell<Producer>,
+    sleeps: core::cell::Cell<u32>,
+}
+
+impl Waiter for PushOnSleep {
+    fn wake_kind(&self) -> WakeKind {
+        WakeKind::Futex
+    }
+
+    fn wait(&self, _word: &AtomicU32, _expected: u32, _timeout: Option<Duration>) -> WaitOutcome {
+        self.sleeps.set(self.sleeps.get() + 1);
+        self.tx.borrow_mut().try_push(b"x", &NoopNotifier).unwrap();
+        WaitOutcome::Woken
+    }
+}
+
+#[test]
+fn spin_budget_halves_when_waits_sleep() {
+    use crate::wait::{SpinBudget, MIN_SPINS};
+    let (tx, mut rx) = Ring::with_capacity(256);
+    let waiter = PushOnSleep {
+        tx: core::cell::RefCell::new(tx),
+        sleeps: core::cell::Cell::new(0),
+    };
+    let policy = WaitPolicy::SpinThenBlock { spins: 1024 };
+    let never = || Ok::<_, PopError>(None);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.spin_budget.limit(1024), 1024);
+    // Every wait on the empty ring has to sleep (the frame comes only then): the budget halves
+    // each time, down to the floor.
+    let mut expect = 1024;
+    for _ in 0..10 {
+        rx.wait_readable(&waiter, policy, never).unwrap();
+        rx.try_pop(&mut buf, &NoopNotifier).unwrap();
+        expect = (expect / 2).max(MIN_SPINS);
+        assert_eq!(rx.spin_budget.limit(1024), expect);
+    }
+    assert_eq!(waiter.sleeps.get(), 10);
+    assert_eq!(expect, MIN_SPINS);
+    // A wait that finds a frame at once says nothing about spinning: the budget stays.
+    waiter
+        .tx
+        .borrow_mut()
+        .try_push(b"y", &NoopNotifier)
+        .unwrap();
+    rx.wait_readable(&waiter, policy, never).unwrap();
+    rx.try_pop(&mut buf, &NoopNotifier).unwrap();
+    assert_eq!(rx.spin_budget.limit(1024), MIN_SPINS);
+    // Other policies leave it alone.
+    waiter
+        .tx
+        .borrow_mut()
+        .try_push(b"z", &NoopNotifier)
+        .unwrap();
+    rx.wait_readable(&waiter, WaitPolicy::Block, never).unwrap();
+    assert_eq!(rx.spin_budget.limit(1024), expect);
+    assert_eq!(SpinBudget::new().limit(7), 7);
+}

@@ -273,16 +273,19 @@ impl RingTransport {
         Ok(fds)
     }
 
+    #[cfg(feature = "tokio")]
     /// The eventfd the peer writes when this end armed its receive wake-up (the rx ring's `data`).
     pub(crate) fn recv_eventfd(&self) -> BorrowedFd<'_> {
         self.rx_wake.data.as_fd()
     }
 
+    #[cfg(feature = "tokio")]
     /// The eventfd the peer writes when this end armed its send wake-up (the tx ring's `room`).
     pub(crate) fn send_eventfd(&self) -> BorrowedFd<'_> {
         self.tx_wake.room.as_fd()
     }
 
+    #[cfg(feature = "tokio")]
     /// Arms the receive wake-up (see `RingReceiver::arm_eventfd_wake`): `Ok(true)` if the ring
     /// has something already (receive again), `Ok(false)` if the peer's next message writes
     /// [`recv_eventfd`](Self::recv_eventfd).
@@ -295,6 +298,7 @@ impl RingTransport {
             .map_err(|_| Corruption::Ring("invalid positions or frame header".into()).into())
     }
 
+    #[cfg(feature = "tokio")]
     /// Arms the send wake-up (see `RingSender::arm_eventfd_wake`): `Ok(true)` if the peer freed
     /// space already (send again), `Ok(false)` if its next read writes
     /// [`send_eventfd`](Self::send_eventfd).
@@ -306,6 +310,7 @@ impl RingTransport {
         tx.arm_eventfd_wake().map_err(map_send)
     }
 
+    #[cfg(feature = "tokio")]
     /// Withdraws an armed receive (`recv`) or send wake-up that is no longer needed.
     pub(crate) fn disarm(&self, recv: bool) {
         match (recv, &self.rx, &self.tx) {
@@ -315,6 +320,7 @@ impl RingTransport {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// Makes the next idle receive or send check the companion socket for a hang-up at once (the
     /// reactor reported activity on it).
     pub(crate) fn check_peer_soon(&mut self) {
