@@ -293,3 +293,73 @@ fn cache_refill_flush_vs_plain() {
         assert_eq!(all.iter().collect::<HashSet<_>>().len(), 10);
     });
 }
+
+/// Two caches free the same block at once with `free_checked` (a CAS): exactly one succeeds, the
+/// other reports `DoubleFree`, and the block is in the shared list once after both caches drop.
+///
+/// The plain `ArenaCache::free` (a load and a store) is not modelled racing a CAS on the same word:
+/// loom 0.7 lets a store fall between the read and the write of a read-modify-write
+/// (tokio-rs/loom#254), an execution no real machine has. Its races with `release` are exercised
+/// with real threads in core's unit tests instead (`cache_free_races_release`).
+#[test]
+fn cache_checked_double_free_race() {
+    use flowipc_core::arena::ArenaCache;
+    loom::model(|| {
+        let a = arena();
+        let x = a.alloc(16, 1).unwrap();
+        let t = {
+            let a = a.clone();
+            thread::spawn(move || ArenaCache::new(&a).free_checked(x).is_ok())
+        };
+        let mine = ArenaCache::new(&a).free_checked(x);
+        let theirs = t.join().unwrap();
+        assert!(
+            mine.is_ok() != theirs,
+            "exactly one free succeeds: {mine:?} / {theirs}"
+        );
+        if let Err(e) = mine {
+            assert_eq!(e, BlockError::DoubleFree);
+        }
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        let all: Vec<Offset> = (0..10).map(|_| a.alloc(16, 1).unwrap()).collect();
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 10);
+    });
+}
+
+/// Two caches each free and reuse their own blocks (the plain store path, no word shared by two
+/// threads at once) while the free lists move under them (one cache takes the whole first span,
+/// so the other carves the second): no block is handed out twice, a stale view of a list is never
+/// taken for corruption, and all blocks are back at the end.
+#[test]
+fn cache_plain_free_own_blocks() {
+    use flowipc_core::arena::ArenaCache;
+    loom::model(|| {
+        let a = arena();
+        let warm = a.alloc(16, 1).unwrap();
+        a.free(warm).unwrap();
+        let t = {
+            let a = a.clone();
+            thread::spawn(move || {
+                let mut cache = ArenaCache::new(&a);
+                let x = cache.alloc(16, 1).unwrap();
+                cache.free(x).unwrap();
+                assert_eq!(cache.free(x), Err(BlockError::DoubleFree));
+                let y = cache.alloc(16, 1).unwrap();
+                assert_eq!(y, x, "the cache reuses its block");
+                cache.free(y).unwrap();
+            })
+        };
+        let mut cache = ArenaCache::new(&a);
+        let p = cache.alloc(16, 1).unwrap();
+        cache.free(p).unwrap();
+        // A plain free of a block this cache handed out goes to the shared list directly.
+        let q = cache.alloc(16, 1).unwrap();
+        assert_eq!(q, p);
+        a.free(q).unwrap();
+        drop(cache);
+        t.join().unwrap();
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        let all: Vec<Offset> = (0..10).map(|_| a.alloc(16, 1).unwrap()).collect();
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 10);
+    });
+}

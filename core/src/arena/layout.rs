@@ -15,8 +15,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 
 /// `b"flowARNA"` as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"flowARNA");
-/// Layout version; bumped on any change to this file.
-pub const VERSION: u32 = 1;
+/// Layout version; bumped on any change to this file. 2: free blocks held by a thread cache carry
+/// the link [`CACHED`].
+pub const VERSION: u32 = 2;
 
 /// Number of small size classes: payloads of 16 B, 32 B, ... 64 KiB.
 pub const NUM_CLASSES: usize = 13;
@@ -38,8 +39,15 @@ pub const DEFAULT_SPAN_SHIFT: u32 = 18;
 pub const BLOCK_BITS: u32 = 14;
 /// "No block": the end of a free list. Fits the 31-bit link field of a state word.
 pub const NIL: u32 = (1 << 31) - 1;
+/// Link of a free block that a thread cache holds (out of every shared list). Never a block id:
+/// the largest id is `(MAX_SPANS - 1) << BLOCK_BITS | ((1 << BLOCK_BITS) - 2)`, below it.
+pub const CACHED: u32 = NIL - 1;
 /// Most spans a region may hold, so that every block id stays below [`NIL`].
 pub const MAX_SPANS: u64 = (NIL >> BLOCK_BITS) as u64;
+
+static_assertions::const_assert!(
+    (((MAX_SPANS - 1) << BLOCK_BITS) | ((1 << BLOCK_BITS) - 2)) < CACHED as u64
+);
 
 /// Bytes per span table entry.
 pub const SPAN_ENTRY_SIZE: u64 = 16;

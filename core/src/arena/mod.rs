@@ -379,6 +379,7 @@ impl Arena {
 
     // ---- raw access ---------------------------------------------------------------------------------
 
+    #[inline]
     fn header(&self) -> &ArenaHeader {
         match &self.storage {
             #[cfg(not(flowipc_loom))]
@@ -392,6 +393,7 @@ impl Arena {
 
     /// The atomic word at byte offset `off`; `off` is 8-aligned, `>= HEADER_SIZE` and `off + 8 <= len`
     /// by construction (every caller derives it from validated indices).
+    #[inline(always)]
     fn word(&self, off: u64) -> &AtomicU64 {
         debug_assert!(off >= HEADER_SIZE && off % 8 == 0);
         match &self.storage {
@@ -407,29 +409,35 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn kind_word(&self, span: u64) -> &AtomicU64 {
         debug_assert!(span < self.span_count);
         self.word(HEADER_SIZE + span * SPAN_ENTRY_SIZE)
     }
 
+    #[inline]
     fn large_state(&self, span: u64) -> &AtomicU64 {
         debug_assert!(span < self.span_count);
         self.word(HEADER_SIZE + span * SPAN_ENTRY_SIZE + 8)
     }
 
+    #[inline(always)]
     fn span_base(&self, span: u64) -> u64 {
         self.data_off + (span << self.span_shift)
     }
 
+    #[inline(always)]
     fn small_state(&self, span: u64, i: u64) -> &AtomicU64 {
         self.word(self.span_base(span) + 8 * i)
     }
 
+    #[inline(always)]
     fn small_offset(&self, c: usize, span: u64, i: u64) -> u64 {
         self.span_base(span) + self.classes[c].first + i * self.classes[c].block
     }
 
     /// Span kind, as claimed by the region.
+    #[inline]
     fn kind(&self, span: u64) -> u64 {
         let kind = self.kind_word(span).load(Ordering::Relaxed);
         // SYNC POINT: pairs with the Release store of the kind when the span is carved. (A fence
@@ -542,8 +550,12 @@ impl Arena {
         let list = self.list_head(kind);
         let mut h = list.load(Ordering::Relaxed);
         for _ in 0..MAX_RETRIES {
-            // Only we own the chain, but a popper holding a stale head may read this word: atomic.
-            last_state.store(st_free(gen, head_id(h)), Ordering::Relaxed);
+            // Only we own the chain, but a popper holding a stale head may read this word.
+            // SYNC POINT: Release pairs with the Acquire state load in `pop` / `refill`: a popper
+            // that sees this link also sees what made it valid (the span carving behind the old
+            // head) and the head CASes before ours, so its re-load of the head is not stale and
+            // it does not mistake a stale view for corruption.
+            last_state.store(st_free(gen, head_id(h)), Ordering::Release);
             let new = head(first, head_tag(h).wrapping_add(1));
             // SYNC POINT: Release pairs with the Acquire load / AcqRel CAS of the head in `pop`,
             // publishing the state word above and every write the freeing process made to the block.
@@ -590,6 +602,7 @@ impl Arena {
     }
 
     /// The small class serving `need` bytes, if one does (and fits a span).
+    #[inline]
     fn small_class(&self, need: u64) -> Option<usize> {
         if need > MAX_SMALL_BLOCK {
             return None;
@@ -599,6 +612,7 @@ impl Arena {
     }
 
     /// Checks `align` for [`Arena::alloc`].
+    #[inline]
     fn check_align(&self, align: usize) -> Result<(), AllocError> {
         if !align.is_power_of_two() || align > MAX_ALIGN || align as u64 > (1u64 << self.span_shift)
         {
@@ -670,6 +684,7 @@ impl Arena {
     // ---- existing blocks ----------------------------------------------------------------------------
 
     /// Finds the block starting at `off`: its state word, kind, id and capacity.
+    #[inline]
     fn locate(&self, off: Offset) -> Result<(&AtomicU64, Kind, u32, u64), BlockError> {
         let off = off.0;
         let end = self.data_off + (self.span_count << self.span_shift);
@@ -708,6 +723,7 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn free_error(s: u64) -> BlockError {
         if st_gen(s) == 0 {
             BlockError::NotAllocated
@@ -732,6 +748,7 @@ impl Arena {
 
     /// The CAS `allocated(g) -> free(g + 1)` on the block at `off`: after it, the caller alone owns
     /// the (now free) block and must push it on a list (or cache it). Returns the new generation.
+    #[inline]
     fn claim_free(&self, off: Offset) -> Result<(&AtomicU64, Kind, u32, u32), BlockError> {
         let (st, kind, id, _) = self.locate(off)?;
         let mut s = st.load(Ordering::Relaxed);

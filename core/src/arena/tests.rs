@@ -284,7 +284,9 @@ fn attach_validates_header() {
     a.header().magic.store(1, Ordering::Relaxed);
     assert_eq!(attach(base, 64 << 10), Err(InitError::BadMagic));
     a.header().magic.store(layout::MAGIC, Ordering::Relaxed);
-    a.header().version.store(2, Ordering::Relaxed);
+    a.header()
+        .version
+        .store(layout::VERSION + 1, Ordering::Relaxed);
     assert_eq!(attach(base, 64 << 10), Err(InitError::BadVersion));
     a.header().version.store(layout::VERSION, Ordering::Relaxed);
     a.header().span_shift.store(40, Ordering::Relaxed);
@@ -480,6 +482,101 @@ fn cache_refill_takes_chains() {
         !xs[40 - super::cache::BATCH..].contains(&z),
         "cached blocks are out of the shared list"
     );
+}
+
+/// Two caches that both hold a block, as after two frees racing on it (which a load and a store
+/// cannot tell apart): the block is handed out once and enters the shared list once.
+#[test]
+fn cache_duplicates_are_dropped() {
+    let a = arena(256 << 10);
+    // Set the scene with both possible orders: the duplicate is allocated, or flushed, first.
+    for alloc_first in [true, false] {
+        let mut one = ArenaCache::new(&a);
+        let mut two = ArenaCache::new(&a);
+        let x = a.alloc(64, 1).unwrap();
+        let (st, ..) = a.locate(x).unwrap();
+        let allocated = st.load(Ordering::Relaxed);
+        one.free(x).unwrap();
+        // Replay the race: the second free saw the block still allocated.
+        st.store(allocated, Ordering::Relaxed);
+        two.free(x).unwrap();
+        assert_eq!(one.cached(2), 1);
+        assert_eq!(two.cached(2), 1);
+        if alloc_first {
+            assert_eq!(one.alloc(64, 1).unwrap(), x);
+            let y = two.alloc(64, 1).unwrap();
+            assert_ne!(y, x, "the duplicate entry is dropped, not handed out again");
+            assert_eq!(a.info(x).unwrap().refcount, 1);
+            one.free(x).unwrap();
+            two.free(y).unwrap();
+        }
+        drop(one);
+        drop(two);
+        // Every free block of the class is in the list exactly once: pop them all.
+        let mut seen = std::collections::HashSet::new();
+        let spans = a.stats().classes[2].spans;
+        while a.stats().classes[2].spans == spans {
+            let z = a.alloc(64, 1).unwrap();
+            assert!(seen.insert(z), "a block came off the shared list twice");
+        }
+        for z in seen {
+            a.free(z).unwrap();
+        }
+    }
+    assert_eq!(a.stats().blocks_in_use(), 0);
+}
+
+/// A cache refuses the same misuse as `Arena::free`: stale offsets, blocks never allocated, and
+/// interior offsets, and its blocks are free to `Arena::info`.
+#[test]
+fn cache_free_errors() {
+    let a = arena(256 << 10);
+    let mut cache = ArenaCache::new(&a);
+    let x = cache.alloc(100, 16).unwrap();
+    assert_eq!(
+        cache.free(Offset::new(x.get() + 16)),
+        Err(BlockError::NotABlock)
+    );
+    assert_eq!(cache.free(Offset::new(1)), Err(BlockError::OutOfRange));
+    cache.free(x).unwrap();
+    assert_eq!(a.info(x), Err(BlockError::DoubleFree));
+    assert_eq!(a.release(x, 0), Err(BlockError::StaleGeneration));
+    let y = cache.alloc(100, 16).unwrap();
+    assert_eq!(y, x, "the cache reuses its last block");
+    assert_eq!(a.info(y).unwrap().generation, 1);
+    // A block the cache holds cannot be freed behind its back.
+    cache.free(y).unwrap();
+    assert_eq!(a.free(y), Err(BlockError::DoubleFree));
+    assert_eq!(cache.free(y), Err(BlockError::DoubleFree));
+}
+
+/// A cache's plain-store free races the other holder's `release` of the same block (real threads:
+/// loom cannot model a store racing a CAS, tokio-rs/loom#254): the block is freed exactly once,
+/// by the cache, whose next allocation hands it out again.
+#[test]
+fn cache_free_races_release() {
+    let a = arena(256 << 10);
+    let rounds = if cfg!(miri) { 20 } else { 20_000 };
+    let mut cache = ArenaCache::new(&a);
+    for _ in 0..rounds {
+        let x = cache.alloc(64, 1).unwrap();
+        let gen = a.info(x).unwrap().generation;
+        a.retain(x, gen).unwrap();
+        std::thread::scope(|s| {
+            let other = s.spawn(|| a.release(x, gen));
+            cache.free(x).unwrap();
+            match other.join().unwrap() {
+                Ok(last) => assert!(!last, "only the cache frees"),
+                Err(e) => assert_eq!(e, BlockError::StaleGeneration),
+            }
+        });
+        assert_eq!(a.info(x), Err(BlockError::DoubleFree), "freed once");
+        assert_eq!(cache.cached(2), 1);
+        assert_eq!(cache.alloc(64, 1).unwrap(), x);
+        cache.free(x).unwrap();
+    }
+    drop(cache);
+    assert_eq!(a.stats().blocks_in_use(), 0);
 }
 
 #[test]
