@@ -10,9 +10,19 @@
 //! Systems:
 //! - `flowipc-arena`: the lock-free core allocator (`flowipc_core::arena`) over a sealed memfd,
 //!   each bench thread through its own `ArenaCache` (one RMW per pair in the steady state).
-//! - `flowipc-arena-jemalloc`: the jemalloc lend pool (`LendPool::create_jemalloc`), through the
-//!   safe API (allocation + header; freed by dropping the object); only with the `jemalloc-shm`
-//!   feature of this crate, one thread (a lend pool is owned by one thread of one process).
+//! - `flowipc-arena-jemalloc`: the jemalloc lend provider (`LendPool::create_jemalloc`) at its own
+//!   level: `alloc_scoped` + drop, i.e. `mallocx` in the pool's jemalloc arena, the 16-byte object
+//!   header (state word with generation and refcount, length, magic) and the release of the last
+//!   reference (header checks, state store, `sdallocx`). Only with the `jemalloc-shm` feature.
+//! - `flowipc-lend-object`: the same pool through the full safe object, `LendPool::alloc` + drop:
+//!   the above plus the `Arc` on the pool that an `ArenaObject` holds (one atomic increment and
+//!   one decrement per object).
+//!
+//!   Both jemalloc-pool systems have 2-thread rows, with a caveat: a lend pool is owned by one
+//!   process, and jemalloc's dedicated tcache for it is used only by the thread that created it
+//!   (a tcache is not thread-safe). The 1-thread rows run on that thread; the 2-thread rows run
+//!   on two other threads of the same process, which allocate with `MALLOCX_TCACHE_NONE` (the
+//!   pool's arena directly, under its lock), so they show what a second thread pays.
 //! - `jemalloc-heap`: `mallocx` / `sdallocx` with jemalloc's default thread cache.
 //! - `system-heap`: glibc `malloc` / `free` through `std::alloc::System`.
 
@@ -221,9 +231,10 @@ fn rows_for<A: Allocator>(name: &str, a: &A, pairs: usize, out: &mut Vec<Row>) {
 }
 
 /// The allocator systems this module reports, for `--only`.
-pub const SYSTEMS: [&str; 4] = [
+pub const SYSTEMS: [&str; 5] = [
     "flowipc-arena",
     "flowipc-arena-jemalloc",
+    "flowipc-lend-object",
     "jemalloc-heap",
     "system-heap",
 ];
@@ -240,24 +251,67 @@ pub fn run(quick: bool) -> Vec<Row> {
     out
 }
 
-/// The jemalloc lend pool through the safe API, one thread.
+/// The jemalloc lend pool: provider level (`alloc_scoped`) and full objects (`alloc`).
 #[cfg(feature = "jemalloc-shm")]
 fn jemalloc_shm(pairs: usize, out: &mut Vec<Row>) {
     let pool = flowipc::arena::LendPool::create_jemalloc(256 << 20).expect("jemalloc pool");
-    for size in SIZES {
-        let step = |n: usize| {
-            let mut window: Vec<_> = (0..WINDOW)
-                .map(|_| pool.alloc(size).expect("alloc"))
-                .collect();
-            let start = Instant::now();
-            for i in 0..n {
-                window[i % WINDOW] = pool.alloc(size).expect("alloc"); // drops (frees) the old one
-            }
-            start.elapsed().as_nanos() as f64 / n as f64
-        };
-        step(pairs / 10);
-        let mut runs: Vec<f64> = (0..RUNS).map(|_| step(pairs)).collect();
-        runs.sort_by(f64::total_cmp);
-        out.push(row("flowipc-arena-jemalloc", 1, size, runs[RUNS / 2]));
+    let a = pool.allocator();
+    rows_for("flowipc-arena-jemalloc", &ScopedLend(&a), pairs, out);
+    rows_for("flowipc-lend-object", &ObjectLend(&a), pairs, out);
+}
+
+/// `LendPool::alloc_scoped`: objects that borrow the pool.
+#[cfg(feature = "jemalloc-shm")]
+struct ScopedLend<'p>(&'p flowipc::arena::PoolAllocator);
+
+/// `LendPool::alloc`: objects that hold an `Arc` on the pool.
+#[cfg(feature = "jemalloc-shm")]
+struct ObjectLend<'p>(&'p flowipc::arena::PoolAllocator);
+
+/// A bench thread's handle on a lend pool: its `PoolAllocator` (`Sync`).
+#[cfg(feature = "jemalloc-shm")]
+struct LendThread<'p, const OWNED: bool>(&'p flowipc::arena::PoolAllocator);
+
+#[cfg(feature = "jemalloc-shm")]
+impl Allocator for ScopedLend<'_> {
+    type Thread<'a>
+        = LendThread<'a, false>
+    where
+        Self: 'a;
+    fn thread(&self) -> LendThread<'_, false> {
+        LendThread(self.0)
+    }
+}
+
+#[cfg(feature = "jemalloc-shm")]
+impl Allocator for ObjectLend<'_> {
+    type Thread<'a>
+        = LendThread<'a, true>
+    where
+        Self: 'a;
+    fn thread(&self) -> LendThread<'_, true> {
+        LendThread(self.0)
+    }
+}
+
+#[cfg(feature = "jemalloc-shm")]
+impl<'p> ThreadAlloc for LendThread<'p, false> {
+    type Token = flowipc::arena::ScopedObject<'p>;
+    fn alloc(&mut self, size: usize) -> Self::Token {
+        self.0.alloc_scoped(size).expect("lend alloc")
+    }
+    fn free(&mut self, t: Self::Token, _size: usize) {
+        drop(t);
+    }
+}
+
+#[cfg(feature = "jemalloc-shm")]
+impl ThreadAlloc for LendThread<'_, true> {
+    type Token = flowipc::arena::ArenaObject;
+    fn alloc(&mut self, size: usize) -> Self::Token {
+        self.0.alloc(size).expect("lend alloc")
+    }
+    fn free(&mut self, t: Self::Token, _size: usize) {
+        drop(t);
     }
 }

@@ -21,7 +21,7 @@ use flowipc_sys::{AsFd, OwnedFd};
 
 use super::{
     alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend, Pod,
-    Source, MEMFD_NAME,
+    ScopedObject, Source, MEMFD_NAME,
 };
 use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
 use crate::shm::arena::{pod_bytes, MappedArena, MappedReader};
@@ -40,6 +40,38 @@ pub struct PoolUsage {
 
 fn dup(fd: flowipc_sys::BorrowedFd<'_>) -> Result<OwnedFd, ArenaError> {
     flowipc_sys::fd::dup_cloexec(fd).map_err(|errno| ArenaError::Sys { call: "dup", errno })
+}
+
+/// Allocates in a [`LendPool`] from any thread of the owning process; see
+/// [`LendPool::allocator`]. Cheap to clone; `Send` and `Sync`.
+///
+/// With the jemalloc provider, only the thread that created the pool uses jemalloc's dedicated
+/// thread cache for it; other threads allocate from the pool's arena directly
+/// (`MALLOCX_TCACHE_NONE`, under the arena's lock), which is slower.
+#[derive(Clone)]
+pub struct PoolAllocator {
+    backend: Backend,
+    pool_id: u64,
+}
+
+impl fmt::Debug for PoolAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolAllocator")
+            .field("pool_id", &self.pool_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolAllocator {
+    /// As [`LendPool::alloc`].
+    pub fn alloc(&self, len: usize) -> Result<ArenaObject, ArenaError> {
+        alloc_in(&self.backend, self.pool_id, len, 16, None)
+    }
+
+    /// As [`LendPool::alloc_scoped`]; the object borrows this allocator.
+    pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
+        ScopedObject::alloc(&self.backend, self.pool_id, len)
+    }
 }
 
 /// Names one borrower of a [`LendPool`].
@@ -178,6 +210,24 @@ impl LendPool {
     /// Allocates an object holding a copy of `data`.
     pub fn alloc_bytes(&self, data: &[u8]) -> Result<ArenaObject, ArenaError> {
         alloc_in(&self.backend, self.pool_id, data.len(), 16, Some(data))
+    }
+
+    /// A handle through which other threads of this process allocate in the pool (`LendPool`
+    /// itself is not `Sync`: it owns the borrowers' return rings). Objects it makes are objects
+    /// of this pool, lendable with [`lend`](Self::lend).
+    pub fn allocator(&self) -> PoolAllocator {
+        PoolAllocator {
+            backend: self.backend.clone(),
+            pool_id: self.pool_id,
+        }
+    }
+
+    /// Allocates an object of `len` bytes (uninitialised, as [`alloc`](Self::alloc)) that borrows
+    /// the pool instead of holding a reference on it: the cheapest object, see [`ScopedObject`].
+    /// [`lend`](Self::lend) needs `&mut self`, so an object to lend is an [`ArenaObject`]
+    /// ([`ScopedObject::into_owned`]).
+    pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
+        ScopedObject::alloc(&self.backend, self.pool_id, len)
     }
 
     /// Allocates a zero-filled object of `len` bytes.
@@ -441,6 +491,57 @@ mod tests {
     #[test]
     fn lend_roundtrip_jemalloc() {
         lend_roundtrip(LendPool::create_jemalloc(64 << 20).unwrap());
+    }
+
+    fn scoped_objects(mut pool: LendPool) {
+        let (id, setup) = pool.add_borrower().unwrap();
+        let b = BorrowedPool::open(setup).unwrap();
+        let obj = pool.alloc_scoped(100).unwrap();
+        obj.write(0, &[9u8; 100]).unwrap();
+        assert!(obj.write(99, &[1, 2]).is_err());
+        assert_eq!(obj.to_vec().unwrap(), vec![9u8; 100]);
+        let obj = obj.into_owned();
+        let h = pool.lend(&obj, id).unwrap();
+        assert_eq!(b.view(&h).unwrap().to_vec().unwrap(), vec![9u8; 100]);
+        drop(obj);
+        assert_eq!(pool.usage().objects, 1, "the borrower's reference keeps it");
+        assert_eq!(pool.reclaim(id).unwrap(), 1);
+        assert_eq!(pool.usage().objects, 0);
+        // Many short-lived objects: each drop frees its block, and generations never repeat
+        // for a live handle.
+        let mut gens = std::collections::HashSet::new();
+        for i in 0..1000usize {
+            let o = pool.alloc_scoped(64 + i % 3000).unwrap();
+            assert!(gens.insert((o.handle().offset, o.handle().generation)));
+        }
+        assert_eq!(pool.usage().objects, 0);
+        let other = pool.allocator();
+        let n = std::thread::spawn(move || {
+            let objs: Vec<_> = (0..100).map(|_| other.alloc(32).unwrap()).collect();
+            let scoped = other.alloc_scoped(32).unwrap();
+            assert_eq!(scoped.len(), 32);
+            objs.len()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(pool.usage().objects, 0, "objects of other threads freed");
+        let owned = pool.alloc_scoped(8).unwrap().into_owned();
+        owned.write(0, &[1; 8]).unwrap();
+        assert_eq!(pool.usage().objects, 1);
+        drop(owned);
+        assert_eq!(pool.usage().objects, 0);
+    }
+
+    #[test]
+    fn scoped_objects_core() {
+        scoped_objects(LendPool::create(8 << 20).unwrap());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn scoped_objects_jemalloc() {
+        scoped_objects(LendPool::create_jemalloc(64 << 20).unwrap());
     }
 
     #[cfg(feature = "jemalloc")]

@@ -47,7 +47,7 @@ use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
 pub use flowipc_core::arena::{
     AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
 };
-pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolUsage};
+pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolAllocator, PoolUsage};
 
 pub use crate::shm::arena::Pod;
 use crate::shm::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
@@ -195,6 +195,12 @@ impl ShmArena {
         alloc_in(&self.backend, self.pool_id, data.len(), 16, Some(data))
     }
 
+    /// Allocates an object of `len` bytes (uninitialised, as [`alloc`](Self::alloc)) that borrows
+    /// the arena instead of holding a reference on it; see [`ScopedObject`].
+    pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
+        ScopedObject::alloc(&self.backend, self.pool_id, len)
+    }
+
     /// Allocates a zero-filled object of `len` bytes.
     pub fn alloc_zeroed(&self, len: usize) -> Result<ArenaObject, ArenaError> {
         alloc_zeroed_in(&self.backend, self.pool_id, len)
@@ -259,6 +265,7 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    #[inline]
     fn alloc(&self, len: usize, align: usize) -> Result<(u64, u32), ArenaError> {
         match self {
             Backend::Core(m) => {
@@ -298,6 +305,7 @@ impl Backend {
         }
     }
 
+    #[inline]
     fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
         match self {
             Backend::Core(m) => Ok(m.arena().release(Offset::new(off), gen)?),
@@ -444,10 +452,7 @@ impl ArenaObject {
     }
 
     fn check_range(&self, at: usize, len: usize) -> Result<(), ArenaError> {
-        match at.checked_add(len) {
-            Some(end) if end as u64 <= self.len => Ok(()),
-            _ => Err(BlockError::TooLong.into()),
-        }
+        check_range(self.len, at, len)
     }
 }
 
@@ -455,6 +460,133 @@ impl Drop for ArenaObject {
     fn drop(&mut self) {
         // An error means the peer corrupted or freed the block behind our back; nothing to undo.
         let _ = self.backend.release(self.off, self.gen);
+    }
+}
+
+/// An object like [`ArenaObject`] that borrows its pool (`&ShmArena` or `&LendPool`) instead of
+/// keeping it alive with a reference count on the pool, so making and dropping one costs only the
+/// allocator's work: the block allocation, its header and the release of its reference. Use it for
+/// objects that do not outlive the pool handle they came from; [`into_owned`](Self::into_owned)
+/// turns one into an [`ArenaObject`] when it must.
+///
+/// ```
+/// # fn main() -> Result<(), flowipc::arena::ArenaError> {
+/// let pool = flowipc::arena::LendPool::create(4 << 20)?;
+/// let obj = pool.alloc_scoped(64)?;
+/// obj.write(0, b"hello")?;
+/// let mut buf = [0u8; 5];
+/// obj.read(0, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// drop(obj); // freed: it held the only reference
+/// assert_eq!(pool.usage().objects, 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct ScopedObject<'p> {
+    backend: &'p Backend,
+    pool_id: u64,
+    off: u64,
+    len: u64,
+    gen: u32,
+}
+
+impl fmt::Debug for ScopedObject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedObject")
+            .field("pool_id", &self.pool_id)
+            .field("offset", &self.off)
+            .field("len", &self.len)
+            .field("generation", &self.gen)
+            .finish()
+    }
+}
+
+impl<'p> ScopedObject<'p> {
+    #[inline]
+    fn alloc(backend: &'p Backend, pool_id: u64, len: usize) -> Result<Self, ArenaError> {
+        let (off, gen) = backend.alloc(len, 16)?;
+        Ok(ScopedObject {
+            backend,
+            pool_id,
+            off,
+            len: len as u64,
+            gen,
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the object has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The handle naming this object, without adding a reference (as [`ArenaObject::handle`]).
+    pub fn handle(&self) -> ArenaHandle {
+        ArenaHandle {
+            pool_id: self.pool_id,
+            offset: self.off,
+            len: self.len,
+            generation: self.gen,
+            reserved: 0,
+        }
+    }
+
+    /// Adds a reference for a peer and returns the handle that carries it (as
+    /// [`ArenaObject::share`]).
+    pub fn share(&self) -> Result<ArenaHandle, ArenaError> {
+        self.backend.retain(self.off, self.gen)?;
+        Ok(self.handle())
+    }
+
+    /// Copies `data` into the object at byte `at`.
+    pub fn write(&self, at: usize, data: &[u8]) -> Result<(), ArenaError> {
+        check_range(self.len, at, data.len())?;
+        self.backend.write(self.off, self.gen, at as u64, data)
+    }
+
+    /// Copies bytes of the object from byte `at` into `buf`.
+    pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<(), ArenaError> {
+        check_range(self.len, at, buf.len())?;
+        self.backend.read(self.off, self.gen, at as u64, buf)
+    }
+
+    /// A copy of the whole object.
+    pub fn to_vec(&self) -> Result<Vec<u8>, ArenaError> {
+        let mut v = vec![0; self.len()];
+        self.read(0, &mut v)?;
+        Ok(v)
+    }
+
+    /// The same object, now keeping its pool alive (one reference count on the pool).
+    pub fn into_owned(self) -> ArenaObject {
+        let obj = ArenaObject {
+            backend: self.backend.clone(),
+            pool_id: self.pool_id,
+            off: self.off,
+            len: self.len,
+            gen: self.gen,
+        };
+        std::mem::forget(self);
+        obj
+    }
+}
+
+impl Drop for ScopedObject<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // An error means the peer corrupted or freed the block behind our back; nothing to undo.
+        let _ = self.backend.release(self.off, self.gen);
+    }
+}
+
+fn check_range(len: u64, at: usize, n: usize) -> Result<(), ArenaError> {
+    match at.checked_add(n) {
+        Some(end) if end as u64 <= len => Ok(()),
+        _ => Err(BlockError::TooLong.into()),
     }
 }
 

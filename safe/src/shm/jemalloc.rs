@@ -240,11 +240,20 @@ pub(crate) struct JePool {
     bytes: [AtomicU64; 2],
 }
 
-/// A small id for the current thread (a `thread_local` read, no system call).
+/// A small id for the current thread (a `thread_local` read, no system call; the id is assigned
+/// on the thread's first call, so later calls are one load from thread-local storage).
+#[inline]
 fn thread_tag() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static TAG: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
-    TAG.with(|t| *t)
+    thread_local!(static TAG: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    TAG.with(|t| match t.get() {
+        0 => {
+            let tag = NEXT.fetch_add(1, Ordering::Relaxed);
+            t.set(tag);
+            tag
+        }
+        tag => tag,
+    })
 }
 
 /// Adds `delta` (two's complement) to counter `i` of `c`: a plain store for the owner thread.
@@ -379,6 +388,7 @@ impl JePool {
     }
 
     /// Allocates `len` bytes (after a header) aligned to 16; returns `(offset, generation)`.
+    #[inline]
     pub(crate) fn alloc(&self, len: usize) -> Result<(u64, u32), ArenaError> {
         self.check_owner()?;
         let len32 = u32::try_from(len).map_err(|_| flowipc_core::arena::AllocError::TooLarge)?;
@@ -447,10 +457,26 @@ impl JePool {
     }
 
     /// Drops a reference; the last one frees the object. Returns whether it did.
+    ///
+    /// The last reference is dropped with a load and a store, no read-modify-write: only this
+    /// process writes headers (borrowers map the pool read-only), and in it every reference is
+    /// held by an object or a borrower's lend record, and adding one (`retain`) needs one of them.
+    /// So when the count is 1 and the caller holds that reference, no other thread can change
+    /// the word until we do, as in `Arc::get_mut`. A count above 1 takes the CAS loop.
     pub(crate) fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
         self.check_owner()?;
         let h = self.live(off, gen)?;
-        let mut s = h.state.load(Ordering::Relaxed);
+        // SYNC POINT: Acquire pairs with the Release half of the AcqRel CASes below by the other
+        // holders (their use of the object happens before we free it), as `Arc::drop` does.
+        let mut s = h.state.load(Ordering::Acquire);
+        if s == st_alloc(gen, 1) {
+            // Relaxed: the block goes back to jemalloc, which orders its own reuse of it; a
+            // borrower reading the header concurrently sees either state (both are checked).
+            h.state
+                .store(st_free(gen.wrapping_add(1), 0), Ordering::Relaxed);
+            self.dealloc(h);
+            return Ok(true);
+        }
         loop {
             if !st_is_alloc(s) || st_gen(s) != gen || st_field(s) == 0 {
                 return Err(BlockError::StaleGeneration.into());
@@ -468,21 +494,29 @@ impl JePool {
                 .compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) if last => {
-                    let p = (h as *const ObjHeader).cast_mut().cast::<c_void>();
-                    let len = h.len.load(Ordering::Relaxed);
-                    let owner = thread_tag() == self.owner_thread;
-                    let flags = if owner { self.flags_owner } else { self.flags };
-                    // SAFETY: `p` came from `mallocx` in this arena; the state CAS made this the
-                    // only free of it; the owner's tcache is used only on the owner thread.
-                    unsafe { je::dallocx(p, flags) };
-                    bump(&self.objects, owner, 1u64.wrapping_neg());
-                    bump(&self.bytes, owner, u64::from(len).wrapping_neg());
+                    self.dealloc(h);
                     return Ok(true);
                 }
                 Ok(_) => return Ok(false),
                 Err(now) => s = now,
             }
         }
+    }
+
+    /// Gives the block behind header `h` back to jemalloc, after its state went to free.
+    #[inline]
+    fn dealloc(&self, h: &ObjHeader) {
+        let p = (h as *const ObjHeader).cast_mut().cast::<c_void>();
+        let len = h.len.load(Ordering::Relaxed);
+        let owner = thread_tag() == self.owner_thread;
+        let flags = if owner { self.flags_owner } else { self.flags };
+        // SAFETY: `p` came from `mallocx(len + OBJ_HEADER)` in this arena (the length in the
+        // header is the one `alloc` wrote; only this process writes headers); the state change
+        // before this call made it the only free of it; the owner's tcache is used only on the
+        // owner thread.
+        unsafe { je::sdallocx(p, len as usize + OBJ_HEADER, flags) };
+        bump(&self.objects, owner, 1u64.wrapping_neg());
+        bump(&self.bytes, owner, u64::from(len).wrapping_neg());
     }
 
     /// Copies `data` into the object at `off` (generation `gen`) from byte `at`.
