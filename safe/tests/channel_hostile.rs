@@ -160,6 +160,100 @@ fn hostile_socket_peer() {
     assert_eq!(open_fds(), before, "cut-off message: leaked descriptors");
 }
 
+/// The attacks again on a channel whose message buffer is already large (a valid 8 KiB message
+/// was received into it first), so that the hostile read is scattered into that buffer: the
+/// outcome, the poisoning and the descriptor count are as for a fresh channel.
+#[test]
+fn hostile_socket_peer_scattered_reads() {
+    let _g = serial();
+    const DATA: u8 = 0xD1;
+    let files: Vec<std::fs::File> = (0..6)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let fds: Vec<BorrowedFd<'_>> = files.iter().map(AsFd::as_fd).collect();
+    type Attack = fn(&OwnedFd, &[BorrowedFd<'_>]);
+    type Check = fn(&RecvError) -> bool;
+    let cases: [(&str, Attack, Check); 5] = [
+        (
+            "descriptors on a message declaring none, payload in the message buffer",
+            |raw, fds| {
+                let mut m = header(DATA, 6000, 0).to_vec();
+                m.extend_from_slice(&[3u8; 6000]);
+                raw_send(raw, &m, &fds[..2]);
+            },
+            |e| matches!(e, RecvError::Corrupt(Corruption::UnexpectedFds)),
+        ),
+        (
+            "a short message, then descriptors declared by none in the same read",
+            |raw, fds| {
+                let mut m = header(DATA, 4, 0).to_vec();
+                m.extend_from_slice(b"abcd");
+                m.extend_from_slice(&header(DATA, 5000, 0));
+                m.extend_from_slice(&[4u8; 5000]);
+                raw_send(raw, &m, &fds[..3]);
+            },
+            |e| matches!(e, RecvError::Corrupt(Corruption::UnexpectedFds)),
+        ),
+        (
+            "forged length with the payload scattered",
+            |raw, _| {
+                let mut m = header(DATA, 1 << 41, 0).to_vec();
+                m.extend_from_slice(&[5u8; 7000]);
+                raw_send(raw, &m, &[]);
+            },
+            |e| matches!(e, RecvError::Corrupt(Corruption::TooLarge { .. })),
+        ),
+        (
+            "garbage after a valid message in the same read",
+            |raw, _| {
+                let mut m = header(DATA, 10, 0).to_vec();
+                m.extend_from_slice(&[6u8; 10]);
+                m.extend_from_slice(b"not a header at all");
+                raw_send(raw, &m, &[]);
+            },
+            |e| matches!(e, RecvError::Corrupt(Corruption::BadHeader(_))),
+        ),
+        (
+            "descriptors in the middle of a payload that started scattered",
+            |raw, fds| {
+                raw_send(raw, &header(DATA, 300_000, 0), &[]);
+                raw_send(raw, &[7u8; 9000], &[]);
+                raw_send(raw, &[8u8; 200_000], &fds[..2]);
+            },
+            |e| matches!(e, RecvError::Corrupt(Corruption::UnexpectedFds)),
+        ),
+    ];
+    for (name, attack, check) in cases {
+        let before = open_fds();
+        let (mut ch, raw) = socket_victim(ChannelOptions::new());
+        let mut m = header(DATA, 8192, 0).to_vec();
+        m.extend_from_slice(&[1u8; 8192]);
+        raw_send(&raw, &m, &[]);
+        let mut buf = Vec::new();
+        assert_eq!(ch.recv(&mut buf).unwrap().len, 8192, "{name}");
+        attack(&raw, &fds);
+        // Valid messages ahead of the attack are delivered; the attack itself is an error.
+        let err = loop {
+            match ch.recv(&mut buf) {
+                Ok(meta) => assert!(meta.fds.is_empty(), "{name}: descriptors handed out"),
+                Err(e) => break e,
+            }
+        };
+        assert!(check(&err), "{name}: unexpected error {err:?}");
+        assert_eq!(
+            open_fds(),
+            before + 2,
+            "{name}: received descriptors left open"
+        );
+        assert!(
+            matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)),
+            "{name}"
+        );
+        drop((ch, raw));
+        assert_eq!(open_fds(), before, "{name}: leaked descriptors");
+    }
+}
+
 /// The forged-length case again, checking that no memory of the claimed size is allocated: a
 /// 1 GiB claim followed by a few bytes must not make the process grow by a gigabyte.
 #[test]

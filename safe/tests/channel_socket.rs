@@ -195,3 +195,89 @@ fn socket_sigkill_blocked_send() {
         Channel::socket_pair().unwrap()
     });
 }
+
+/// Many messages queued before the receiver reads, through one reused buffer: reads then start
+/// messages with the buffer large (the payload is scattered into it and what follows moved to the
+/// read buffer) or small, descriptors come with messages that follow a scattered one in the same
+/// read, and every message and descriptor arrives intact and in order.
+#[test]
+fn socket_coalesced_messages_through_reused_buffer() {
+    let _g = serial();
+    let (mut a, mut b) = Channel::socket_pair().unwrap();
+    let sizes = [
+        8192usize, 10, 5000, 0, 100, 70_000, 3, 4096, 4095, 20_000, 1, 130_000, 9000, 64,
+    ];
+    let rounds = 20;
+    let writer = std::thread::spawn(move || {
+        let mut msg = Vec::new();
+        for i in 0..rounds * sizes.len() {
+            let len = sizes[i % sizes.len()];
+            fill(i as u64, len, &mut msg);
+            if i % 3 == 1 {
+                let ev = flowipc_sys::eventfd::eventfd(
+                    i as u32,
+                    flowipc_sys::eventfd::EventfdFlags::empty(),
+                )
+                .unwrap();
+                a.send_with_fds(&msg, &[ev.as_fd()]).unwrap();
+            } else {
+                a.send(&msg).unwrap();
+            }
+        }
+        a.close().unwrap();
+    });
+    // Let the writer queue a socket buffer's worth, so reads take several messages at once.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut buf = Vec::new();
+    for i in 0..rounds * sizes.len() {
+        let len = sizes[i % sizes.len()];
+        let meta = b.recv(&mut buf).unwrap();
+        assert_eq!(meta.len, len, "message {i}");
+        assert_eq!(buf.len(), len, "message {i}");
+        verify(i as u64, len, &buf).unwrap();
+        if i % 3 == 1 {
+            assert_eq!(meta.fds.len(), 1, "message {i}");
+            let value = flowipc_sys::eventfd::eventfd_read(meta.fds[0].as_fd()).unwrap();
+            assert_eq!(
+                value, i as u64,
+                "message {i} carried another message's descriptor"
+            );
+        } else {
+            assert!(meta.fds.is_empty(), "message {i}");
+        }
+    }
+    assert!(matches!(b.recv(&mut buf), Err(RecvError::Closed)));
+    writer.join().unwrap();
+}
+
+/// A channel over a socket that is itself non-blocking still blocks in `recv` and `send` (it
+/// falls back to waiting in `poll`), and a message larger than the socket buffer goes through.
+#[test]
+fn socket_blocking_api_on_a_nonblocking_socket() {
+    let _g = serial();
+    let (x, y) = flowipc_sys::socket::socketpair_stream().unwrap();
+    flowipc_sys::socket::set_nonblocking(x.as_fd(), true).unwrap();
+    flowipc_sys::socket::set_nonblocking(y.as_fd(), true).unwrap();
+    let mut a = Channel::from_socket(x);
+    let mut b = Channel::from_socket(y);
+    let big = vec![0x5Au8; 3 << 20];
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        a.send(&big).unwrap();
+        a.send(b"after").unwrap();
+        a
+    });
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let meta = b.recv(&mut buf).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    assert_eq!(meta.len, 3 << 20);
+    assert!(buf.iter().all(|&x| x == 0x5A));
+    assert_eq!(b.recv_owned().unwrap().bytes, b"after");
+    let mut a = writer.join().unwrap();
+    // Nothing queued: a timed receive times out instead of blocking.
+    assert!(matches!(
+        a.recv_timeout(&mut buf, Duration::from_millis(20)),
+        Err(RecvError::TimedOut)
+    ));
+}
