@@ -10,7 +10,8 @@
 //! | [`Channel::ring_pair`] | two shared-memory rings + a companion socket for descriptors and liveness | up to 253 per message | fastest: no system call while the peer is awake |
 //!
 //! Every transport has one non-blocking core. The blocking API ([`Channel::send`],
-//! [`Channel::recv`], ...) waits with `poll` on top of it, the async API ([`AsyncChannel`], feature
+//! [`Channel::recv`], ...) waits on top of it (in `poll`; a socket channel without a deadline in
+//! its blocking `sendmsg`/`recvmsg` themselves), the async API ([`AsyncChannel`], feature
 //! `tokio`) waits with tokio's reactor, and any other event loop can drive it through
 //! [`Channel::readiness`] and the `try_*` calls.
 //!
