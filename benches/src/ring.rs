@@ -67,8 +67,7 @@ enum Use {
 struct RingEndpoint {
     tx: RingSender,
     rx: RingReceiver,
-    batch: bool,
-    zero_copy: bool,
+    how: Use,
 }
 
 impl RingEndpoint {
@@ -77,18 +76,13 @@ impl RingEndpoint {
         let mut rx = rx_ring.receiver().map_err(other)?;
         tx.set_policy(policy(mode));
         rx.set_policy(policy(mode));
-        Ok(RingEndpoint {
-            tx,
-            rx,
-            batch: how == Use::Batched,
-            zero_copy: how == Use::ZeroCopy,
-        })
+        Ok(RingEndpoint { tx, rx, how })
     }
 }
 
 impl Endpoint for RingEndpoint {
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
-        if !self.batch {
+        if self.how != Use::Batched {
             return self.tx.send(msg).map_err(other);
         }
         self.tx.stage(msg).map_err(other)?;
@@ -99,7 +93,7 @@ impl Endpoint for RingEndpoint {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.batch {
+        if self.how == Use::Batched {
             self.tx.flush();
         }
         Ok(())
@@ -110,7 +104,7 @@ impl Endpoint for RingEndpoint {
     }
 
     fn send_message(&mut self, msg: &Message, scratch: &mut [u8]) -> io::Result<()> {
-        if !self.zero_copy {
+        if self.how != Use::ZeroCopy {
             return send_copied(self, msg, scratch);
         }
         let mut chunk = self.tx.write_chunk(msg.size, None).map_err(other)?;
@@ -120,7 +114,7 @@ impl Endpoint for RingEndpoint {
     }
 
     fn recv_message(&mut self, scratch: &mut [u8]) -> io::Result<Received> {
-        if !self.zero_copy {
+        if self.how != Use::ZeroCopy {
             return recv_copied(self, scratch);
         }
         let chunk = self.rx.read_chunk(None).map_err(other)?;
