@@ -11,18 +11,17 @@
 //! - `flowipc-arena`: the lock-free core allocator (`flowipc_core::arena`) over a sealed memfd,
 //!   each bench thread through its own `ArenaCache` (one RMW per pair in the steady state).
 //! - `flowipc-arena-jemalloc`: the jemalloc lend provider (`LendPool::create_jemalloc`) at its own
-//!   level: `alloc_scoped` + drop, i.e. `mallocx` in the pool's jemalloc arena, the 16-byte object
-//!   header (state word with generation and refcount, length, magic) and the release of the last
-//!   reference (header checks, state store, `sdallocx`). Only with the `jemalloc-shm` feature.
+//!   level: `alloc_scoped` + drop, i.e. a block from the pool's per-thread front cache (refilled
+//!   by `mallocx` in the pool's jemalloc arena), the 16-byte object header (state word with
+//!   generation and refcount, length, magic) and the release of the last reference (header
+//!   checks, state store, the block back to the front cache). Only with the `jemalloc-shm`
+//!   feature.
 //! - `flowipc-lend-object`: the same pool through the full safe object, `LendPool::alloc` + drop:
 //!   the above plus the `Arc` on the pool that an `ArenaObject` holds (one atomic increment and
-//!   one decrement per object).
+//!   one decrement per object; with two threads, both bump the same counter).
 //!
-//!   Both jemalloc-pool systems have 2-thread rows, with a caveat: a lend pool is owned by one
-//!   process, and jemalloc's dedicated tcache for it is used only by the thread that created it
-//!   (a tcache is not thread-safe). The 1-thread rows run on that thread; the 2-thread rows run
-//!   on two other threads of the same process, which allocate with `MALLOCX_TCACHE_NONE` (the
-//!   pool's arena directly, under its lock), so they show what a second thread pays.
+//!   Both jemalloc-pool systems run their 2-thread rows on two threads of the pool's process
+//!   (through `PoolAllocator`); each thread has its own front cache of the pool.
 //! - `jemalloc-heap`: `mallocx` / `sdallocx` with jemalloc's default thread cache.
 //! - `system-heap`: glibc `malloc` / `free` through `std::alloc::System`.
 

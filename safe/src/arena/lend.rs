@@ -45,9 +45,9 @@ fn dup(fd: flowipc_sys::BorrowedFd<'_>) -> Result<OwnedFd, ArenaError> {
 /// Allocates in a [`LendPool`] from any thread of the owning process; see
 /// [`LendPool::allocator`]. Cheap to clone; `Send` and `Sync`.
 ///
-/// With the jemalloc provider, only the thread that created the pool uses jemalloc's dedicated
-/// thread cache for it; other threads allocate from the pool's arena directly
-/// (`MALLOCX_TCACHE_NONE`, under the arena's lock), which is slower.
+/// With the jemalloc provider, every thread keeps a small cache of the pool's freed blocks (up to
+/// about 128 KiB per size class, for blocks up to 16 KiB), so threads allocate and free without
+/// contending; a thread's cache goes back to the pool when the thread exits.
 #[derive(Clone)]
 pub struct PoolAllocator {
     backend: Backend,
@@ -69,6 +69,7 @@ impl PoolAllocator {
     }
 
     /// As [`LendPool::alloc_scoped`]; the object borrows this allocator.
+    #[inline]
     pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
         ScopedObject::alloc(&self.backend, self.pool_id, len)
     }
@@ -129,9 +130,7 @@ impl LendPool {
     #[cfg(feature = "jemalloc")]
     pub fn create_jemalloc(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        let inner = Arc::new(crate::shm::jemalloc::JePool::create(
-            MEMFD_NAME, size, pool_id,
-        )?);
+        let inner = crate::shm::jemalloc::JePool::create(MEMFD_NAME, size, pool_id)?;
         let fd = dup(inner.fd())?;
         Ok(Self::with_backend(Backend::Je(inner), fd, pool_id))
     }
@@ -583,9 +582,261 @@ mod tests {
                 mine.iter().map(|o| o.handle().generation).collect();
             assert_eq!(gens.len(), 500);
             assert_eq!(mine[7].to_vec().unwrap(), vec![7 ^ round; 100]);
-            // Another thread frees them (without the owner's tcache).
+            // Another thread frees them (into its own front cache, flushed when it exits).
             std::thread::spawn(move || drop(mine)).join().unwrap();
             assert_eq!(pool.usage(), PoolUsage::default());
         }
+    }
+
+    /// Blocks the jemalloc pool holds from jemalloc (live objects plus thread-cached blocks).
+    #[cfg(feature = "jemalloc")]
+    fn held(pool: &LendPool) -> u64 {
+        match &pool.backend {
+            Backend::Je(p) => p.held_blocks(),
+            Backend::Core(_) => unreachable!("a jemalloc pool"),
+        }
+    }
+
+    /// A small deterministic generator for the mixed-size tests.
+    #[cfg(feature = "jemalloc")]
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_freed_on_one_thread_allocated_on_another() {
+        let pool = LendPool::create_jemalloc(32 << 20).unwrap();
+        let a = pool.allocator();
+        let objs: Vec<_> = std::thread::spawn(move || {
+            (0..100)
+                .map(|i| {
+                    let o = a.alloc(100).unwrap();
+                    o.write(0, &[i as u8; 100]).unwrap();
+                    o
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let old: std::collections::HashSet<_> = objs.iter().map(|o| (o.off, o.gen)).collect();
+        let b = pool.allocator();
+        let (reused, fresh_gens) = std::thread::spawn(move || {
+            drop(objs); // into this thread's cache
+            let again: Vec<_> = (0..100).map(|_| b.alloc(100).unwrap()).collect();
+            let reused = again
+                .iter()
+                .filter(|o| old.iter().any(|&(off, _)| off == o.off))
+                .count();
+            let fresh = again.iter().all(|o| !old.contains(&(o.off, o.gen)));
+            (reused, fresh)
+        })
+        .join()
+        .unwrap();
+        assert!(reused >= 32, "blocks freed here are reused here: {reused}");
+        assert!(fresh_gens, "a reused block gets a new generation");
+        assert_eq!(pool.usage(), PoolUsage::default());
+        assert_eq!(held(&pool), 0, "both threads' caches went back at exit");
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_thread_exit_returns_its_cache() {
+        let pool = LendPool::create_jemalloc(32 << 20).unwrap();
+        let a = pool.allocator();
+        let h = std::thread::spawn(move || {
+            for size in [64usize, 4096, 100, 9000] {
+                let objs: Vec<_> = (0..200).map(|_| a.alloc_scoped(size).unwrap()).collect();
+                drop(objs);
+            }
+            // Owned by this thread's cache now (bins are full: some were spilled).
+            match &a.backend {
+                Backend::Je(p) => p.held_blocks(),
+                Backend::Core(_) => unreachable!(),
+            }
+        });
+        let cached = h.join().unwrap();
+        assert!(cached >= 4 * 8, "the thread cached blocks: {cached}");
+        assert!(cached < 4 * 200, "full bins spill: {cached}");
+        assert_eq!(pool.usage(), PoolUsage::default());
+        assert_eq!(held(&pool), 0, "the exiting thread gave its cache back");
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_pool_dropped_while_another_thread_caches_its_blocks() {
+        for then_use_another_pool in [true, false] {
+            let pool = LendPool::create_jemalloc(16 << 20).unwrap();
+            let a = pool.allocator();
+            let (to_main, from_t) = std::sync::mpsc::channel();
+            let (to_t, from_main) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                let objs: Vec<_> = (0..100).map(|i| a.alloc(64 + i * 40).unwrap()).collect();
+                drop(objs);
+                drop(a); // the cache keeps blocks of the pool, but no reference to it
+                to_main.send(()).unwrap();
+                from_main.recv().unwrap();
+                if then_use_another_pool {
+                    // A new pool: this thread's cache entry for the dead pool is forgotten,
+                    // never touched.
+                    let q = LendPool::create_jemalloc(16 << 20).unwrap();
+                    let objs: Vec<_> = (0..1000).map(|i| q.alloc(1 + i * 17).unwrap()).collect();
+                    let total: u64 = (0..1000u64).map(|i| 1 + i * 17).sum();
+                    assert_eq!(
+                        q.usage(),
+                        PoolUsage {
+                            objects: 1000,
+                            bytes: total
+                        }
+                    );
+                    drop(objs);
+                    assert_eq!(q.usage(), PoolUsage::default());
+                }
+                // Exiting now must not flush into the dead pool (its mapping is gone).
+            });
+            from_t.recv().unwrap();
+            drop(pool);
+            to_t.send(()).unwrap();
+            t.join().unwrap();
+        }
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_usage_exact_after_mixed_cycles_on_threads() {
+        const THREADS: usize = 3;
+        let pool = LendPool::create_jemalloc(128 << 20).unwrap();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS)
+            .map(|_| std::sync::mpsc::channel::<ArenaObject>())
+            .unzip();
+        let mut rxs: Vec<_> = rxs.into_iter().map(Some).collect();
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let a = pool.allocator();
+                let next = txs[(t + 1) % THREADS].clone();
+                let inbox = rxs[t].take().unwrap();
+                std::thread::spawn(move || {
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t as u64;
+                    let mut live: Vec<ArenaObject> = Vec::new();
+                    for _ in 0..20_000 {
+                        let r = xorshift(&mut x);
+                        let len = match r % 8 {
+                            0 => (r >> 8) as usize % 40_000, // some beyond the cache's classes
+                            1..=3 => (r >> 8) as usize % 5000,
+                            _ => (r >> 8) as usize % 300,
+                        };
+                        live.push(a.alloc(len).unwrap());
+                        if live.len() > 64 {
+                            let i = (r >> 40) as usize % live.len();
+                            let o = live.swap_remove(i);
+                            if r & 1 == 0 {
+                                next.send(o).unwrap(); // freed by the next thread
+                            } else {
+                                drop(o);
+                            }
+                        }
+                        while let Ok(o) = inbox.try_recv() {
+                            drop(o);
+                        }
+                    }
+                    (live, inbox)
+                })
+            })
+            .collect();
+        drop(txs);
+        let mut kept = Vec::new();
+        let mut inboxes = Vec::new();
+        for h in handles {
+            let (live, inbox) = h.join().unwrap();
+            kept.extend(live);
+            inboxes.push(inbox);
+        }
+        // Objects still in flight between threads are alive too.
+        for inbox in &inboxes {
+            kept.extend(inbox.try_iter());
+        }
+        let bytes: u64 = kept.iter().map(|o| o.len() as u64).sum();
+        assert_eq!(
+            pool.usage(),
+            PoolUsage {
+                objects: kept.len() as u64,
+                bytes
+            }
+        );
+        assert_eq!(
+            held(&pool),
+            kept.len() as u64,
+            "exited threads hold nothing"
+        );
+        drop(kept);
+        assert_eq!(pool.usage(), PoolUsage::default());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_reused_block_refuses_stale_handle() {
+        let mut pool = LendPool::create_jemalloc(16 << 20).unwrap();
+        let (id, setup) = pool.add_borrower().unwrap();
+        let b = BorrowedPool::open(setup).unwrap();
+        let a = pool.alloc_bytes(&[1; 64]).unwrap();
+        let stale = a.handle();
+        drop(a);
+        let c = pool.alloc_bytes(&[2; 64]).unwrap();
+        assert_eq!(
+            c.handle().offset,
+            stale.offset,
+            "the cached block is reused"
+        );
+        assert_ne!(c.handle().generation, stale.generation);
+        assert!(matches!(
+            b.view(&stale),
+            Err(ArenaError::Block(BlockError::StaleGeneration))
+        ));
+        assert!(pool
+            .backend
+            .release(stale.offset, stale.generation)
+            .is_err());
+        assert!(pool.backend.retain(stale.offset, stale.generation).is_err());
+        let h = pool.lend(&c, id).unwrap();
+        assert_eq!(b.view(&h).unwrap().to_vec().unwrap(), vec![2; 64]);
+        assert_eq!(pool.reclaim(id).unwrap(), 1);
+        assert_eq!(pool.usage().objects, 1, "the stale release freed nothing");
+        drop(c);
+        assert_eq!(pool.usage(), PoolUsage::default());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_objects_used_after_the_thread_cache_is_gone() {
+        // A thread-local destroyed after this thread's pool cache: its object is freed, and a
+        // new one allocated, without the cache.
+        struct Holder(std::cell::RefCell<Option<(ArenaObject, PoolAllocator)>>);
+        impl Drop for Holder {
+            fn drop(&mut self) {
+                if let Some((obj, a)) = self.0.borrow_mut().take() {
+                    drop(obj);
+                    let again = a.alloc(100).unwrap();
+                    again.write(0, &[3; 100]).unwrap();
+                    assert_eq!(again.to_vec().unwrap(), vec![3; 100]);
+                }
+            }
+        }
+        thread_local!(static HOLDER: Holder = const { Holder(std::cell::RefCell::new(None)) });
+        let pool = LendPool::create_jemalloc(16 << 20).unwrap();
+        let a = pool.allocator();
+        std::thread::spawn(move || {
+            // Registered first, so destroyed after the cache (destructors run in reverse).
+            HOLDER.with(|_| ());
+            let obj = a.alloc(100).unwrap();
+            drop(a.alloc(64).unwrap()); // cached
+            HOLDER.with(|h| *h.0.borrow_mut() = Some((obj, a)));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pool.usage(), PoolUsage::default());
+        assert_eq!(held(&pool), 0);
     }
 }

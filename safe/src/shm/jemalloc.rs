@@ -3,12 +3,13 @@
 //! The owner creates a jemalloc arena (`arenas.create`) with extent hooks that carve extents from
 //! its mapping of the memfd with a bump pointer; extents are never given back to the hooks
 //! (`dalloc` opts out, so jemalloc keeps them and reuses them itself), never decommitted, and may be
-//! split and merged freely because they all lie in one mapping. Every `mallocx` / `dallocx` passes
-//! `MALLOCX_ARENA(ind)` and either the pool's own tcache (`tcache.create`; used only on the thread
-//! that created the pool, since a tcache is not thread-safe) or `MALLOCX_TCACHE_NONE` (any other
-//! thread), so heap and pool pointers never mix in a thread cache. jemalloc keeps the arena's metadata in the pool as well, so only the owner process may
-//! allocate or free, and never a fork child ([`JePool`] records the owner's pid and refuses to work
-//! elsewhere).
+//! split and merged freely because they all lie in one mapping. Every `mallocx` / `sdallocx`
+//! passes `MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE`, so heap and pool pointers never mix in a
+//! jemalloc thread cache. Those calls are jemalloc's slow path (under the arena's lock), so small
+//! blocks go through a front cache of our own, per thread and per pool ([`cache`]): the
+//! steady-state alloc + free pair makes no jemalloc call and no atomic read-modify-write. jemalloc
+//! keeps the arena's metadata in the pool as well, so only the owner process may allocate or free,
+//! and never a fork child ([`JePool`] records the owner's pid and refuses to work elsewhere).
 //!
 //! Each object is preceded by a 16-byte header the borrower can check through its read-only mapping:
 //! a state word with the layout of the core arena's (`generation:32 | refcount:31 | allocated:1`),
@@ -21,6 +22,7 @@ use std::ffi::{c_uint, c_void, CString};
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use flowipc_core::arena::layout::{st_alloc, st_field, st_free, st_gen, st_is_alloc};
 use flowipc_core::arena::{ArenaHandle, BlockError, BlockInfo};
@@ -30,6 +32,8 @@ use flowipc_sys::{AsFd, BorrowedFd, OwnedFd};
 use tikv_jemalloc_sys as je;
 
 use crate::arena::ArenaError;
+
+mod cache;
 
 /// `b"flowJEMP"`: a jemalloc lend pool.
 pub(crate) const POOL_MAGIC: u64 = u64::from_le_bytes(*b"flowJEMP");
@@ -209,67 +213,53 @@ extern "C" {
     ) -> i32;
 }
 
+/// Installs the fork handlers. Called after jemalloc is initialised (it registers its own
+/// handlers then), so that ours are registered later and prepare runs first: the registry's lock
+/// is taken before jemalloc's locks, the order a thread-exit flush takes them in.
 fn install_fork_guard() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic, which is async-signal-safe.
-        unsafe { pthread_atfork(None, None, Some(mark_forked)) };
+        // SAFETY: the handlers only store to an atomic and lock or unlock the registry's mutex
+        // (a lock the forking thread can always take: it never forks while holding it).
+        unsafe {
+            pthread_atfork(
+                Some(cache::fork_prepare),
+                Some(cache::fork_release),
+                Some(fork_child),
+            )
+        };
     });
 }
 
+extern "C" fn fork_child() {
+    mark_forked();
+    cache::fork_release();
+}
+
 /// A jemalloc arena over a memfd, owned by this process.
+///
+/// Aligned to 128 bytes so that, inside its `Arc`, the fields every allocation reads do not share
+/// a cache line with the `Arc`'s counts (which objects holding the pool bump from every thread).
+#[repr(align(128))]
 pub(crate) struct JePool {
     arena: c_uint,
-    /// `MALLOCX_ARENA | MALLOCX_TCACHE_NONE`: any thread.
+    /// `MALLOCX_ARENA | MALLOCX_TCACHE_NONE`: every call into jemalloc.
     flags: i32,
-    /// `MALLOCX_ARENA | MALLOCX_TCACHE(tcache)`: the creating thread only (a tcache is not
-    /// thread-safe).
-    flags_owner: i32,
-    tcache: c_uint,
-    owner_thread: u64,
     hooks: NonNull<Hooks>,
     /// Unmapped in Drop only if jemalloc let go of the arena.
     map: ManuallyDrop<Mapping>,
     fd: OwnedFd,
     pid: u32,
-    /// Usage and generations, split so that the owner thread pays no atomic read-modify-write:
-    /// `[0]` is written only by the owner thread (load + store), `[1]` by others (RMW). Owner
-    /// generations are even, others odd, so they never collide.
-    gens: [AtomicU32; 2],
-    objects: [AtomicU64; 2],
-    bytes: [AtomicU64; 2],
-}
-
-/// A small id for the current thread (a `thread_local` read, no system call; the id is assigned
-/// on the thread's first call, so later calls are one load from thread-local storage).
-#[inline]
-fn thread_tag() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static TAG: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    TAG.with(|t| match t.get() {
-        0 => {
-            let tag = NEXT.fetch_add(1, Ordering::Relaxed);
-            t.set(tag);
-            tag
-        }
-        tag => tag,
-    })
-}
-
-/// Adds `delta` (two's complement) to counter `i` of `c`: a plain store for the owner thread.
-fn bump(c: &[AtomicU64; 2], owner: bool, delta: u64) {
-    if owner {
-        let v = c[0].load(Ordering::Relaxed);
-        c[0].store(v.wrapping_add(delta), Ordering::Relaxed);
-    } else {
-        c[1].fetch_add(delta, Ordering::Relaxed);
-    }
+    /// Key and usage counter slots of the front cache.
+    shared: cache::PoolShared,
+    /// The next generation not yet handed out (front caches take them in batches).
+    next_gen: AtomicU32,
 }
 
 // SAFETY: the hooks are only read (and their bump advanced atomically) by jemalloc; the mapping is
 // accessed through atomics (headers) or by copies into blocks the caller owns.
 unsafe impl Send for JePool {}
-// SAFETY: as above; jemalloc arenas are thread-safe.
+// SAFETY: as above; jemalloc arenas are thread-safe, and the front cache is per thread.
 unsafe impl Sync for JePool {}
 
 fn sys(call: &'static str) -> impl Fn(flowipc_sys::Errno) -> ArenaError {
@@ -282,8 +272,7 @@ impl JePool {
         name: &std::ffi::CStr,
         len: usize,
         pool_id: u64,
-    ) -> Result<Self, ArenaError> {
-        install_fork_guard();
+    ) -> Result<Arc<Self>, ArenaError> {
         if len <= POOL_HEADER {
             return Err(ArenaError::BadSize(len as u64));
         }
@@ -337,41 +326,23 @@ impl JePool {
                 errno: flowipc_sys::Errno::from_raw_os_error(rc),
             });
         }
-        let mut tcache: c_uint = 0;
-        let mut sz = std::mem::size_of::<c_uint>();
-        // SAFETY: `tcache.create` writes an unsigned into `tcache`; the size matches.
-        let rc = unsafe {
-            je::mallctl(
-                c"tcache.create".as_ptr(),
-                (&mut tcache as *mut c_uint).cast(),
-                &mut sz,
-                ptr::null_mut(),
-                0,
-            )
-        };
-        let arena_flag = je::MALLOCX_ARENA(arena as usize);
-        // Without a tcache of our own, the owner thread goes without one too.
-        let flags_owner = if rc == 0 {
-            arena_flag | je::MALLOCX_TCACHE(tcache as usize)
-        } else {
-            arena_flag | je::MALLOCX_TCACHE_NONE
-        };
-        Ok(JePool {
+        install_fork_guard();
+        let pool = Arc::new(JePool {
             arena,
-            flags: arena_flag | je::MALLOCX_TCACHE_NONE,
-            flags_owner,
-            tcache: if rc == 0 { tcache } else { c_uint::MAX },
-            owner_thread: thread_tag(),
+            flags: je::MALLOCX_ARENA(arena as usize) | je::MALLOCX_TCACHE_NONE,
             hooks,
             map: ManuallyDrop::new(map),
             fd,
             pid: std::process::id(),
-            gens: [AtomicU32::new(2), AtomicU32::new(1)],
-            objects: [AtomicU64::new(0), AtomicU64::new(0)],
-            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
-        })
+            shared: cache::PoolShared::new(),
+            next_gen: AtomicU32::new(1),
+        });
+        // From here on, thread caches may refer to the pool (at its final address, in the Arc).
+        cache::register(pool.shared.key);
+        Ok(pool)
     }
 
+    #[inline]
     fn check_owner(&self) -> Result<(), ArenaError> {
         if FORKED.load(Ordering::Relaxed) && std::process::id() != self.pid {
             return Err(ArenaError::NotOwner);
@@ -392,32 +363,136 @@ impl JePool {
     pub(crate) fn alloc(&self, len: usize) -> Result<(u64, u32), ArenaError> {
         self.check_owner()?;
         let len32 = u32::try_from(len).map_err(|_| flowipc_core::arena::AllocError::TooLarge)?;
-        let owner = thread_tag() == self.owner_thread;
-        let flags = if owner { self.flags_owner } else { self.flags };
-        // SAFETY: allocation in our arena, with our own tcache on the owner thread (used by no
-        // other thread) or none; size is non-zero.
-        let p = unsafe { je::mallocx(len + OBJ_HEADER, flags) } as usize;
-        if p == 0 {
-            return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
-        }
-        let gen = if owner {
-            let g = self.gens[0].load(Ordering::Relaxed);
-            self.gens[0].store(g.wrapping_add(2), Ordering::Relaxed);
-            g
+        let size = len + OBJ_HEADER;
+        let cached = if size <= cache::MAX_CACHED {
+            let c = cache::class_of(size);
+            cache::with(self, |pc| self.alloc_cached(pc, c, len))
         } else {
-            self.gens[1].fetch_add(2, Ordering::Relaxed)
+            None
         };
-        // SAFETY: `p` is a fresh allocation of at least OBJ_HEADER bytes, 16-aligned, inside the mapping.
+        let (p, gen) = match cached {
+            Some(r) => r?,
+            None => self.alloc_uncached(size, len)?,
+        };
+        // SAFETY: `p` is a block of at least `size` bytes, 16-aligned, inside the mapping, that
+        // nobody else holds (fresh from jemalloc or popped from our cache).
+        // (Its magic is in place: `init_block` wrote it when the block came from jemalloc, and
+        // nothing overwrites it while the block is ours.)
         let hdr = unsafe { &*(p as *const ObjHeader) };
         hdr.len.store(len32, Ordering::Relaxed);
-        hdr.magic.store(OBJ_MAGIC, Ordering::Relaxed);
         hdr.state.store(st_alloc(gen, 1), Ordering::Relaxed);
-        bump(&self.objects, owner, 1);
-        bump(&self.bytes, owner, len as u64);
         Ok(((p + OBJ_HEADER - self.base()) as u64, gen))
     }
 
+    /// A block of class `c` from this thread's cache (or jemalloc) and a generation.
+    #[inline]
+    fn alloc_cached(
+        &self,
+        pc: &mut cache::PoolCache,
+        c: usize,
+        len: usize,
+    ) -> Result<(usize, u32), ArenaError> {
+        let p = match pc.pop(c) {
+            Some(p) => p,
+            None => self.refill(pc, c)?,
+        };
+        let gen = pc.next_gen(self);
+        pc.count(self, 1, len as u64);
+        Ok((p, gen))
+    }
+
+    /// A fresh block of class `c` from jemalloc; when the pool is full, this thread's cached
+    /// blocks go back first and the allocation is tried once more.
+    #[cold]
+    fn refill(&self, pc: &mut cache::PoolCache, c: usize) -> Result<usize, ArenaError> {
+        let size = cache::class_bytes(c);
+        let mut p = self.je_alloc(size);
+        if p == 0 {
+            self.flush(pc);
+            p = self.je_alloc(size);
+        }
+        if p == 0 {
+            return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
+        }
+        pc.count_held(self, 1);
+        Self::init_block(p);
+        Ok(p)
+    }
+
+    /// Without a thread cache (a large block, or a thread whose cache is gone): straight from
+    /// jemalloc, counted in the shared slot.
+    #[cold]
+    fn alloc_uncached(&self, size: usize, len: usize) -> Result<(usize, u32), ArenaError> {
+        let size = Self::block_size(size);
+        let p = self.je_alloc(size);
+        if p == 0 {
+            return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
+        }
+        Self::init_block(p);
+        let gen = self.reserve_gens(1);
+        let s = &self.shared.slots[cache::SHARED_SLOT];
+        cache::Slot::add(&s.objects, true, 1);
+        cache::Slot::add(&s.bytes, true, len as u64);
+        cache::Slot::add(&s.held, true, 1);
+        Ok((p, gen))
+    }
+
+    /// Writes the magic of a block fresh from jemalloc (its header may hold anything).
+    fn init_block(p: usize) {
+        // SAFETY: `p` is a fresh 16-aligned block of at least OBJ_HEADER bytes in the mapping;
+        // the header is atomics.
+        let hdr = unsafe { &*(p as *const ObjHeader) };
+        hdr.magic.store(OBJ_MAGIC, Ordering::Relaxed);
+    }
+
+    /// The size a block of `size` bytes is allocated and freed with: its class for small
+    /// blocks (so that a cached block fits any request of its class), else `size`.
+    #[inline]
+    fn block_size(size: usize) -> usize {
+        if size <= cache::MAX_CACHED {
+            cache::class_bytes(cache::class_of(size))
+        } else {
+            size
+        }
+    }
+
+    /// `mallocx(size)` in our arena; 0 when it is full.
+    fn je_alloc(&self, size: usize) -> usize {
+        // SAFETY: allocation in our arena without a tcache; size is non-zero.
+        unsafe { je::mallocx(size, self.flags) as usize }
+    }
+
+    /// `sdallocx` of block `p`, allocated with `je_alloc(size)`.
+    fn je_free(&self, p: usize, size: usize) {
+        // SAFETY: per the caller: `p` came from `mallocx(size, self.flags)` in this arena and is
+        // freed once.
+        unsafe { je::sdallocx(p as *mut c_void, size, self.flags) };
+    }
+
+    /// `n` fresh generations: the first of them.
+    fn reserve_gens(&self, n: u32) -> u32 {
+        self.next_gen.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Gives every block `pc` caches back to jemalloc.
+    fn flush(&self, pc: &mut cache::PoolCache) {
+        let mut n = 0u64;
+        pc.drain_all(|c, p| {
+            // Cached blocks of class `c` were allocated with `class_size(c)`.
+            self.je_free(p, cache::class_bytes(c));
+            n += 1;
+        });
+        pc.count_held(self, n.wrapping_neg());
+    }
+
+    /// Blocks taken from jemalloc and not given back: live objects plus blocks in thread caches.
+    #[cfg(test)]
+    pub(crate) fn held_blocks(&self) -> u64 {
+        self.shared.totals().2
+    }
+
     /// The header of the object at `off`, if `off` could be one (range and alignment only).
+    #[inline]
     fn header(&self, off: u64) -> Option<&ObjHeader> {
         let off = usize::try_from(off).ok()?;
         if off < POOL_HEADER + OBJ_HEADER || off > self.map.len() || off % 16 != 0 {
@@ -428,6 +503,7 @@ impl JePool {
     }
 
     /// Live object at `off` with generation `gen`: its header.
+    #[inline]
     fn live(&self, off: u64, gen: u32) -> Result<&ObjHeader, BlockError> {
         let h = self.header(off).ok_or(BlockError::OutOfRange)?;
         let s = h.state.load(Ordering::Relaxed);
@@ -463,15 +539,20 @@ impl JePool {
     /// held by an object or a borrower's lend record, and adding one (`retain`) needs one of them.
     /// So when the count is 1 and the caller holds that reference, no other thread can change
     /// the word until we do, as in `Arc::get_mut`. A count above 1 takes the CAS loop.
+    #[inline]
     pub(crate) fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
         self.check_owner()?;
-        let h = self.live(off, gen)?;
+        let h = self.header(off).ok_or(BlockError::OutOfRange)?;
+        if h.magic.load(Ordering::Relaxed) != OBJ_MAGIC {
+            return Err(BlockError::StaleGeneration.into());
+        }
         // SYNC POINT: Acquire pairs with the Release half of the AcqRel CASes below by the other
         // holders (their use of the object happens before we free it), as `Arc::drop` does.
         let mut s = h.state.load(Ordering::Acquire);
         if s == st_alloc(gen, 1) {
-            // Relaxed: the block goes back to jemalloc, which orders its own reuse of it; a
-            // borrower reading the header concurrently sees either state (both are checked).
+            // Relaxed: the block goes back to our cache or jemalloc, whose reuse of it happens
+            // on this thread or after a synchronising hand-over; a borrower reading the header
+            // concurrently sees either state (both are checked).
             h.state
                 .store(st_free(gen.wrapping_add(1), 0), Ordering::Relaxed);
             self.dealloc(h);
@@ -503,20 +584,48 @@ impl JePool {
         }
     }
 
-    /// Gives the block behind header `h` back to jemalloc, after its state went to free.
+    /// Gives the block behind header `h` back (to this thread's cache, or jemalloc), after its
+    /// state went to free.
     #[inline]
     fn dealloc(&self, h: &ObjHeader) {
-        let p = (h as *const ObjHeader).cast_mut().cast::<c_void>();
+        let p = (h as *const ObjHeader) as usize;
+        // The length `alloc` wrote (only this process writes headers), so the block's class is
+        // the one it was allocated with.
         let len = h.len.load(Ordering::Relaxed);
-        let owner = thread_tag() == self.owner_thread;
-        let flags = if owner { self.flags_owner } else { self.flags };
-        // SAFETY: `p` came from `mallocx(len + OBJ_HEADER)` in this arena (the length in the
-        // header is the one `alloc` wrote; only this process writes headers); the state change
-        // before this call made it the only free of it; the owner's tcache is used only on the
-        // owner thread.
-        unsafe { je::sdallocx(p, len as usize + OBJ_HEADER, flags) };
-        bump(&self.objects, owner, 1u64.wrapping_neg());
-        bump(&self.bytes, owner, u64::from(len).wrapping_neg());
+        let size = len as usize + OBJ_HEADER;
+        if size <= cache::MAX_CACHED {
+            let c = cache::class_of(size);
+            let cached = cache::with(self, |pc| {
+                if !pc.push(c, p) {
+                    self.spill(pc, c, p);
+                }
+                pc.count(self, 1u64.wrapping_neg(), u64::from(len).wrapping_neg());
+            });
+            if cached.is_some() {
+                return;
+            }
+        }
+        self.free_uncached(p, size, len);
+    }
+
+    /// Class `c`'s bin is full: gives its older half back to jemalloc, then caches `p`.
+    #[cold]
+    fn spill(&self, pc: &mut cache::PoolCache, c: usize, p: usize) {
+        let n = pc.spill_half(c, |old| self.je_free(old, cache::class_bytes(c)));
+        pc.count_held(self, n.wrapping_neg());
+        let cached = pc.push(c, p);
+        debug_assert!(cached);
+    }
+
+    /// Frees block `p` (of an object of `len` bytes, `size` with the header) to jemalloc.
+    #[cold]
+    fn free_uncached(&self, p: usize, size: usize, len: u32) {
+        // The block was allocated with `block_size(size)`, cached or not.
+        self.je_free(p, Self::block_size(size));
+        let s = &self.shared.slots[cache::SHARED_SLOT];
+        cache::Slot::add(&s.objects, true, 1u64.wrapping_neg());
+        cache::Slot::add(&s.bytes, true, u64::from(len).wrapping_neg());
+        cache::Slot::add(&s.held, true, 1u64.wrapping_neg());
     }
 
     /// Copies `data` into the object at `off` (generation `gen`) from byte `at`.
@@ -570,16 +679,11 @@ impl JePool {
         Ok(())
     }
 
-    /// Objects and payload bytes currently allocated.
+    /// Objects and payload bytes currently allocated (exact when no thread is allocating or
+    /// freeing in the pool).
     pub(crate) fn usage(&self) -> (u64, u64) {
-        (
-            self.objects[0]
-                .load(Ordering::Relaxed)
-                .wrapping_add(self.objects[1].load(Ordering::Relaxed)),
-            self.bytes[0]
-                .load(Ordering::Relaxed)
-                .wrapping_add(self.bytes[1].load(Ordering::Relaxed)),
-        )
+        let (objects, bytes, _) = self.shared.totals();
+        (objects, bytes)
     }
 }
 
@@ -589,24 +693,13 @@ impl Drop for JePool {
             // A fork child must not touch the arena: leak our share of it.
             return;
         }
-        if self.tcache != c_uint::MAX {
-            let mut tc = self.tcache;
-            // SAFETY: `tcache.destroy` reads an unsigned; nobody uses the tcache any more (we are
-            // being dropped, and it was only used through `self`). Its cached blocks go back to
-            // the arena, which must happen before the arena is destroyed.
-            unsafe {
-                je::mallctl(
-                    c"tcache.destroy".as_ptr(),
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                    (&mut tc as *mut c_uint).cast(),
-                    std::mem::size_of::<c_uint>(),
-                )
-            };
-        }
+        // From now on no thread flushes its cache into this pool; blocks still cached are
+        // forgotten (the arena's destruction below takes their memory back).
+        cache::unregister(self.shared.key);
         let name = CString::new(format!("arena.{}.destroy", self.arena)).expect("no NUL");
         // SAFETY: destroys our arena; no other reference to it remains (every object's block was
-        // allocated through `self`, which is being dropped, and no tcache holds any).
+        // allocated through `self`, which is being dropped; no jemalloc tcache holds any, since
+        // every call passed MALLOCX_TCACHE_NONE; and no thread cache will use its blocks again).
         let rc = unsafe {
             je::mallctl(
                 name.as_ptr(),
