@@ -1477,6 +1477,15 @@ impl<N: Notifier + ?Sized> ReadChunk<'_, N> {
 
     /// Frees the frame now (the same as dropping the chunk).
     pub fn release(self) {}
+
+    /// Leaves the frame in the ring, unread: the next [`Consumer::read_chunk`] (or pop) returns
+    /// it again, validated afresh. For a reader that decides from the tag how to consume a frame
+    /// and wants a borrow of it that outlives this call.
+    pub fn keep(self) {
+        // Nothing to undo: the consumer's `head` moves only in `release`, and the chunk owns no
+        // resource of its own.
+        core::mem::forget(self);
+    }
 }
 
 impl<N: Notifier + ?Sized> Drop for ReadChunk<'_, N> {

@@ -75,6 +75,24 @@ fn read_chunk_extend_vec_appends_without_zeroing() {
 }
 
 #[test]
+fn read_chunk_keep_leaves_the_frame_for_the_next_read() {
+    let (mut tx, mut rx) = Ring::with_capacity(128);
+    tx.try_push_tagged(b"first", 3, N).unwrap();
+    tx.try_push(b"second", N).unwrap();
+    rx.read_chunk(N).unwrap().keep();
+    rx.read_chunk(N).unwrap().keep();
+    let chunk = rx.read_chunk(N).unwrap();
+    assert_eq!((chunk.tag(), chunk.to_vec()), (3, b"first".to_vec()));
+    drop(chunk);
+    let chunk = rx.read_chunk(N).unwrap();
+    assert_eq!(chunk.to_vec(), b"second");
+    chunk.keep();
+    let mut buf = [0u8; 16];
+    assert_eq!(rx.try_pop(&mut buf, N), Ok(FrameInfo { len: 6, tag: 0 }));
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Empty));
+}
+
+#[test]
 fn errors_full_too_large_buffer_too_small() {
     let (mut tx, mut rx) = Ring::with_capacity(64);
     assert_eq!(
