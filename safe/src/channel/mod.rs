@@ -15,6 +15,15 @@
 //! `tokio`) waits with tokio's reactor, and any other event loop can drive it through
 //! [`Channel::readiness`] and the `try_*` calls.
 //!
+//! # Building and reading in place
+//!
+//! [`Channel::send_in_place`] has the caller build a message of a given length directly in the
+//! transport, and [`Channel::recv_in_place`] lends the received message for reading where it
+//! lies ([`MessageWriter`], [`IncomingMessage`]). On the ring transport a message that fits one
+//! frame is built in the shared-memory frame the peer reads it from: no copy on either side, so
+//! a large message costs what building and reading it costs. Other messages and transports go
+//! through a buffer the channel reuses, behind the same calls.
+//!
 //! # Guarantees
 //!
 //! - Messages arrive complete, in order, each exactly once, with the descriptors sent with them
@@ -72,6 +81,7 @@ mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod in_place;
 mod mq;
 mod ring;
 mod socket;
@@ -83,6 +93,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 pub use self::error::{Corruption, OpenError, RecvError, SendError};
+pub use self::in_place::{IncomingMessage, MessageWriter};
 #[cfg(feature = "tokio")]
 pub use self::tokio::{AsyncChannel, AsyncReceiver, AsyncSender};
 
@@ -445,15 +456,18 @@ impl Transport {
         }
     }
 
+    /// One receive step. `in_place`: the ring leaves a one-frame message in the ring for
+    /// [`RingTransport::take_in_place`]; the other transports always fill `out`.
     fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
         block: Option<Option<Instant>>,
+        in_place: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         match self {
             Transport::Socket(t) => t.recv_step(out, block == Some(None)),
             Transport::Mq(t) => t.recv_step(out, block.is_some()),
-            Transport::Ring(t) => t.recv_step(out, block),
+            Transport::Ring(t) => t.recv_step(out, block, in_place),
         }
     }
 
@@ -530,6 +544,9 @@ pub struct Channel {
     transport: Option<Transport>,
     limits: Limits,
     pending: Option<Pending>,
+    /// Where [`Channel::send_in_place`] builds a message it cannot build in the transport, and
+    /// [`Channel::recv_in_place`] receives one it cannot leave there; reused.
+    stage: Vec<u8>,
     nonblocking: bool,
     closed: bool,
     poisoned: bool,
@@ -541,6 +558,7 @@ impl Channel {
             transport: Some(transport),
             limits,
             pending: None,
+            stage: Vec::new(),
             nonblocking: false,
             closed: false,
             poisoned: false,
@@ -720,7 +738,7 @@ impl Channel {
         if self.nonblocking {
             self.try_recv(buf)
         } else {
-            self.recv_until(buf, None)
+            self.recv_until(buf, None, false)
         }
     }
 
@@ -736,7 +754,7 @@ impl Channel {
 
     /// Receives a message if one is complete without waiting, else [`RecvError::WouldBlock`].
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
-        match self.step_recv(buf, None)? {
+        match self.step_recv(buf, None, false)? {
             Some(fds) => Ok(RecvMeta {
                 len: buf.len(),
                 fds,
@@ -751,7 +769,7 @@ impl Channel {
         buf: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<RecvMeta, RecvError> {
-        self.recv_until(buf, Some(Instant::now() + timeout))
+        self.recv_until(buf, Some(Instant::now() + timeout), false)
     }
 
     /// Closes this side for sending: the peer receives [`RecvError::Closed`] after every message
@@ -843,9 +861,10 @@ impl Channel {
         &mut self,
         buf: &mut Vec<u8>,
         deadline: Option<Instant>,
+        in_place: bool,
     ) -> Result<RecvMeta, RecvError> {
         loop {
-            if let Some(fds) = self.step_recv(buf, Some(deadline))? {
+            if let Some(fds) = self.step_recv(buf, Some(deadline), in_place)? {
                 return Ok(RecvMeta {
                     len: buf.len(),
                     fds,
@@ -871,15 +890,19 @@ impl Channel {
     }
 
     fn check_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        self.check_send_len(data.len(), fds)
+    }
+
+    fn check_send_len(&self, len: usize, fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
         if self.poisoned {
             return Err(SendError::Poisoned);
         }
         if self.closed {
             return Err(SendError::Closed);
         }
-        if data.len() > self.limits.max_message_size {
+        if len > self.limits.max_message_size {
             return Err(SendError::TooLarge {
-                len: data.len(),
+                len,
                 max: self.limits.max_message_size,
             });
         }
@@ -913,11 +936,12 @@ impl Channel {
         &mut self,
         buf: &mut Vec<u8>,
         block: Option<Option<Instant>>,
+        in_place: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         if self.poisoned {
             return Err(RecvError::Poisoned);
         }
-        let result = self.tr_mut().recv_step(buf, block);
+        let result = self.tr_mut().recv_step(buf, block, in_place);
         if let Err(RecvError::Corrupt(_) | RecvError::Io { .. }) = result {
             self.poisoned = true;
             self.tr_mut().discard();
@@ -1034,6 +1058,25 @@ impl ChannelSender {
         self.0.try_send_with_fds(data, fds)
     }
 
+    /// See [`Channel::send_in_place`].
+    pub fn send_in_place<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> Result<R, SendError> {
+        self.0.send_in_place(len, build)
+    }
+
+    /// See [`Channel::send_in_place_with_fds`].
+    pub fn send_in_place_with_fds<R>(
+        &mut self,
+        len: usize,
+        fds: &[BorrowedFd<'_>],
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> Result<R, SendError> {
+        self.0.send_in_place_with_fds(len, fds, build)
+    }
+
     /// See [`Channel::flush`].
     pub fn flush(&mut self) -> Result<(), SendError> {
         self.0.flush()
@@ -1074,6 +1117,16 @@ impl ChannelReceiver {
     /// See [`Channel::try_recv`].
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
         self.0.try_recv(buf)
+    }
+
+    /// See [`Channel::recv_in_place`].
+    pub fn recv_in_place(&mut self) -> Result<IncomingMessage<'_>, RecvError> {
+        self.0.recv_in_place()
+    }
+
+    /// See [`Channel::try_recv_in_place`].
+    pub fn try_recv_in_place(&mut self) -> Result<IncomingMessage<'_>, RecvError> {
+        self.0.try_recv_in_place()
     }
 
     /// See [`Channel::recv_timeout`].

@@ -51,7 +51,8 @@ use flowipc_sys::Errno;
 use super::error::{Corruption, OpenError, RecvError, SendError};
 use super::{Limits, SendCursor, Step};
 use crate::ring::{
-    RingOpenError, RingReceiver, RingRecvError, RingSendError, RingSender, ShmRing, WaitPolicy,
+    RingOpenError, RingReadChunk, RingReceiver, RingRecvError, RingSendError, RingSender,
+    RingWriteChunk, ShmRing, WaitPolicy,
 };
 
 const FIRST: u16 = 0x01;
@@ -146,6 +147,9 @@ pub(crate) struct RingTransport {
     assembling: Vec<u8>,
     fdbuf: Box<RecvFds>,
     peer_closed: bool,
+    /// The tag of a one-frame message that an in-place receive validated and left in the ring
+    /// (its descriptors already taken), to be handed out by [`RingTransport::take_in_place`].
+    in_ring: Option<u16>,
     last_idle_check: Option<Instant>,
     last_send_check: Option<Instant>,
 }
@@ -228,6 +232,7 @@ impl RingTransport {
             fds: Vec::new(),
             assembling: Vec::new(),
             peer_closed: false,
+            in_ring: None,
             last_idle_check: None,
             last_send_check: None,
         }
@@ -330,6 +335,7 @@ impl RingTransport {
 
     pub(crate) fn discard(&mut self) {
         self.in_progress = false;
+        self.in_ring = None;
         self.fds.clear();
         self.fdbuf.clear();
         self.assembling = Vec::new();
@@ -496,11 +502,17 @@ impl RingTransport {
 
     /// Receives a complete message if one is there (with `block`: waits for it until the
     /// deadline, if any). `Ok(None)`: nothing yet.
+    ///
+    /// With `in_place`, a message that is one frame is checked (tag, length, descriptors) but
+    /// left in the ring, and `out` is not touched: [`take_in_place`](Self::take_in_place) then
+    /// hands out the frame. Longer messages are assembled in `out` as usual.
     pub(crate) fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
         block: Option<Option<Instant>>,
+        in_place: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
+        debug_assert!(self.in_ring.is_none(), "an in-place frame was not taken");
         if self.peer_closed {
             return Err(RecvError::Closed);
         }
@@ -596,6 +608,13 @@ impl RingTransport {
                         Corruption::BadChunk("chunks longer than the announced total").into(),
                     );
                 }
+                if in_place && flags & LAST != 0 {
+                    // Stays in the ring for the caller; descriptors first, as on the copy path.
+                    let fds = take_fds(&self.sock, &mut self.fdbuf, &self.limits, nfds)?;
+                    chunk.keep();
+                    self.in_ring = Some(tag);
+                    return Ok(Some(fds));
+                }
                 self.assembling.clear();
                 chunk.extend_vec(skip, &mut self.assembling);
                 drop(chunk);
@@ -633,6 +652,101 @@ impl RingTransport {
                 return Ok(Some(std::mem::take(&mut self.fds)));
             }
         }
+    }
+}
+
+impl RingTransport {
+    /// The one-frame message that [`recv_step`](Self::recv_step) with `in_place` left in the
+    /// ring, or `None` if the last step assembled its message in the caller's buffer instead.
+    /// Dropping the chunk frees the frame.
+    pub(crate) fn take_in_place(&mut self) -> Option<Result<RingReadChunk<'_>, RecvError>> {
+        let tag = self.in_ring.take()?;
+        let Some(rx) = self.rx.as_mut() else {
+            return Some(Err(RecvError::Poisoned));
+        };
+        // The frame was validated a moment ago; a producer that rewrote a published frame since
+        // is corrupting the ring.
+        Some(match rx.try_read_chunk() {
+            Ok(chunk) if chunk.tag() == tag => Ok(chunk),
+            Ok(_) | Err(_) => {
+                Err(Corruption::Ring("a published frame changed under the reader".into()).into())
+            }
+        })
+    }
+
+    /// Whether a message of `len` bytes goes as one frame, so that it can be built in place.
+    pub(crate) fn fits_one_frame(&mut self, len: usize) -> Result<bool, SendError> {
+        self.sender()?;
+        Ok(self.tx.as_ref().is_some_and(|tx| len <= tx.max_payload()))
+    }
+
+    /// Reserves one frame of `len` bytes (at most [`fits_one_frame`](Self::fits_one_frame)), lets
+    /// `build` write the message into it in place (it gets the frame and gives it back), sends
+    /// `fds` on the companion socket, and publishes the frame. With `block`, waits for room (until the deadline, if any); without,
+    /// gives [`SendError::WouldBlock`] at once when the ring or the socket is full. On any error
+    /// nothing is sent (`build` may or may not have run).
+    pub(crate) fn send_in_place<R>(
+        &mut self,
+        len: usize,
+        fds: &[BorrowedFd<'_>],
+        block: Option<Option<Instant>>,
+        build: impl for<'c> FnOnce(RingWriteChunk<'c>) -> (Option<RingWriteChunk<'c>>, R),
+    ) -> Result<R, SendError> {
+        self.sender()?;
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(SendError::Poisoned);
+        };
+        let sock = &self.sock;
+        let idle = &mut self.last_send_check;
+        let chunk = match tx.try_write_chunk(len) {
+            Ok(c) => c,
+            Err(RingSendError::WouldBlock) => {
+                let Some(deadline) = block else {
+                    blocked(sock, idle)?;
+                    return Err(SendError::WouldBlock);
+                };
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                match tx.write_chunk(len, timeout) {
+                    Ok(c) => c,
+                    Err(RingSendError::Timeout) => return Err(SendError::WouldBlock),
+                    Err(e) => return Err(map_send(e)),
+                }
+            }
+            Err(e) => return Err(map_send(e)),
+        };
+        // `build` hands the chunk back to be published (always: it is the only chunk it has).
+        let (Some(chunk), out) = build(chunk) else {
+            return Err(SendError::Io {
+                op: "building a message in place",
+                source: io::Error::other("the builder did not return the ring frame"),
+            });
+        };
+        if !fds.is_empty() {
+            // Before the frame is published: the receiver takes them when it sees the frame.
+            loop {
+                match socket::send_with_fds(sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
+                    Ok(_) => break,
+                    Err(Errno::AGAIN) => {
+                        let Some(deadline) = block else {
+                            return Err(SendError::WouldBlock);
+                        };
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(SendError::WouldBlock);
+                        }
+                        let mut pfd = [PollFd::new(sock, PollFlags::OUT)];
+                        let _ = socket::poll(&mut pfd, Some(PEER_CHECK_INTERVAL));
+                        if hung_up(sock.as_fd()) {
+                            return Err(SendError::PeerGone);
+                        }
+                    }
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(SendError::os("sendmsg on the ring channel's socket", e)),
+                }
+            }
+        }
+        let nfds = (fds.len() as u16) << 8;
+        chunk.commit_tagged(len, FIRST | LAST | nfds);
+        Ok(out)
     }
 }
 

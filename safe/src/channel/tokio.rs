@@ -365,7 +365,7 @@ impl AsyncChannel {
                     source,
                 };
                 let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
-                if let Some(fds) = channel.step_recv(buf, None)? {
+                if let Some(fds) = channel.step_recv(buf, None, false)? {
                     if armed {
                         ring_of(channel).disarm(true);
                     }
@@ -382,7 +382,7 @@ impl AsyncChannel {
                     Some(recv.poll_read_ready(cx)),
                     peer.as_ref().map(|p| p.poll_read_ready(cx)),
                 ];
-                if let Some(fds) = channel.step_recv(buf, None)? {
+                if let Some(fds) = channel.step_recv(buf, None, false)? {
                     return Poll::Ready(Ok(done(buf, fds)));
                 }
                 match settle(seen) {
