@@ -250,6 +250,7 @@ const SEED: u64 = 0x5EED_F10E_1BC0_FFEE;
 pub fn child_main(role: &str) {
     match role {
         "stress" => stress_child(),
+        "stress-in-place" => stress_child_in_place(),
         "flood" => {
             let mut ch = child_channel();
             let msg = vec![0xAB; 16 * 1024];
@@ -275,12 +276,61 @@ fn env_u64(name: &str) -> u64 {
 /// Parent side of the stress test: `n` messages parent -> child, then `n / 4` child -> parent,
 /// then an orderly close; every message checked (content, length, order, descriptors).
 pub fn stress(test: &str, pair: (Channel, Channel), with_fds: bool, default_n: u64) {
+    stress_with(test, pair, with_fds, default_n, false);
+}
+
+/// [`stress`] with every message built by `send_in_place` and read by `recv_in_place` on both
+/// sides.
+pub fn stress_in_place(test: &str, pair: (Channel, Channel), with_fds: bool, default_n: u64) {
+    stress_with(test, pair, with_fds, default_n, true);
+}
+
+/// Sends message `buf` with `fds`, copied or built in place.
+fn send_msg(ch: &mut Channel, buf: &[u8], fds: &[BorrowedFd<'_>], in_place: bool) {
+    let sent = if in_place {
+        // Built in two pieces, through both ways of writing.
+        ch.send_in_place_with_fds(buf.len(), fds, |w| {
+            let half = buf.len() / 2;
+            w.write_at(half, &buf[half..]);
+            std::io::Write::write_all(w, &buf[..half]).unwrap();
+        })
+    } else {
+        ch.send_with_fds(buf, fds)
+    };
+    sent.unwrap_or_else(|e| panic!("send of {} bytes: {e}", buf.len()));
+}
+
+/// Receives the next message into `buf`, copied or read in place; returns its descriptors.
+fn recv_msg(ch: &mut Channel, buf: &mut Vec<u8>, in_place: bool) -> Vec<OwnedFd> {
+    if !in_place {
+        return ch.recv(buf).unwrap_or_else(|e| panic!("recv: {e}")).fds;
+    }
+    let mut msg = ch
+        .recv_in_place()
+        .unwrap_or_else(|e| panic!("recv_in_place: {e}"));
+    buf.clear();
+    std::io::Read::read_to_end(&mut msg, buf).unwrap();
+    assert_eq!(buf.len(), msg.len());
+    msg.take_fds()
+}
+
+fn stress_with(
+    test: &str,
+    pair: (Channel, Channel),
+    with_fds: bool,
+    default_n: u64,
+    in_place: bool,
+) {
     let n = stress_count(default_n);
     let (mut ours, theirs) = pair;
     let markers = Markers::create();
     let mut child = spawn_child(
         test,
-        "stress",
+        if in_place {
+            "stress-in-place"
+        } else {
+            "stress"
+        },
         theirs,
         &[
             ("FLOWIPC_STRESS_N", n.to_string()),
@@ -296,8 +346,7 @@ pub fn stress(test: &str, pair: (Channel, Channel), with_fds: bool, default_n: u
         let len = size(&mut rng);
         let k = if with_fds { fd_count(&mut rng) } else { 0 };
         fill(seq, len, &mut buf);
-        ours.send_with_fds(&buf, &markers.for_message(seq, k))
-            .unwrap_or_else(|e| panic!("send {seq}: {e}"));
+        send_msg(&mut ours, &buf, &markers.for_message(seq, k), in_place);
         bytes += len as u64;
         nfds += k as u64;
     }
@@ -306,11 +355,9 @@ pub fn stress(test: &str, pair: (Channel, Channel), with_fds: bool, default_n: u
     for seq in 0..n / 4 {
         let len = size(&mut rng);
         let k = if with_fds { fd_count(&mut rng) } else { 0 };
-        let meta = ours
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("recv {seq}: {e}"));
+        let fds = recv_msg(&mut ours, &mut buf, in_place);
         verify(seq, len, &buf).unwrap();
-        verify_fds(seq, k, &meta.fds).unwrap();
+        verify_fds(seq, k, &fds).unwrap();
         bytes += len as u64;
     }
     match ours.recv(&mut buf) {
@@ -334,6 +381,14 @@ pub fn stress(test: &str, pair: (Channel, Channel), with_fds: bool, default_n: u
 }
 
 fn stress_child() {
+    stress_child_with(false);
+}
+
+fn stress_child_in_place() {
+    stress_child_with(true);
+}
+
+fn stress_child_with(in_place: bool) {
     let n = env_u64("FLOWIPC_STRESS_N");
     let with_fds = env_u64("FLOWIPC_STRESS_FDS") == 1;
     let mut ch = child_channel();
@@ -342,11 +397,9 @@ fn stress_child() {
     for seq in 0..n {
         let len = size(&mut rng);
         let k = if with_fds { fd_count(&mut rng) } else { 0 };
-        let meta = ch
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("child recv {seq}: {e}"));
+        let fds = recv_msg(&mut ch, &mut buf, in_place);
         verify(seq, len, &buf).unwrap();
-        verify_fds(seq, k, &meta.fds).unwrap();
+        verify_fds(seq, k, &fds).unwrap();
     }
     let markers = Markers::create();
     let mut rng = Rng(SEED ^ 1);
@@ -354,8 +407,7 @@ fn stress_child() {
         let len = size(&mut rng);
         let k = if with_fds { fd_count(&mut rng) } else { 0 };
         fill(seq, len, &mut buf);
-        ch.send_with_fds(&buf, &markers.for_message(seq, k))
-            .unwrap_or_else(|e| panic!("child send {seq}: {e}"));
+        send_msg(&mut ch, &buf, &markers.for_message(seq, k), in_place);
     }
     ch.close().unwrap();
     // The parent closes after receiving everything.
