@@ -3,7 +3,7 @@
 //! the sending side of the channel's receive ring and the other end of the companion socket, and
 //! pushes frames with arbitrary tags (flags, descriptor counts), lengths and total-length prefixes,
 //! valid messages in between, and bytes with or without eventfds on the socket; the channel
-//! receives with `try_recv` at arbitrary points. At the end the peer closes its ring side and the
+//! receives with `try_recv` or `try_recv_in_place` at arbitrary points. At the end the peer closes its ring side and the
 //! channel is drained until it reports an error.
 //!
 //! Frame validity below the channel layer (positions, frame headers) is the `ring_hostile`
@@ -50,6 +50,9 @@ enum Op {
     Socket { bytes: u8, fds: u8 },
     /// A `try_recv` on the channel.
     Recv,
+    /// A `try_recv_in_place` on the channel (the frame of a one-frame message is read in the
+    /// ring); the same outcomes as `Recv`.
+    RecvInPlace,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -178,17 +181,38 @@ struct Run {
 }
 
 impl Run {
-    /// One `try_recv`, checked against the model. `false` once the channel has ended.
+    /// One `try_recv` (or `try_recv_in_place`), checked against the model. `false` once the
+    /// channel has ended.
     fn recv(&mut self) -> bool {
-        let got = match self.ch.try_recv(&mut self.buf) {
-            Ok(meta) => {
-                assert_eq!(meta.len, self.buf.len());
-                assert!(
-                    self.buf.len() <= self.model.max,
-                    "message above the maximum"
-                );
-                Outcome::Message(std::mem::take(&mut self.buf), meta.fds.len())
+        self.recv_with(false)
+    }
+
+    fn recv_with(&mut self, in_place: bool) -> bool {
+        let got = if in_place {
+            match self.ch.try_recv_in_place() {
+                Ok(msg) => {
+                    let bytes = msg.to_vec();
+                    assert_eq!(bytes.len(), msg.len());
+                    assert!(bytes.len() <= self.model.max, "message above the maximum");
+                    Ok((bytes, msg.fds().len()))
+                }
+                Err(e) => Err(e),
             }
+        } else {
+            match self.ch.try_recv(&mut self.buf) {
+                Ok(meta) => {
+                    assert_eq!(meta.len, self.buf.len());
+                    assert!(
+                        self.buf.len() <= self.model.max,
+                        "message above the maximum"
+                    );
+                    Ok((std::mem::take(&mut self.buf), meta.fds.len()))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let got = match got {
+            Ok((bytes, nfds)) => Outcome::Message(bytes, nfds),
             Err(RecvError::WouldBlock) => Outcome::WouldBlock,
             Err(RecvError::Closed) => Outcome::Closed,
             Err(RecvError::PeerGone) => Outcome::PeerGone,
@@ -361,6 +385,7 @@ fuzz_target!(|input: Input| {
                     run.model.sock.extend(std::iter::repeat_n(0, bytes - 1));
                 }
                 Op::Recv => alive = run.recv(),
+                Op::RecvInPlace => alive = run.recv_with(true),
             }
         }
         // The peer closes its ring side; everything it published is still delivered first.
