@@ -1,6 +1,8 @@
 //! `flowipc-channel-ring`, `flowipc-channel-socket`, `flowipc-channel-mq`: the application-level
 //! [`flowipc::channel::Channel`] over each transport, handed to the server as
-//! [`flowipc::channel::ChannelFds`] exactly as a session would hand it over.
+//! [`flowipc::channel::ChannelFds`] exactly as a session would hand it over, with `send` / `recv`.
+//! `flowipc-channel-ring-zerocopy` is the ring channel used through `send_in_place` /
+//! `recv_in_place`: each message is built in the ring frame and read there.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -8,11 +10,14 @@ use std::os::fd::OwnedFd;
 use flowipc::channel::{Channel, ChannelFds, ChannelOptions};
 use flowipc::ring::WaitPolicy;
 
-use crate::harness::{Config, Endpoint, Kind, Mode, Placement, System};
+use crate::harness::{
+    recv_copied, send_copied, Config, Endpoint, Kind, Message, Mode, Placement, Received, System,
+};
 
 struct ChannelEndpoint {
     channel: Channel,
     buf: Vec<u8>,
+    in_place: bool,
 }
 
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -35,6 +40,28 @@ impl Endpoint for ChannelEndpoint {
         let meta = self.channel.recv(&mut self.buf).map_err(other)?;
         Ok(&self.buf[..meta.len])
     }
+
+    fn send_message(&mut self, msg: &Message, scratch: &mut [u8]) -> io::Result<()> {
+        if !self.in_place {
+            return send_copied(self, msg, scratch);
+        }
+        self.channel
+            .send_in_place(msg.size, |w| {
+                msg.build(|offset, bytes| w.write_at(offset, bytes))
+            })
+            .map_err(other)
+    }
+
+    fn recv_message(&mut self, scratch: &mut [u8]) -> io::Result<Received> {
+        if !self.in_place {
+            return recv_copied(self, scratch);
+        }
+        let msg = self.channel.recv_in_place().map_err(other)?;
+        // Dropping the message frees its frame.
+        Ok(Received::read(msg.len(), |offset, dst| {
+            msg.read_at(offset, dst);
+        }))
+    }
 }
 
 /// Which transport a channel system uses.
@@ -49,6 +76,8 @@ enum Transport {
 pub struct ChannelSystem {
     name: &'static str,
     transport: Transport,
+    /// Messages built and read with `send_in_place` / `recv_in_place`.
+    in_place: bool,
 }
 
 impl ChannelSystem {
@@ -56,16 +85,25 @@ impl ChannelSystem {
     pub const RING: ChannelSystem = ChannelSystem {
         name: "flowipc-channel-ring",
         transport: Transport::Ring,
+        in_place: false,
+    };
+    /// The ring channel, messages built and read in place.
+    pub const RING_ZERO_COPY: ChannelSystem = ChannelSystem {
+        name: "flowipc-channel-ring-zerocopy",
+        transport: Transport::Ring,
+        in_place: true,
     };
     /// A Unix stream socket with length-prefixed frames.
     pub const SOCKET: ChannelSystem = ChannelSystem {
         name: "flowipc-channel-socket",
         transport: Transport::Socket,
+        in_place: false,
     };
     /// A pair of POSIX message queues (unlinked at once) plus a companion socket.
     pub const MQ: ChannelSystem = ChannelSystem {
         name: "flowipc-channel-mq",
         transport: Transport::Mq,
+        in_place: false,
     };
 
     fn options(&self, cfg: &Config) -> ChannelOptions {
@@ -108,6 +146,7 @@ impl System for ChannelSystem {
             Box::new(ChannelEndpoint {
                 channel: client,
                 buf: Vec::new(),
+                in_place: self.in_place,
             }),
             fds,
         ))
@@ -125,6 +164,7 @@ impl System for ChannelSystem {
         Ok(Box::new(ChannelEndpoint {
             channel,
             buf: Vec::new(),
+            in_place: self.in_place,
         }))
     }
 }

@@ -69,6 +69,7 @@ fn systems() -> Vec<&'static dyn System> {
         &ring::Ring::BATCHED,
         &ring::Ring::ZERO_COPY,
         &channel::ChannelSystem::RING,
+        &channel::ChannelSystem::RING_ZERO_COPY,
         &channel::ChannelSystem::SOCKET,
         &channel::ChannelSystem::MQ,
         &raw::Slot::SPIN,
@@ -403,6 +404,14 @@ fn check_channel_targets(rows: &[Row]) {
         ) {
             ("flowipc-channel-ring", mode, placement) => {
                 latency_ratio(rows, row, "flowipc-ring", mode, placement, 1.3);
+                if mode == "block" && placement == "same-core" {
+                    latency_ratio(rows, row, "raw-uds", "block", "same-core", 0.7);
+                }
+            }
+            // The same targets for the channel used in place, against the bare ring used in
+            // place.
+            ("flowipc-channel-ring-zerocopy", mode, placement) => {
+                latency_ratio(rows, row, "flowipc-ring-zerocopy", mode, placement, 1.3);
                 if mode == "block" && placement == "same-core" {
                     latency_ratio(rows, row, "raw-uds", "block", "same-core", 0.7);
                 }
