@@ -83,6 +83,60 @@ fn async_ring_traffic() {
 }
 
 /// A send cancelled half-way (timeout while the peer does not drain) leaves the stream whole.
+/// `n` messages built and read in place, both sides async, the reader slower at first so that the
+/// writer waits for room (small ring); some carry descriptors, some exceed one frame.
+async fn in_place_traffic(a: Channel, b: Channel, n: u64) {
+    let mut a = a.into_async().unwrap();
+    let mut b = b.into_async().unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let receiver = tokio::spawn(async move {
+        let mut rng = Rng(11);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for seq in 0..n {
+            let len = (size(&mut rng)).min(100_000);
+            let k = usize::from(seq % 16 == 5);
+            let msg = b.recv_in_place().await.unwrap();
+            assert_eq!(msg.len(), len, "message {seq}");
+            verify(seq, len, &msg.to_vec()).unwrap();
+            assert_eq!(msg.fds().len(), k, "message {seq}");
+        }
+        assert!(matches!(b.recv_in_place().await, Err(RecvError::Closed)));
+    });
+    let mut rng = Rng(11);
+    let mut msg = Vec::new();
+    for seq in 0..n {
+        let len = (size(&mut rng)).min(100_000);
+        fill(seq, len, &mut msg);
+        let fds = if seq % 16 == 5 {
+            vec![file.as_fd()]
+        } else {
+            vec![]
+        };
+        a.send_in_place_with_fds(len, &fds, |w| w.write_at(0, &msg))
+            .await
+            .unwrap();
+    }
+    a.close().await.unwrap();
+    receiver.await.unwrap();
+}
+
+#[test]
+fn async_in_place_ring_traffic() {
+    let _g = serial();
+    let (a, b) = ChannelOptions::new()
+        .ring_capacity(64 * 1024)
+        .ring_pair()
+        .unwrap();
+    runtime().block_on(in_place_traffic(a, b, 5_000));
+}
+
+#[test]
+fn async_in_place_socket_traffic() {
+    let _g = serial();
+    let (a, b) = Channel::socket_pair().unwrap();
+    runtime().block_on(in_place_traffic(a, b, 2_000));
+}
+
 async fn cancelled_send(a: Channel, b: Channel) {
     let mut a = a.into_async().unwrap();
     let mut b = b.into_async().unwrap();

@@ -186,6 +186,28 @@ impl io::Read for IncomingMessage<'_> {
     }
 }
 
+/// Wraps a message builder for [`RingTransport::send_in_place`], which lends it the reserved
+/// frame and takes it back to publish it.
+///
+/// [`RingTransport::send_in_place`]: super::ring::RingTransport::send_in_place
+pub(crate) fn ring_builder<R>(
+    len: usize,
+    build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+) -> impl for<'c> FnOnce(RingWriteChunk<'c>) -> (Option<RingWriteChunk<'c>>, R) {
+    move |chunk| {
+        let mut writer = MessageWriter {
+            dst: WriterDst::Ring(chunk),
+            len,
+            pos: 0,
+        };
+        let out = build(&mut writer);
+        match writer.dst {
+            WriterDst::Ring(chunk) => (Some(chunk), out),
+            WriterDst::Buffer(_) => (None, out),
+        }
+    }
+}
+
 impl Channel {
     /// Sends a message of `len` bytes that `build` writes in place, waiting while the peer does
     /// not drain (unless non-blocking); returns what `build` returned.
@@ -235,35 +257,42 @@ impl Channel {
             self.flush_pending_blocking()?;
         }
         let block = (!self.nonblocking).then_some(None::<Instant>);
-        if let Some(Transport::Ring(t)) = self.transport.as_mut() {
-            if t.fits_one_frame(len)? {
+        if self.ring_takes_in_place(len)? {
+            if let Some(Transport::Ring(t)) = self.transport.as_mut() {
                 // Nothing is published before the frame is complete, so an error here leaves
                 // the channel as it was: no poisoning.
-                return t.send_in_place(len, fds, block, |chunk| {
-                    let mut writer = MessageWriter {
-                        dst: WriterDst::Ring(chunk),
-                        len,
-                        pos: 0,
-                    };
-                    let out = build(&mut writer);
-                    match writer.dst {
-                        WriterDst::Ring(chunk) => (Some(chunk), out),
-                        WriterDst::Buffer(_) => (None, out),
-                    }
-                });
+                return t.send_in_place(len, fds, block, &mut Some(ring_builder(len, build)));
             }
         }
-        let mut stage = std::mem::take(&mut self.stage);
-        stage.clear();
-        stage.resize(len, 0);
-        let out = build(&mut MessageWriter {
-            dst: WriterDst::Buffer(&mut stage),
-            len,
-            pos: 0,
-        });
+        let out = self.build_in_stage(len, build);
+        let stage = std::mem::take(&mut self.stage);
         let sent = self.send_with_fds(&stage, fds);
         self.stage = stage;
         sent.map(|()| out)
+    }
+
+    /// Whether a message of `len` bytes is built in a ring frame (ring transport, one frame).
+    pub(crate) fn ring_takes_in_place(&mut self, len: usize) -> Result<bool, SendError> {
+        match self.transport.as_mut() {
+            Some(Transport::Ring(t)) => t.fits_one_frame(len),
+            _ => Ok(false),
+        }
+    }
+
+    /// Builds a message of `len` bytes in the channel's buffer (`stage`), for a transport that
+    /// cannot take it in place.
+    pub(crate) fn build_in_stage<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> R {
+        self.stage.clear();
+        self.stage.resize(len, 0);
+        build(&mut MessageWriter {
+            dst: WriterDst::Buffer(&mut self.stage),
+            len,
+            pos: 0,
+        })
     }
 
     /// Receives the next message for reading in place, waiting for it unless non-blocking.
@@ -297,7 +326,7 @@ impl Channel {
 
     /// The message the last in-place receive step produced: the frame it left in the ring, or
     /// the buffer it filled.
-    fn incoming(&mut self, fds: Vec<OwnedFd>) -> Result<IncomingMessage<'_>, RecvError> {
+    pub(crate) fn incoming(&mut self, fds: Vec<OwnedFd>) -> Result<IncomingMessage<'_>, RecvError> {
         if let Some(Transport::Ring(t)) = self.transport.as_mut() {
             if let Some(taken) = t.take_in_place() {
                 return match taken {

@@ -690,7 +690,9 @@ impl RingTransport {
         len: usize,
         fds: &[BorrowedFd<'_>],
         block: Option<Option<Instant>>,
-        build: impl for<'c> FnOnce(RingWriteChunk<'c>) -> (Option<RingWriteChunk<'c>>, R),
+        build: &mut Option<
+            impl for<'c> FnOnce(RingWriteChunk<'c>) -> (Option<RingWriteChunk<'c>>, R),
+        >,
     ) -> Result<R, SendError> {
         self.sender()?;
         let Some(tx) = self.tx.as_mut() else {
@@ -714,12 +716,18 @@ impl RingTransport {
             }
             Err(e) => return Err(map_send(e)),
         };
-        // `build` hands the chunk back to be published (always: it is the only chunk it has).
+        // `build` runs only once room is reserved, so a caller may retry after `WouldBlock`
+        // (the async face does). It hands the chunk back to be published (always: it is the only
+        // chunk it has).
+        let internal = |what: &str| SendError::Io {
+            op: "building a message in place",
+            source: io::Error::other(what.to_owned()),
+        };
+        let Some(build) = build.take() else {
+            return Err(internal("the message builder was already used"));
+        };
         let (Some(chunk), out) = build(chunk) else {
-            return Err(SendError::Io {
-                op: "building a message in place",
-                source: io::Error::other("the builder did not return the ring frame"),
-            });
+            return Err(internal("the builder did not return the ring frame"));
         };
         if !fds.is_empty() {
             // Before the frame is published: the receiver takes them when it sees the frame.

@@ -25,8 +25,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::error::{OpenError, RecvError, SendError};
+use super::in_place::ring_builder;
 use super::ring::RingTransport;
-use super::{Channel, Message, Pending, RecvMeta, SendCursor, Step, TransportKind};
+use super::{
+    Channel, IncomingMessage, Message, MessageWriter, Pending, RecvMeta, SendCursor, Step,
+    TransportKind,
+};
 
 /// A channel driven by tokio: `async fn send/recv` on any runtime flavour. `Send`, so it can move
 /// between tasks and worker threads.
@@ -211,6 +215,25 @@ impl AsyncSender {
         self.0.send_with_fds(data, fds).await
     }
 
+    /// See [`AsyncChannel::send_in_place`].
+    pub async fn send_in_place<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> Result<R, SendError> {
+        self.0.send_in_place(len, build).await
+    }
+
+    /// See [`AsyncChannel::send_in_place_with_fds`].
+    pub async fn send_in_place_with_fds<R>(
+        &mut self,
+        len: usize,
+        fds: &[BorrowedFd<'_>],
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> Result<R, SendError> {
+        self.0.send_in_place_with_fds(len, fds, build).await
+    }
+
     /// See [`AsyncChannel::close`].
     pub async fn close(&mut self) -> Result<(), SendError> {
         self.0.close().await
@@ -226,6 +249,11 @@ impl AsyncReceiver {
     /// See [`AsyncChannel::recv_owned`].
     pub async fn recv_owned(&mut self) -> Result<Message, RecvError> {
         self.0.recv_owned().await
+    }
+
+    /// See [`AsyncChannel::recv_in_place`].
+    pub async fn recv_in_place(&mut self) -> Result<IncomingMessage<'_>, RecvError> {
+        self.0.recv_in_place().await
     }
 }
 
@@ -352,11 +380,100 @@ impl AsyncChannel {
 
     /// Receives the next message into `buf`; see [`Channel::recv`].
     pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
-        let AsyncChannel { wakeup, channel } = self;
-        let done = |buf: &Vec<u8>, fds| RecvMeta {
+        let fds = self.recv_steps(buf, false).await?;
+        Ok(RecvMeta {
             len: buf.len(),
             fds,
-        };
+        })
+    }
+
+    /// Receives the next message for reading in place; see [`Channel::recv_in_place`].
+    ///
+    /// Cancellation-safe like [`recv`](Self::recv): a dropped future loses no message.
+    pub async fn recv_in_place(&mut self) -> Result<IncomingMessage<'_>, RecvError> {
+        let mut stage = std::mem::take(&mut self.channel.stage);
+        let got = self.recv_steps(&mut stage, true).await;
+        self.channel.stage = stage;
+        let fds = got?;
+        self.channel.incoming(fds)
+    }
+
+    /// Sends a message of `len` bytes that `build` writes in place, waiting while the peer does
+    /// not drain; see [`Channel::send_in_place`].
+    ///
+    /// `build` runs once, when room is reserved; a future dropped before that sends nothing.
+    pub async fn send_in_place<R>(
+        &mut self,
+        len: usize,
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> Result<R, SendError> {
+        self.send_in_place_with_fds(len, &[], build).await
+    }
+
+    /// [`send_in_place`](Self::send_in_place) with descriptors attached. A message with
+    /// descriptors is built in the channel's buffer and sent as by
+    /// [`send_with_fds`](Self::send_with_fds), also on the ring.
+    pub async fn send_in_place_with_fds<R>(
+        &mut self,
+        len: usize,
+        fds: &[BorrowedFd<'_>],
+        build: impl FnOnce(&mut MessageWriter<'_>) -> R,
+    ) -> Result<R, SendError> {
+        self.channel.check_send_len(len, fds)?;
+        self.flush().await?;
+        if fds.is_empty() && self.channel.ring_takes_in_place(len)? {
+            let mut build = Some(ring_builder(len, build));
+            let mut armed = false;
+            let AsyncChannel { wakeup, channel } = self;
+            return poll_fn(|cx| {
+                let Wakeup::Ring(r) = wakeup else {
+                    return Poll::Ready(Err(SendError::Io {
+                        op: "tokio readiness",
+                        source: io::Error::other("a ring channel without its ring wake-up"),
+                    }));
+                };
+                loop {
+                    let io_err = |source| SendError::Io {
+                        op: "tokio readiness",
+                        source,
+                    };
+                    let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
+                    // Without descriptors nothing can fail after `build` ran, so `WouldBlock`
+                    // means it did not run and can be tried again.
+                    match ring_of(channel).send_in_place(len, &[], None, &mut build) {
+                        Ok(out) => {
+                            if armed {
+                                ring_of(channel).disarm(false);
+                            }
+                            return Poll::Ready(Ok(out));
+                        }
+                        Err(SendError::WouldBlock) => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    if ring_of(channel).arm_send()? {
+                        continue;
+                    }
+                    armed = true;
+                    ready!(r.poll_eventfd(cx, Dir::Send, peer_seen)).map_err(io_err)?;
+                }
+            })
+            .await;
+        }
+        let out = self.channel.build_in_stage(len, build);
+        let stage = std::mem::take(&mut self.channel.stage);
+        let sent = self.send_with_fds(&stage, fds).await;
+        self.channel.stage = stage;
+        sent.map(|()| out)
+    }
+
+    /// Receive steps until a message is complete (see [`Channel::recv_in_place`] for
+    /// `in_place`); its descriptors.
+    async fn recv_steps(
+        &mut self,
+        buf: &mut Vec<u8>,
+        in_place: bool,
+    ) -> Result<Vec<OwnedFd>, RecvError> {
+        let AsyncChannel { wakeup, channel } = self;
         let mut armed = false;
         poll_fn(|cx| match wakeup {
             Wakeup::Ring(r) => loop {
@@ -365,11 +482,11 @@ impl AsyncChannel {
                     source,
                 };
                 let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
-                if let Some(fds) = channel.step_recv(buf, None, false)? {
+                if let Some(fds) = channel.step_recv(buf, None, in_place)? {
                     if armed {
                         ring_of(channel).disarm(true);
                     }
-                    return Poll::Ready(Ok(done(buf, fds)));
+                    return Poll::Ready(Ok(fds));
                 }
                 if ring_of(channel).arm_recv()? {
                     continue;
@@ -382,8 +499,8 @@ impl AsyncChannel {
                     Some(recv.poll_read_ready(cx)),
                     peer.as_ref().map(|p| p.poll_read_ready(cx)),
                 ];
-                if let Some(fds) = channel.step_recv(buf, None, false)? {
-                    return Poll::Ready(Ok(done(buf, fds)));
+                if let Some(fds) = channel.step_recv(buf, None, in_place)? {
+                    return Poll::Ready(Ok(fds));
                 }
                 match settle(seen) {
                     Ok(true) => {}
