@@ -71,7 +71,7 @@ impl PoolAllocator {
     /// As [`LendPool::alloc_scoped`]; the object borrows this allocator.
     #[inline]
     pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
-        ScopedObject::alloc(&self.backend, self.pool_id, len)
+        ScopedObject::alloc(&self.backend, len)
     }
 }
 
@@ -226,7 +226,7 @@ impl LendPool {
     /// [`lend`](Self::lend) needs `&mut self`, so an object to lend is an [`ArenaObject`]
     /// ([`ScopedObject::into_owned`]).
     pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
-        ScopedObject::alloc(&self.backend, self.pool_id, len)
+        ScopedObject::alloc(&self.backend, len)
     }
 
     /// Allocates a zero-filled object of `len` bytes.

@@ -198,7 +198,7 @@ impl ShmArena {
     /// Allocates an object of `len` bytes (uninitialised, as [`alloc`](Self::alloc)) that borrows
     /// the arena instead of holding a reference on it; see [`ScopedObject`].
     pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
-        ScopedObject::alloc(&self.backend, self.pool_id, len)
+        ScopedObject::alloc(&self.backend, len)
     }
 
     /// Allocates a zero-filled object of `len` bytes.
@@ -311,6 +311,79 @@ impl Backend {
             Backend::Core(m) => Ok(m.arena().release(Offset::new(off), gen)?),
             #[cfg(feature = "jemalloc")]
             Backend::Je(p) => p.release(off, gen),
+        }
+    }
+
+    /// The pool's id (as its creator chose it; a classic arena's as read when it was opened).
+    fn pool_id(&self) -> u64 {
+        match self {
+            Backend::Core(m) => m.pool_id(),
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.pool_id(),
+        }
+    }
+
+    /// Allocates the block of a [`ScopedObject`] of `len` bytes; returns its id (see there).
+    #[inline]
+    fn alloc_scoped(&self, len: usize) -> Result<u64, ArenaError> {
+        match self {
+            Backend::Core(m) => {
+                let len32 = u32::try_from(len).map_err(|_| AllocError::TooLarge)?;
+                let off = m.arena().alloc(len, 16)?;
+                match u32::try_from(off.get() / 16) {
+                    Ok(slot) => Ok(u64::from(len32) << 32 | u64::from(slot)),
+                    Err(_) => {
+                        // Beyond 64 GiB, where no core arena reaches (its spans end below).
+                        let gen = m.arena().info(off)?.generation;
+                        m.arena().release(off, gen)?;
+                        Err(AllocError::TooLarge.into())
+                    }
+                }
+            }
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => Ok(p.alloc(len)?.0),
+        }
+    }
+
+    /// The offset, generation and length of the scoped object `id`.
+    fn scoped_parts(&self, id: u64) -> (u64, u32, u64) {
+        match self {
+            Backend::Core(m) => {
+                let off = (id & 0xffff_ffff) * 16;
+                // The generation in the block's state word: the core allocator keeps no length,
+                // so the id holds that instead. A block that is not live (the peer freed it
+                // behind our back) gives 0, and every use of it fails its own liveness check.
+                let gen = m.arena().info(Offset::new(off)).map_or(0, |i| i.generation);
+                (off, gen, id >> 32)
+            }
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => {
+                let (gen, len) = p.own_parts(id);
+                (id, gen, len)
+            }
+        }
+    }
+
+    /// The length of the scoped object `id`.
+    #[inline]
+    fn scoped_len(&self, id: u64) -> u64 {
+        match self {
+            Backend::Core(_) => id >> 32,
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.own_len(id),
+        }
+    }
+
+    /// Drops the scoped object `id`'s reference; returns whether that freed it.
+    #[inline]
+    fn release_scoped(&self, id: u64) -> Result<bool, ArenaError> {
+        match self {
+            Backend::Core(_) => {
+                let (off, gen, _) = self.scoped_parts(id);
+                self.release(off, gen)
+            }
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p) => p.release_own(id),
         }
     }
 
@@ -469,6 +542,12 @@ impl Drop for ArenaObject {
 /// objects that do not outlive the pool handle they came from; [`into_owned`](Self::into_owned)
 /// turns one into an [`ArenaObject`] when it must.
 ///
+/// It is two words (returned in registers): the pool and the block. A jemalloc pool's object is
+/// named by its offset alone, its generation and length read back from the object header that
+/// only the owner writes. A core pool's object carries its offset and length (so at most 4 GiB,
+/// as in a jemalloc pool), its generation read back from the block's state word; in a classic
+/// arena the peer can write that word too, which the classic provider trusts it not to do.
+///
 /// ```
 /// # fn main() -> Result<(), flowipc::arena::ArenaError> {
 /// let pool = flowipc::arena::LendPool::create(4 << 20)?;
@@ -484,53 +563,50 @@ impl Drop for ArenaObject {
 /// ```
 pub struct ScopedObject<'p> {
     backend: &'p Backend,
-    pool_id: u64,
-    off: u64,
-    len: u64,
-    gen: u32,
+    /// Jemalloc: the offset. Core: `len << 32 | offset / 16`.
+    id: u64,
 }
+
+static_assertions::const_assert_eq!(std::mem::size_of::<ScopedObject<'static>>(), 16);
 
 impl fmt::Debug for ScopedObject<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (off, gen, len) = self.backend.scoped_parts(self.id);
         f.debug_struct("ScopedObject")
-            .field("pool_id", &self.pool_id)
-            .field("offset", &self.off)
-            .field("len", &self.len)
-            .field("generation", &self.gen)
+            .field("pool_id", &self.backend.pool_id())
+            .field("offset", &off)
+            .field("len", &len)
+            .field("generation", &gen)
             .finish()
     }
 }
 
 impl<'p> ScopedObject<'p> {
     #[inline]
-    fn alloc(backend: &'p Backend, pool_id: u64, len: usize) -> Result<Self, ArenaError> {
-        let (off, gen) = backend.alloc(len, 16)?;
-        Ok(ScopedObject {
-            backend,
-            pool_id,
-            off,
-            len: len as u64,
-            gen,
-        })
+    fn alloc(backend: &'p Backend, len: usize) -> Result<Self, ArenaError> {
+        let id = backend.alloc_scoped(len)?;
+        Ok(ScopedObject { backend, id })
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.backend.scoped_len(self.id) as usize
     }
 
     /// Whether the object has no bytes.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The handle naming this object, without adding a reference (as [`ArenaObject::handle`]).
     pub fn handle(&self) -> ArenaHandle {
+        let (offset, generation, len) = self.backend.scoped_parts(self.id);
         ArenaHandle {
-            pool_id: self.pool_id,
-            offset: self.off,
-            len: self.len,
-            generation: self.gen,
+            pool_id: self.backend.pool_id(),
+            offset,
+            len,
+            generation,
             reserved: 0,
         }
     }
@@ -538,20 +614,23 @@ impl<'p> ScopedObject<'p> {
     /// Adds a reference for a peer and returns the handle that carries it (as
     /// [`ArenaObject::share`]).
     pub fn share(&self) -> Result<ArenaHandle, ArenaError> {
-        self.backend.retain(self.off, self.gen)?;
-        Ok(self.handle())
+        let h = self.handle();
+        self.backend.retain(h.offset, h.generation)?;
+        Ok(h)
     }
 
     /// Copies `data` into the object at byte `at`.
     pub fn write(&self, at: usize, data: &[u8]) -> Result<(), ArenaError> {
-        check_range(self.len, at, data.len())?;
-        self.backend.write(self.off, self.gen, at as u64, data)
+        let (off, gen, len) = self.backend.scoped_parts(self.id);
+        check_range(len, at, data.len())?;
+        self.backend.write(off, gen, at as u64, data)
     }
 
     /// Copies bytes of the object from byte `at` into `buf`.
     pub fn read(&self, at: usize, buf: &mut [u8]) -> Result<(), ArenaError> {
-        check_range(self.len, at, buf.len())?;
-        self.backend.read(self.off, self.gen, at as u64, buf)
+        let (off, gen, len) = self.backend.scoped_parts(self.id);
+        check_range(len, at, buf.len())?;
+        self.backend.read(off, gen, at as u64, buf)
     }
 
     /// A copy of the whole object.
@@ -563,12 +642,13 @@ impl<'p> ScopedObject<'p> {
 
     /// The same object, now keeping its pool alive (one reference count on the pool).
     pub fn into_owned(self) -> ArenaObject {
+        let (off, gen, len) = self.backend.scoped_parts(self.id);
         let obj = ArenaObject {
             backend: self.backend.clone(),
-            pool_id: self.pool_id,
-            off: self.off,
-            len: self.len,
-            gen: self.gen,
+            pool_id: self.backend.pool_id(),
+            off,
+            len,
+            gen,
         };
         std::mem::forget(self);
         obj
@@ -579,7 +659,7 @@ impl Drop for ScopedObject<'_> {
     #[inline]
     fn drop(&mut self) {
         // An error means the peer corrupted or freed the block behind our back; nothing to undo.
-        let _ = self.backend.release(self.off, self.gen);
+        let _ = self.backend.release_scoped(self.id);
     }
 }
 

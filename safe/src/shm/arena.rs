@@ -89,6 +89,9 @@ pub(crate) struct MappedArena {
     arena: Arena,
     map: Mapping,
     fd: OwnedFd,
+    /// The pool id: chosen at creation, or read from the header when opened (later changes to
+    /// the header by the peer are not followed).
+    pool_id: u64,
 }
 
 impl MappedArena {
@@ -105,7 +108,12 @@ impl MappedArena {
         // the arena; other processes reach it only through arenas attached to the same memfd.
         let arena = unsafe { Arena::init(base, len, shift) }?;
         arena.set_pool_tag(pool_id);
-        Ok(MappedArena { arena, map, fd })
+        Ok(MappedArena {
+            arena,
+            map,
+            fd,
+            pool_id,
+        })
     }
 
     /// Maps a classic arena received from a peer read-write and attaches to it.
@@ -117,7 +125,13 @@ impl MappedArena {
             .ok_or(ArenaError::BadSize(0))?;
         // SAFETY: as in `create`; `attach` validates the header and tolerates any content.
         let arena = unsafe { Arena::attach(base, map.len()) }?;
-        Ok(MappedArena { arena, map, fd })
+        let pool_id = arena.pool_tag();
+        Ok(MappedArena {
+            arena,
+            map,
+            fd,
+            pool_id,
+        })
     }
 
     pub(crate) fn arena(&self) -> &Arena {
@@ -126,6 +140,11 @@ impl MappedArena {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The pool id (see the field).
+    pub(crate) fn pool_id(&self) -> u64 {
+        self.pool_id
     }
 
     pub(crate) fn len(&self) -> usize {

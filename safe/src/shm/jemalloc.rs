@@ -13,7 +13,10 @@
 //!
 //! Each object is preceded by a 16-byte header the borrower can check through its read-only mapping:
 //! a state word with the layout of the core arena's (`generation:32 | refcount:31 | allocated:1`),
-//! the object's length and a magic. The region starts with a pool header (magic, version, pool id,
+//! the object's length and a tag (a magic and the block's size class, written once when the block
+//! comes from jemalloc, so a free finds its bin without recomputing the class). Only the owner
+//! writes headers, so its own objects ([`ScopedObject`](crate::arena::ScopedObject)) carry just
+//! the offset and read generation and length back from the header. The region starts with a pool header (magic, version, pool id,
 //! length) so that a borrower can tell a jemalloc pool from a core arena.
 //!
 //! Part of `shm`, the module that may use `unsafe`: the hooks are C callbacks over raw memory.
@@ -37,9 +40,19 @@ mod cache;
 
 /// `b"flowJEMP"`: a jemalloc lend pool.
 pub(crate) const POOL_MAGIC: u64 = u64::from_le_bytes(*b"flowJEMP");
-const POOL_VERSION: u64 = 1;
-/// Marks an object header.
-const OBJ_MAGIC: u32 = 0x6a6f_626a;
+/// 2: the object header's last word is a tag (magic and size class) instead of a plain magic.
+const POOL_VERSION: u64 = 2;
+/// Marks an object header: the tag's upper 24 bits (`b"job"`); its low byte is the block's class.
+const OBJ_MAGIC: u32 = 0x6a6f_6200;
+/// The tag's class byte of a block allocated and freed at its exact size (beyond the cache).
+const CLASS_LARGE: u32 = 0xff;
+static_assertions::const_assert!(cache::NUM_CLASSES < CLASS_LARGE as usize);
+
+/// Whether `tag` is an object header's tag.
+#[inline]
+fn tag_ok(tag: u32) -> bool {
+    tag & !0xff == OBJ_MAGIC
+}
 /// Bytes of the object header.
 const OBJ_HEADER: usize = 16;
 /// Bytes reserved at the start of the region for the pool header.
@@ -59,7 +72,8 @@ struct PoolHeader {
 struct ObjHeader {
     state: AtomicU64,
     len: AtomicU32,
-    magic: AtomicU32,
+    /// `OBJ_MAGIC | class` (`CLASS_LARGE` beyond the cache).
+    tag: AtomicU32,
 }
 
 static_assertions::const_assert_eq!(std::mem::size_of::<ObjHeader>(), OBJ_HEADER);
@@ -254,6 +268,7 @@ pub(crate) struct JePool {
     shared: cache::PoolShared,
     /// The next generation not yet handed out (front caches take them in batches).
     next_gen: AtomicU32,
+    pool_id: u64,
 }
 
 // SAFETY: the hooks are only read (and their bump advanced atomically) by jemalloc; the mapping is
@@ -336,6 +351,7 @@ impl JePool {
             pid: std::process::id(),
             shared: cache::PoolShared::new(),
             next_gen: AtomicU32::new(1),
+            pool_id,
         });
         // From here on, thread caches may refer to the pool (at its final address, in the Arc).
         cache::register(pool.shared.key);
@@ -352,6 +368,11 @@ impl JePool {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The id written in the pool header.
+    pub(crate) fn pool_id(&self) -> u64 {
+        self.pool_id
     }
 
     fn base(&self) -> usize {
@@ -376,7 +397,7 @@ impl JePool {
         };
         // SAFETY: `p` is a block of at least `size` bytes, 16-aligned, inside the mapping, that
         // nobody else holds (fresh from jemalloc or popped from our cache).
-        // (Its magic is in place: `init_block` wrote it when the block came from jemalloc, and
+        // (Its tag is in place: `init_block` wrote it when the block came from jemalloc, and
         // nothing overwrites it while the block is ours.)
         let hdr = unsafe { &*(p as *const ObjHeader) };
         hdr.len.store(len32, Ordering::Relaxed);
@@ -401,8 +422,10 @@ impl JePool {
         Ok((p, gen))
     }
 
-    /// A fresh block of class `c` from jemalloc; when the pool is full, this thread's cached
-    /// blocks go back first and the allocation is tried once more.
+    /// A fresh block of class `c` from jemalloc, and a few more into the (empty) bin, so that a
+    /// thread's blocks lie together rather than interleaved with another thread's in the same
+    /// jemalloc slab (which would put two threads' headers on one cache line). When the pool is
+    /// full, this thread's cached blocks go back first and the allocation is tried once more.
     #[cold]
     fn refill(&self, pc: &mut cache::PoolCache, c: usize) -> Result<usize, ArenaError> {
         let size = cache::class_bytes(c);
@@ -414,8 +437,25 @@ impl JePool {
         if p == 0 {
             return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
         }
-        pc.count_held(self, 1);
-        Self::init_block(p);
+        Self::init_block(p, c as u32);
+        // The extra blocks go in in reverse, so that they are popped in address order.
+        let mut extra = [0usize; cache::REFILL_MAX];
+        let want = cache::refill_count(c);
+        let mut n = 0;
+        while n < want {
+            let q = self.je_alloc(size);
+            if q == 0 {
+                break;
+            }
+            Self::init_block(q, c as u32);
+            extra[n] = q;
+            n += 1;
+        }
+        for &q in extra[..n].iter().rev() {
+            let cached = pc.push(c, q);
+            debug_assert!(cached, "refill runs on an empty bin");
+        }
+        pc.count_held(self, 1 + n as u64);
         Ok(p)
     }
 
@@ -428,7 +468,7 @@ impl JePool {
         if p == 0 {
             return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
         }
-        Self::init_block(p);
+        Self::init_block(p, Self::class_tag(size));
         let gen = self.reserve_gens(1);
         let s = &self.shared.slots[cache::SHARED_SLOT];
         cache::Slot::add(&s.objects, true, 1);
@@ -437,12 +477,22 @@ impl JePool {
         Ok((p, gen))
     }
 
-    /// Writes the magic of a block fresh from jemalloc (its header may hold anything).
-    fn init_block(p: usize) {
+    /// Writes the tag of a block fresh from jemalloc (its header may hold anything): the magic
+    /// and `class` (a cache class, or `CLASS_LARGE`).
+    fn init_block(p: usize, class: u32) {
         // SAFETY: `p` is a fresh 16-aligned block of at least OBJ_HEADER bytes in the mapping;
         // the header is atomics.
         let hdr = unsafe { &*(p as *const ObjHeader) };
-        hdr.magic.store(OBJ_MAGIC, Ordering::Relaxed);
+        hdr.tag.store(OBJ_MAGIC | class, Ordering::Relaxed);
+    }
+
+    /// The tag's class byte for a block of `size` bytes (header included).
+    fn class_tag(size: usize) -> u32 {
+        if size <= cache::MAX_CACHED {
+            cache::class_of(size) as u32
+        } else {
+            CLASS_LARGE
+        }
     }
 
     /// The size a block of `size` bytes is allocated and freed with: its class for small
@@ -507,10 +557,55 @@ impl JePool {
     fn live(&self, off: u64, gen: u32) -> Result<&ObjHeader, BlockError> {
         let h = self.header(off).ok_or(BlockError::OutOfRange)?;
         let s = h.state.load(Ordering::Relaxed);
-        if h.magic.load(Ordering::Relaxed) != OBJ_MAGIC || !st_is_alloc(s) || st_gen(s) != gen {
+        if !tag_ok(h.tag.load(Ordering::Relaxed)) || !st_is_alloc(s) || st_gen(s) != gen {
             return Err(BlockError::StaleGeneration);
         }
         Ok(h)
+    }
+
+    /// The generation and length of one of this process's own live objects at `off`, from its
+    /// header (which only this process writes). `(0, 0)` if `off` names no live object, which
+    /// cannot happen for an offset `alloc` returned and whose reference the caller holds.
+    pub(crate) fn own_parts(&self, off: u64) -> (u32, u64) {
+        match self.header(off) {
+            Some(h) if tag_ok(h.tag.load(Ordering::Relaxed)) => {
+                let s = h.state.load(Ordering::Relaxed);
+                debug_assert!(st_is_alloc(s));
+                (st_gen(s), u64::from(h.len.load(Ordering::Relaxed)))
+            }
+            _ => (0, 0),
+        }
+    }
+
+    /// The length of one of this process's own live objects at `off` (as [`own_parts`](Self::own_parts)).
+    #[inline]
+    pub(crate) fn own_len(&self, off: u64) -> u64 {
+        self.header(off)
+            .map_or(0, |h| u64::from(h.len.load(Ordering::Relaxed)))
+    }
+
+    /// Drops the reference the caller holds on its own object at `off` (an offset `alloc`
+    /// returned): the owner's own release, for objects that never crossed a process boundary.
+    /// It trusts what this process wrote in the header (the generation, and that the object is
+    /// live, because the caller's reference keeps it so) instead of checking it against a value
+    /// carried beside the offset; the range and the tag are still checked, so a wrong offset
+    /// cannot send a block to the wrong bin. Returns whether the object was freed.
+    #[inline]
+    pub(crate) fn release_own(&self, off: u64) -> Result<bool, ArenaError> {
+        self.check_owner()?;
+        let h = self.header(off).ok_or(BlockError::OutOfRange)?;
+        let tag = h.tag.load(Ordering::Relaxed);
+        // SYNC POINT: Acquire as in `release` (pairs with the other holders' AcqRel releases).
+        let s = h.state.load(Ordering::Acquire);
+        let gen = st_gen(s);
+        if s == st_alloc(gen, 1) && tag_ok(tag) {
+            // The only reference, ours: no other thread can change the word (see `release`).
+            h.state
+                .store(st_free(gen.wrapping_add(1), 0), Ordering::Relaxed);
+            self.dealloc(h, tag & 0xff);
+            return Ok(true);
+        }
+        self.release(off, gen)
     }
 
     pub(crate) fn info(&self, off: u64, gen: u32) -> Result<BlockInfo, BlockError> {
@@ -543,7 +638,8 @@ impl JePool {
     pub(crate) fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
         self.check_owner()?;
         let h = self.header(off).ok_or(BlockError::OutOfRange)?;
-        if h.magic.load(Ordering::Relaxed) != OBJ_MAGIC {
+        let tag = h.tag.load(Ordering::Relaxed);
+        if !tag_ok(tag) {
             return Err(BlockError::StaleGeneration.into());
         }
         // SYNC POINT: Acquire pairs with the Release half of the AcqRel CASes below by the other
@@ -555,7 +651,7 @@ impl JePool {
             // concurrently sees either state (both are checked).
             h.state
                 .store(st_free(gen.wrapping_add(1), 0), Ordering::Relaxed);
-            self.dealloc(h);
+            self.dealloc(h, tag & 0xff);
             return Ok(true);
         }
         loop {
@@ -575,7 +671,7 @@ impl JePool {
                 .compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) if last => {
-                    self.dealloc(h);
+                    self.dealloc(h, tag & 0xff);
                     return Ok(true);
                 }
                 Ok(_) => return Ok(false),
@@ -584,17 +680,18 @@ impl JePool {
         }
     }
 
-    /// Gives the block behind header `h` back (to this thread's cache, or jemalloc), after its
-    /// state went to free.
+    /// Gives the block behind header `h` (whose tag's class byte is `class`) back, to this
+    /// thread's cache or jemalloc, after its state went to free.
     #[inline]
-    fn dealloc(&self, h: &ObjHeader) {
+    fn dealloc(&self, h: &ObjHeader, class: u32) {
         let p = (h as *const ObjHeader) as usize;
-        // The length `alloc` wrote (only this process writes headers), so the block's class is
-        // the one it was allocated with.
+        // The length `alloc` wrote and the class `init_block` wrote (only this process writes
+        // headers): the block's class is the one it was allocated with.
         let len = h.len.load(Ordering::Relaxed);
         let size = len as usize + OBJ_HEADER;
-        if size <= cache::MAX_CACHED {
-            let c = cache::class_of(size);
+        let c = class as usize;
+        debug_assert_eq!(class, Self::class_tag(size));
+        if c < cache::NUM_CLASSES {
             let cached = cache::with(self, |pc| {
                 if !pc.push(c, p) {
                     self.spill(pc, c, p);
@@ -605,7 +702,7 @@ impl JePool {
                 return;
             }
         }
-        self.free_uncached(p, size, len);
+        self.free_uncached(p, size, c, len);
     }
 
     /// Class `c`'s bin is full: gives its older half back to jemalloc, then caches `p`.
@@ -617,11 +714,17 @@ impl JePool {
         debug_assert!(cached);
     }
 
-    /// Frees block `p` (of an object of `len` bytes, `size` with the header) to jemalloc.
+    /// Frees block `p` (of class `c`, or `CLASS_LARGE`; of an object of `len` bytes, `size`
+    /// with the header) to jemalloc.
     #[cold]
-    fn free_uncached(&self, p: usize, size: usize, len: u32) {
-        // The block was allocated with `block_size(size)`, cached or not.
-        self.je_free(p, Self::block_size(size));
+    fn free_uncached(&self, p: usize, size: usize, c: usize, len: u32) {
+        // The block was allocated with its class's size, or exactly `size` beyond the classes.
+        let block = if c < cache::NUM_CLASSES {
+            cache::class_bytes(c)
+        } else {
+            size
+        };
+        self.je_free(p, block);
         let s = &self.shared.slots[cache::SHARED_SLOT];
         cache::Slot::add(&s.objects, true, 1u64.wrapping_neg());
         cache::Slot::add(&s.bytes, true, u64::from(len).wrapping_neg());
@@ -775,9 +878,7 @@ impl JeReader {
         // SAFETY: `off - 16 .. off` is inside the mapping, 16-aligned; Relaxed loads only.
         let hdr = unsafe { &*(self.map.as_ptr().add(off - OBJ_HEADER).cast::<ObjHeader>()) };
         let s = hdr.state.load(Ordering::Relaxed);
-        if hdr.magic.load(Ordering::Relaxed) != OBJ_MAGIC
-            || !st_is_alloc(s)
-            || st_gen(s) != h.generation
+        if !tag_ok(hdr.tag.load(Ordering::Relaxed)) || !st_is_alloc(s) || st_gen(s) != h.generation
         {
             return Err(BlockError::StaleGeneration.into());
         }

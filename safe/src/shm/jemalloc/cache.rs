@@ -15,7 +15,8 @@
 //! - Each thread holds [`ENTRIES`]: one [`PoolCache`] per pool it used, found by the pool's key (a
 //!   global counter, never reused), the last one used ([`LAST`]) checked first with a plain
 //!   thread-local load. A `PoolCache` has one bounded LIFO bin per class (a fixed array); a full
-//!   bin spills its older half back to jemalloc.
+//!   bin spills its older half back to jemalloc, an empty one is refilled with a quarter bin at
+//!   once ([`refill_count`]), so that one thread's blocks lie together in jemalloc's slabs.
 //! - Lifetimes: a pool may be dropped while other threads still cache its blocks, and threads may
 //!   exit while the pool lives. The [registry](Registry) (a mutex) lists live pool keys. A thread's
 //!   exit flushes its bins into the pools that are still live, under the lock; a pool's `Drop`
@@ -97,6 +98,16 @@ const BIN_CAP: [u16; NUM_CLASSES] = {
     }
     t
 };
+
+/// Most blocks a refill takes from jemalloc beyond the one it returns.
+pub(super) const REFILL_MAX: usize = 16;
+
+/// Blocks a refill of class `c`'s (empty) bin takes beyond the one it returns: a quarter of
+/// the bin, so that a thread's blocks of a class come from jemalloc together.
+#[inline]
+pub(super) fn refill_count(c: usize) -> usize {
+    (BIN_CAP[c] as usize / 4).min(REFILL_MAX)
+}
 
 /// [`class_size`] for every class.
 const CLASS_SIZE: [u32; NUM_CLASSES] = {
