@@ -416,3 +416,77 @@ fn armed_producer_is_woken_through_eventfd() {
         producer.join().unwrap();
     });
 }
+
+/// The peer watcher of `flowipc` (`safe/src/watch.rs`) ends a sleep that nothing in the ring
+/// will end: it raises an alarm (`SeqCst` store, `SeqCst` fence), then resets the sleeper's
+/// waiting word and wakes it, as the peer's notifier would. The sleeper's waiter checks the alarm
+/// right before it sleeps, and its check callback turns a raised alarm into an error. Whatever
+/// the interleaving, the consumer blocked on an empty ring returns the error: no lost wake-up.
+#[test]
+fn watcher_alarm_ends_a_sleep_on_an_empty_ring() {
+    use flowipc_core::sync::AtomicBool;
+
+    /// The sleeper's waiter: the futex stand-in, after a look at the alarm.
+    struct AlarmedFutex {
+        futex: Arc<LoomFutex>,
+        alarm: Arc<AtomicBool>,
+    }
+
+    impl Waiter for AlarmedFutex {
+        fn wake_kind(&self) -> WakeKind {
+            WakeKind::Futex
+        }
+
+        fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome {
+            if self.alarm.load(Ordering::SeqCst) {
+                return WaitOutcome::Woken;
+            }
+            self.futex.wait(word, expected, timeout)
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Ended {
+        Ring(PopError),
+        PeerGone,
+    }
+
+    impl From<PopError> for Ended {
+        fn from(e: PopError) -> Self {
+            Ended::Ring(e)
+        }
+    }
+
+    loom::model(|| {
+        let futex = LoomFutex::new();
+        let alarm = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = Ring::with_capacity(32);
+        let (f, a) = (futex.clone(), alarm.clone());
+        // The watcher reaches the consumer's waiting word through the producer's view of the same
+        // header, and keeps the producer open (a closed ring would end the wait with `Closed`).
+        let watcher = thread::spawn(move || {
+            let word = tx.raw().header().consumer_waiting();
+            a.store(true, Ordering::SeqCst);
+            flowipc_core::sync::fence(Ordering::SeqCst);
+            word.store(0, Ordering::Relaxed);
+            f.wake(word, WakeKind::Futex);
+            tx
+        });
+        let waiter = AlarmedFutex {
+            futex: futex.clone(),
+            alarm: alarm.clone(),
+        };
+        let check = || {
+            if alarm.load(Ordering::SeqCst) {
+                Err(Ended::PeerGone)
+            } else {
+                Ok(None)
+            }
+        };
+        assert_eq!(
+            rx.wait_readable(&waiter, WaitPolicy::Block, check),
+            Err(Ended::PeerGone)
+        );
+        drop(watcher.join().unwrap());
+    });
+}

@@ -47,6 +47,7 @@ pub mod error;
 pub mod ring;
 pub mod shm;
 pub mod wait;
+mod watch;
 
 #[cfg(feature = "tokio")]
 pub use channel::AsyncChannel;

@@ -37,8 +37,11 @@ use flowipc_sys::process::{pidfd_open, Pid};
 use flowipc_sys::socket::{poll, PollFd, PollFlags};
 use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
 
-use crate::shm::ring::{ConsumerHandle, ProducerHandle, RingRegion};
+use std::sync::Arc;
+
+use crate::shm::ring::{ConsumerHandle, ProducerHandle, RingRegion, WaitingWord};
 use crate::wait::{EventFdWaiter, FutexWaiter, PeerWaker, WaitOutcome, WakeKind};
+use crate::watch::{Alarm, Watch};
 
 pub use crate::shm::ring::{RingOpenError, Role};
 pub use crate::wait::WaitPolicy;
@@ -185,7 +188,7 @@ impl ShmRing {
         Ok(RingSender {
             handle: self.region.producer()?,
             waker: PeerWaker::futex(),
-            waiter: SideWaiter::Futex(FutexWaiter),
+            waiter: SideWaiter::Futex(None),
             policy: WaitPolicy::default(),
             peer: PeerCheck::default(),
         })
@@ -200,7 +203,7 @@ impl ShmRing {
         Ok(RingReceiver {
             handle: self.region.consumer()?,
             waker: PeerWaker::futex(),
-            waiter: SideWaiter::Futex(FutexWaiter),
+            waiter: SideWaiter::Futex(None),
             policy: WaitPolicy::default(),
             peer: PeerCheck::default(),
         })
@@ -210,21 +213,37 @@ impl ShmRing {
 /// The sleep mechanism of one side.
 #[derive(Debug)]
 enum SideWaiter {
-    Futex(FutexWaiter),
+    /// `futex_wait` on the waiting word; with the alarm of a peer watch, checked right before
+    /// each sleep (see `crate::watch`).
+    Futex(Option<Arc<Alarm>>),
     EventFd(EventFdWaiter),
+}
+
+impl SideWaiter {
+    /// Forgets the alarm of a peer watch that was replaced.
+    fn drop_alarm(&mut self) {
+        if let SideWaiter::Futex(alarm) = self {
+            *alarm = None;
+        }
+    }
 }
 
 impl crate::wait::Waiter for SideWaiter {
     fn wake_kind(&self) -> WakeKind {
         match self {
-            SideWaiter::Futex(w) => w.wake_kind(),
+            SideWaiter::Futex(_) => FutexWaiter.wake_kind(),
             SideWaiter::EventFd(w) => w.wake_kind(),
         }
     }
 
     fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome {
         match self {
-            SideWaiter::Futex(w) => w.wait(word, expected, timeout),
+            SideWaiter::Futex(alarm) => {
+                if alarm.as_ref().is_some_and(|a| a.is_raised()) {
+                    return WaitOutcome::Woken;
+                }
+                FutexWaiter.wait(word, expected, timeout)
+            }
             SideWaiter::EventFd(w) => w.wait(word, expected, timeout),
         }
     }
@@ -241,6 +260,8 @@ struct PeerCheck {
     /// Set once `check` has reported the peer dead: a dead peer does not come back, so later blocked
     /// calls end at once instead of waiting for the next interval.
     gone: bool,
+    /// A watch by the process's peer watcher, which replaces `check` and the bounded sleeps.
+    watch: Option<Watch>,
 }
 
 impl Default for PeerCheck {
@@ -266,6 +287,7 @@ impl PeerCheck {
             interval,
             last: None,
             gone: false,
+            watch: None,
         }
     }
 
@@ -289,7 +311,13 @@ impl PeerCheck {
                 }
                 slice = Some(d - now);
             }
-            if let Some(check) = self.check.as_mut() {
+            if let Some(watch) = &self.watch {
+                // The watcher wakes the sleep when the peer goes: no bounded sleeps, no polls.
+                if watch.alarm().is_raised() {
+                    self.gone = true;
+                    return Err(gone);
+                }
+            } else if let Some(check) = self.check.as_mut() {
                 if self
                     .last
                     .is_none_or(|t| now.duration_since(t) >= self.interval)
@@ -304,6 +332,22 @@ impl PeerCheck {
             }
             Ok(slice)
         }
+    }
+
+    /// Lets the process's peer watcher end blocked calls when `sock` hangs up (see
+    /// `crate::watch`); the waiter checks the same alarm before each sleep.
+    fn watch_socket(
+        &mut self,
+        waiter: &mut SideWaiter,
+        sock: BorrowedFd<'_>,
+        word: WaitingWord,
+    ) -> Result<(), Errno> {
+        let watch = Watch::new(sock, word)?;
+        if let SideWaiter::Futex(alarm) = waiter {
+            *alarm = Some(watch.alarm().clone());
+        }
+        self.watch = Some(watch);
+        Ok(())
     }
 
     fn watch_process(&mut self, pid: Pid) -> Result<(), Errno> {
@@ -364,6 +408,22 @@ impl RingSender {
         check: impl FnMut() -> bool + Send + 'static,
     ) {
         self.peer = PeerCheck::new(interval, Some(Box::new(check)));
+        self.waiter.drop_alarm();
+    }
+
+    /// Makes blocked calls fail with [`RingSendError::PeerGone`] as soon as `sock` (a socket the
+    /// peer holds the other end of) hangs up. A per-process watcher thread polls the socket and
+    /// wakes this side, so sleeps need no timeout (a timed futex wait costs a kernel timer per
+    /// sleep); this replaces [`set_peer_check`](Self::set_peer_check).
+    ///
+    /// # Errors
+    ///
+    /// `EMFILE` and the like from duplicating `sock`; `ENOTSUP` when the watcher cannot run in
+    /// this process (its thread could not start, or this is a fork child of a process that used
+    /// it): keep a [`set_peer_check`](Self::set_peer_check) then.
+    pub fn watch_peer_socket(&mut self, sock: BorrowedFd<'_>) -> Result<(), Errno> {
+        let word = self.handle.waiting_word();
+        self.peer.watch_socket(&mut self.waiter, sock, word)
     }
 
     /// Makes blocked calls fail with [`RingSendError::PeerGone`] once process `pid` has exited
@@ -689,6 +749,18 @@ impl RingReceiver {
         check: impl FnMut() -> bool + Send + 'static,
     ) {
         self.peer = PeerCheck::new(interval, Some(Box::new(check)));
+        self.waiter.drop_alarm();
+    }
+
+    /// Makes blocked calls fail with [`RingRecvError::PeerGone`] as soon as `sock` hangs up; see
+    /// [`RingSender::watch_peer_socket`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RingSender::watch_peer_socket`].
+    pub fn watch_peer_socket(&mut self, sock: BorrowedFd<'_>) -> Result<(), Errno> {
+        let word = self.handle.waiting_word();
+        self.peer.watch_socket(&mut self.waiter, sock, word)
     }
 
     /// Makes blocked calls fail with [`RingRecvError::PeerGone`] once process `pid` has exited
@@ -1016,5 +1088,51 @@ mod tests {
             tx.write_chunk(8, Some(Duration::from_millis(1))).err(),
             Some(RingSendError::PeerGone)
         );
+    }
+
+    /// The peer watcher ends blocked sends and receives (with no bounded sleeps) when the watched
+    /// socket hangs up, whenever in the sleep protocol the hang-up lands; frames published before
+    /// it are still delivered.
+    #[test]
+    fn socket_watch_ends_blocked_calls_whenever_the_hangup_lands() {
+        use std::os::fd::AsFd;
+        for round in 0..200u64 {
+            let ring = ShmRing::create(64).unwrap();
+            let mut rx = ring.receiver().unwrap();
+            let mut tx = ring.sender().unwrap();
+            rx.set_policy(WaitPolicy::Block);
+            tx.set_policy(WaitPolicy::Block);
+            let (ours, theirs) = flowipc_sys::socket::socketpair_stream().unwrap();
+            let (ours2, theirs2) = flowipc_sys::socket::socketpair_stream().unwrap();
+            rx.watch_peer_socket(ours.as_fd()).unwrap();
+            tx.watch_peer_socket(ours2.as_fd()).unwrap();
+            tx.send(&[7; 8]).unwrap();
+            // Fill the ring so that the next send blocks.
+            while tx.try_send(&[0; 24]).is_ok() {}
+            let hang_up = std::thread::spawn(move || {
+                // From "before the sleep" to "long asleep".
+                std::thread::sleep(Duration::from_micros(round % 50 * 20));
+                drop(theirs);
+                drop(theirs2);
+            });
+            // The sender stays open (a closed ring would end the receive with `Closed`).
+            let sender = std::thread::spawn(move || (tx.send(&[1; 24]), tx));
+            let mut buf = [0u8; 24];
+            assert_eq!(rx.recv(&mut buf).map(|f| f.len), Ok(8), "round {round}");
+            // Drain what fits, then block until the hang-up (the sender may have got room).
+            let err = loop {
+                match rx.recv(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err, RingRecvError::PeerGone, "round {round}");
+            hang_up.join().unwrap();
+            let (sent, _tx) = sender.join().unwrap();
+            assert!(
+                matches!(sent, Ok(()) | Err(RingSendError::PeerGone)),
+                "round {round}: {sent:?}"
+            );
+        }
     }
 }

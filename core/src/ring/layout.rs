@@ -68,6 +68,21 @@ pub const HEADER_SIZE: usize = core::mem::size_of::<RingHeader>();
 pub const REGION_ALIGN: usize = core::mem::align_of::<RingHeader>();
 
 impl RingHeader {
+    /// The word a consumer about to sleep on an empty ring sets (see [`crate::wait`]).
+    ///
+    /// For a process-local helper that must end that sleep from outside the protocol (a watcher
+    /// that learnt the peer died): it stores `0` and wakes the word, as the producer's notifier
+    /// would.
+    pub fn consumer_waiting(&self) -> &AtomicU32 {
+        &self.consumer_waiting
+    }
+
+    /// The word a producer about to sleep on a full ring sets; as
+    /// [`consumer_waiting`](Self::consumer_waiting).
+    pub fn producer_waiting(&self) -> &AtomicU32 {
+        &self.producer_waiting
+    }
+
     /// A header for an empty ring of `capacity` bytes (already validated).
     pub(crate) fn new(capacity: usize) -> Self {
         RingHeader {

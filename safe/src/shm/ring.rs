@@ -10,8 +10,12 @@
 //! second claim of the same role of the same ring in this process fails until the first handle is
 //! dropped.
 
+use std::fmt;
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use flowipc_core::sync::AtomicU32;
 
 use flowipc_core::ring::{
     self as core_ring, AttachError, Consumer, FrameInfo, PopError, Producer, PushError, RawRing,
@@ -162,6 +166,40 @@ impl RingRegion {
     }
 }
 
+/// One side's waiting word in a ring's header, with the region that holds it, so that it stays
+/// valid wherever the value goes (the peer watcher's thread).
+pub(crate) struct WaitingWord {
+    word: NonNull<AtomicU32>,
+    _region: Arc<SharedRegion>,
+}
+
+impl fmt::Debug for WaitingWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitingWord").finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the word is an atomic (shared between threads by design) inside a mapping that the
+// `Arc<SharedRegion>` keeps alive as long as this value.
+unsafe impl Send for WaitingWord {}
+// SAFETY: as above; only `&AtomicU32` is handed out.
+unsafe impl Sync for WaitingWord {}
+
+impl WaitingWord {
+    fn new(word: &AtomicU32, region: &Arc<SharedRegion>) -> Self {
+        WaitingWord {
+            word: NonNull::from(word),
+            _region: region.clone(),
+        }
+    }
+
+    /// The word.
+    pub(crate) fn get(&self) -> &AtomicU32 {
+        // SAFETY: the word lies in the header of the ring in `_region`, mapped as long as it lives.
+        unsafe { self.word.as_ref() }
+    }
+}
+
 /// A core [`Producer`] bound to the region it lives in. The inner handle is never lent out.
 #[derive(Debug)]
 pub(crate) struct ProducerHandle {
@@ -172,6 +210,11 @@ pub(crate) struct ProducerHandle {
 }
 
 impl ProducerHandle {
+    /// The word this producer sleeps on when the ring is full.
+    pub(crate) fn waiting_word(&self) -> WaitingWord {
+        WaitingWord::new(self.inner.raw().header().producer_waiting(), &self._region)
+    }
+
     pub(crate) fn max_payload(&self) -> usize {
         self.inner.max_payload()
     }
@@ -259,6 +302,11 @@ pub(crate) struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
+    /// The word this consumer sleeps on when the ring is empty.
+    pub(crate) fn waiting_word(&self) -> WaitingWord {
+        WaitingWord::new(self.inner.raw().header().consumer_waiting(), &self._region)
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.inner.capacity()
     }
