@@ -167,6 +167,9 @@ fn ring_split_after_use() {
         while b.recv(&mut buf).is_ok() {
             b.send(&buf).unwrap();
         }
+        // A drop writes the close marker only if it fits at once (the ring may be full of
+        // echoes); `close` waits for room, so the reader is sure to see `Closed`.
+        b.close().unwrap();
     });
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -176,7 +179,8 @@ fn ring_split_after_use() {
             rx.recv(&mut buf).unwrap();
             verify(i, 40_000, &buf).unwrap();
         }
-        assert!(matches!(rx.recv(&mut buf), Err(RecvError::Closed)));
+        let end = rx.recv(&mut buf);
+        assert!(matches!(end, Err(RecvError::Closed)), "{end:?}");
     });
     let mut msg = Vec::new();
     for i in 0..1000u64 {

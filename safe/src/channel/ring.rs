@@ -28,8 +28,11 @@
 //!
 //! The fast path (room in the ring, or a frame waiting) makes no system call and, once the buffers
 //! have grown, no allocation. Blocking calls wait with the ring's policy (spin, then futex by
-//! default) and check every 20 ms whether the companion socket reports a hang-up, so a SIGKILLed
-//! peer ends a blocked call with `PeerGone` within about 20 ms. A ring closed by the peer without
+//! default). The process's peer watcher (`crate::watch`, one thread) polls the companion socket
+//! of every ring side and wakes a blocked side as soon as the socket hangs up, so a SIGKILLed peer
+//! ends a blocked call with `PeerGone` at once, and sleeps need no timeout. Where the watcher
+//! cannot run (a fork child of a process that used it), blocked calls instead check every 20 ms
+//! whether the socket reports a hang-up. A ring closed by the peer without
 //! an orderly close marker also counts as `PeerGone`.
 //!
 //! Each ring also has two eventfds, created with the rings and handed over with them
@@ -360,10 +363,14 @@ impl RingTransport {
             let fd = flowipc_sys::fd::dup_cloexec(self.tx_wake.data.as_fd())
                 .map_err(|e| SendError::os("dup", e))?;
             tx.set_peer_eventfd(fd);
-            tx.set_peer_check(
-                PEER_CHECK_INTERVAL,
-                self.peer_check().map_err(|e| SendError::os("dup", e))?,
-            );
+            // The process's peer watcher wakes a blocked send when the socket hangs up; without
+            // it, sleeps are bounded and the socket is polled every interval.
+            if tx.watch_peer_socket(self.sock.as_fd()).is_err() {
+                tx.set_peer_check(
+                    PEER_CHECK_INTERVAL,
+                    self.peer_check().map_err(|e| SendError::os("dup", e))?,
+                );
+            }
             self.tx = Some(tx);
         }
         Ok(())
@@ -379,10 +386,13 @@ impl RingTransport {
             let fd = flowipc_sys::fd::dup_cloexec(self.rx_wake.room.as_fd())
                 .map_err(|e| RecvError::os("dup", e))?;
             rx.set_peer_eventfd(fd);
-            rx.set_peer_check(
-                PEER_CHECK_INTERVAL,
-                self.peer_check().map_err(|e| RecvError::os("dup", e))?,
-            );
+            // As for the sender.
+            if rx.watch_peer_socket(self.sock.as_fd()).is_err() {
+                rx.set_peer_check(
+                    PEER_CHECK_INTERVAL,
+                    self.peer_check().map_err(|e| RecvError::os("dup", e))?,
+                );
+            }
             self.rx = Some(rx);
         }
         Ok(())
