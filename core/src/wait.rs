@@ -85,6 +85,14 @@ pub trait Waiter {
     /// comparison and going to sleep are one atomic step with respect to [`Notifier::wake`]).
     /// Spurious returns are allowed.
     fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome;
+
+    /// The CPU the calling thread runs on, if known cheaply (no system call). With it a
+    /// spin-then-block wait publishes where it runs and skips spinning when the peer waits on the
+    /// same CPU (see [`block_until`]'s use of the ring's CPU hints); without it (the default) the
+    /// spins adapt to how waits end ([`SpinBudget`]).
+    fn current_cpu(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Wakes the other side of a ring after the waiting-word protocol has found it asleep.
@@ -92,12 +100,24 @@ pub trait Notifier {
     /// Wakes the sleeper on `word`, which asked for `kind`. Called only after the word was seen
     /// non-zero (and reset to zero), so a call usually costs one system call.
     fn wake(&self, word: &AtomicU32, kind: WakeKind);
+
+    /// The CPU the calling thread runs on, if known cheaply (no system call): a ring side records
+    /// it in the header when it publishes or frees frames, so that a peer waiting on the same CPU
+    /// does not spin (see [`Waiter::current_cpu`]). `None` (the default) records nothing.
+    fn current_cpu(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl<T: Waiter + ?Sized> Waiter for &T {
     #[inline]
     fn wake_kind(&self) -> WakeKind {
         (**self).wake_kind()
+    }
+
+    #[inline]
+    fn current_cpu(&self) -> Option<u32> {
+        (**self).current_cpu()
     }
 
     #[inline]
@@ -110,6 +130,11 @@ impl<T: Notifier + ?Sized> Notifier for &T {
     #[inline]
     fn wake(&self, word: &AtomicU32, kind: WakeKind) {
         (**self).wake(word, kind)
+    }
+
+    #[inline]
+    fn current_cpu(&self) -> Option<u32> {
+        (**self).current_cpu()
     }
 }
 
@@ -219,6 +244,23 @@ impl Default for WaitPolicy {
     }
 }
 
+/// The peer's CPU hint in the ring header (1 + the CPU it last published or released on, 0
+/// unknown), if the ring has one.
+pub(crate) type CpuHints<'a> = Option<&'a AtomicU32>;
+
+/// Records in `hint` (this side's CPU hint) where the caller runs, if `notifier` knows it cheaply;
+/// stores only when it changed, so a side that stays on its CPU only reads its own line.
+#[inline]
+pub(crate) fn note_cpu<N: Notifier + ?Sized>(hint: &AtomicU32, notifier: &N) {
+    if let Some(cpu) = notifier.current_cpu() {
+        let v = cpu.wrapping_add(1);
+        // Relaxed: a hint, read by the peer for a guess.
+        if hint.load(Ordering::Relaxed) != v {
+            hint.store(v, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The blocking loop shared by both ring sides.
 ///
 /// Calls `ready` until it returns `Ok(true)` or an error, spinning and sleeping on `word` per
@@ -227,6 +269,7 @@ impl Default for WaitPolicy {
 /// wait (deadline passed, peer gone). The number of iterations is bounded only by `check`.
 pub(crate) fn block_until<W, E, C, R>(
     word: &AtomicU32,
+    cpus: CpuHints<'_>,
     waiter: &W,
     policy: WaitPolicy,
     budget: &mut SpinBudget,
@@ -238,9 +281,24 @@ where
     C: FnMut() -> Result<Option<Duration>, E>,
     R: FnMut() -> Result<bool, E>,
 {
+    // With the CPU known, spinning is decided by where the peer waits: never on our CPU (it
+    // cannot run while we spin), the full policy across CPUs (no adaptation, which across cores
+    // can fall to spins too short for any reply and stay there).
+    let mut adaptive = matches!(policy, WaitPolicy::SpinThenBlock { .. });
     let spin_limit = match policy {
         WaitPolicy::BusyPoll => None,
-        WaitPolicy::SpinThenBlock { spins } => Some(budget.limit(spins)),
+        WaitPolicy::SpinThenBlock { spins } => match (cpus, waiter.current_cpu()) {
+            // Relaxed: a hint the peer wrote for this guess.
+            (Some(peer), Some(cpu)) if peer.load(Ordering::Relaxed) != 0 => {
+                adaptive = false;
+                if peer.load(Ordering::Relaxed) == cpu.wrapping_add(1) {
+                    Some(0)
+                } else {
+                    Some(spins)
+                }
+            }
+            _ => Some(budget.limit(spins)),
+        },
         WaitPolicy::Block => Some(0),
     };
     let mut spins: u32 = 0;
@@ -250,8 +308,8 @@ where
             // Only a wait that spun and did not sleep says spinning pays; one that was ready at
             // once says nothing (on one CPU that is common: the peer ran while this side was
             // preempted after its send).
-            if let (WaitPolicy::SpinThenBlock { spins: max }, false, true) =
-                (policy, slept, spins > 0)
+            if let (WaitPolicy::SpinThenBlock { spins: max }, true, false, true) =
+                (policy, adaptive, slept, spins > 0)
             {
                 budget.spun_ok(max);
             }
@@ -274,7 +332,7 @@ where
             Some(_) => {}
         }
         let timeout = check()?;
-        if let (WaitPolicy::SpinThenBlock { spins }, false) = (policy, slept) {
+        if let (WaitPolicy::SpinThenBlock { spins }, true, false) = (policy, adaptive, slept) {
             budget.slept(spins);
         }
         slept = true;
@@ -353,6 +411,7 @@ mod tests {
         let mut calls = 0;
         block_until(
             &word,
+            None,
             &SpinWaiter,
             WaitPolicy::SpinThenBlock { spins: 1024 },
             budget,
@@ -363,6 +422,91 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    /// A waiter on a known CPU whose sleeps return at once; counts them.
+    struct OnCpu {
+        cpu: u32,
+        sleeps: core::cell::Cell<u32>,
+    }
+
+    impl Waiter for OnCpu {
+        fn wake_kind(&self) -> WakeKind {
+            WakeKind::Futex
+        }
+
+        fn wait(&self, _: &AtomicU32, _: u32, _: Option<Duration>) -> WaitOutcome {
+            self.sleeps.set(self.sleeps.get() + 1);
+            WaitOutcome::Woken
+        }
+
+        fn current_cpu(&self) -> Option<u32> {
+            Some(self.cpu)
+        }
+    }
+
+    /// `block_until` as a spin-then-block side on CPU 3 whose peer's hint is `peer_hint`, with a
+    /// `ready` that succeeds on its `at`-th call: (sleeps, budget afterwards).
+    fn wait_with_hint(peer_hint: u32, at: u32, budget: &mut SpinBudget) -> u32 {
+        let word = AtomicU32::new(0);
+        let hint = AtomicU32::new(peer_hint);
+        let waiter = OnCpu {
+            cpu: 3,
+            sleeps: core::cell::Cell::new(0),
+        };
+        let mut calls = 0;
+        block_until(
+            &word,
+            Some(&hint),
+            &waiter,
+            WaitPolicy::SpinThenBlock { spins: 1024 },
+            budget,
+            || Ok::<_, ()>(None),
+            || {
+                calls += 1;
+                Ok(calls >= at)
+            },
+        )
+        .unwrap();
+        waiter.sleeps.get()
+    }
+
+    #[test]
+    fn cpu_hints_decide_spinning() {
+        let mut b = SpinBudget::new();
+        // The peer publishes on our CPU (hint 1 + 3): no spinning, straight to sleep.
+        assert_eq!(wait_with_hint(4, 3, &mut b), 1);
+        // On another CPU: the full policy's spins, even when the adaptive budget is at its floor,
+        // which hints leave alone.
+        for _ in 0..12 {
+            b.slept(1024);
+        }
+        assert_eq!(b.limit(1024), MIN_SPINS);
+        assert_eq!(wait_with_hint(1, 500, &mut b), 0);
+        assert_eq!(b.limit(1024), MIN_SPINS);
+        // Past the policy's spins it sleeps (the stub's sleeps end at once, so several times).
+        assert!(wait_with_hint(1, 1100, &mut b) > 0);
+        // No hint yet (0): the adaptive budget decides; at its floor of 16 spins a wait that the
+        // full policy would have spun through sleeps.
+        assert!(wait_with_hint(0, 100, &mut b) > 0);
+    }
+
+    #[test]
+    fn note_cpu_stores_only_changes() {
+        struct At(Option<u32>);
+        impl Notifier for At {
+            fn wake(&self, _: &AtomicU32, _: WakeKind) {}
+            fn current_cpu(&self) -> Option<u32> {
+                self.0
+            }
+        }
+        let hint = AtomicU32::new(0);
+        note_cpu(&hint, &At(None));
+        assert_eq!(hint.load(Ordering::Relaxed), 0);
+        note_cpu(&hint, &At(Some(0)));
+        assert_eq!(hint.load(Ordering::Relaxed), 1);
+        note_cpu(&hint, &At(Some(5)));
+        assert_eq!(hint.load(Ordering::Relaxed), 6);
     }
 
     #[test]

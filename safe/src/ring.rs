@@ -229,6 +229,15 @@ impl SideWaiter {
 }
 
 impl crate::wait::Waiter for SideWaiter {
+    fn current_cpu(&self) -> Option<u32> {
+        match self {
+            // A futex sleeper spins first: tell the core where it runs (see `RingHeader`'s CPU
+            // hints). An eventfd side is driven by a reactor and does not spin here.
+            SideWaiter::Futex(_) => flowipc_sys::process::current_cpu_hint(),
+            SideWaiter::EventFd(_) => None,
+        }
+    }
+
     fn wake_kind(&self) -> WakeKind {
         match self {
             SideWaiter::Futex(_) => FutexWaiter.wake_kind(),

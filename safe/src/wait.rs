@@ -138,6 +138,11 @@ impl PeerWaker {
 }
 
 impl Notifier for PeerWaker {
+    #[inline]
+    fn current_cpu(&self) -> Option<u32> {
+        flowipc_sys::process::current_cpu_hint()
+    }
+
     fn wake(&self, word: &AtomicU32, kind: WakeKind) {
         match (kind, &self.eventfd) {
             (WakeKind::EventFd, Some(fd)) => {

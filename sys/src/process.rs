@@ -75,6 +75,30 @@ pub fn current_cpu() -> usize {
     rustix::thread::sched_getcpu()
 }
 
+/// `sched_getcpu(3)` through the C library—the CPU the calling thread runs on, cheaply: glibc
+/// 2.35 and later read it from the thread's rseq area (no system call), older ones from the
+/// vDSO. For a hint on a hot path (where a ring's peer waits); [`current_cpu`] is the plain system
+/// call. `None` if the C library reports an error.
+///
+/// # References
+///  - [Linux `sched_getcpu(3)`]
+///  - [Linux `rseq(2)`]
+///
+/// [Linux `sched_getcpu(3)`]: https://man7.org/linux/man-pages/man3/sched_getcpu.3.html
+/// [Linux `rseq(2)`]: https://man7.org/linux/man-pages/man2/rseq.2.html
+#[cfg(feature = "std")]
+#[doc(alias = "sched_getcpu")]
+#[inline]
+pub fn current_cpu_hint() -> Option<u32> {
+    extern "C" {
+        fn sched_getcpu() -> core::ffi::c_int;
+    }
+    // SAFETY: `sched_getcpu` takes no arguments and only reads thread-local state of the C
+    // library, which std links on this target.
+    let cpu = unsafe { sched_getcpu() };
+    u32::try_from(cpu).ok()
+}
+
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds—a clock that never jumps, for measuring.
 ///
 /// # References
@@ -122,6 +146,19 @@ mod tests {
         let n = available_cpus().unwrap();
         assert!(n >= 1);
         assert_eq!(set_cpu_affinity(CpuSet::MAX_CPU), Err(Errno::INVAL));
+    }
+
+    /// The cheap hint agrees with the system call once the thread is pinned to one CPU.
+    #[test]
+    fn cpu_hint_follows_pinning() {
+        let n = available_cpus().unwrap();
+        for cpu in 0..n.min(4) {
+            if set_cpu_affinity(cpu).is_err() {
+                continue;
+            }
+            assert_eq!(current_cpu(), cpu);
+            assert_eq!(current_cpu_hint(), Some(cpu as u32));
+        }
     }
 
     #[test]

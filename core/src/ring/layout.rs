@@ -4,10 +4,16 @@
 //! offset   0  line 0: magic u64 | version u32 | closed u32 | capacity u64     (written at init / close)
 //! offset 128  line 1: tail u64   producer position, written by the producer only
 //! offset 256  line 2: head u64   consumer position, written by the consumer only
-//! offset 384  line 3: consumer_waiting u32   set by a consumer about to sleep on an empty ring
-//! offset 512  line 4: producer_waiting u32   set by a producer about to sleep on a full ring
+//! offset 384  line 3: consumer waiting u32 | consumer cpu u32   waiting: set by a consumer about to
+//!                                                                 sleep on an empty ring
+//! offset 512  line 4: producer waiting u32 | producer cpu u32   the same for a full ring
 //! offset 640  frames: capacity bytes (a power of two), 8-byte aligned
 //! ```
+//!
+//! A side's `cpu` is a hint: 1 + the CPU it last published (producer) or freed frames (consumer)
+//! on, 0 if unknown. A side about to spin
+//! for the peer skips the spinning when the peer's hint names its own CPU (the peer cannot run
+//! while it spins). The peer may write anything there; a wrong hint costs only speed.
 //!
 //! Each frame is an 8-byte header followed by its payload rounded up to 8 bytes. The header is one
 //! little-endian `u64`: bits 0..32 payload length, bits 32..48 kind (1 data, 2 padding),
@@ -57,8 +63,24 @@ pub struct RingHeader {
     pub(crate) config: CachePadded<Config>,
     pub(crate) tail: CachePadded<AtomicU64>,
     pub(crate) head: CachePadded<AtomicU64>,
-    pub(crate) consumer_waiting: CachePadded<AtomicU32>,
-    pub(crate) producer_waiting: CachePadded<AtomicU32>,
+    pub(crate) consumer_line: CachePadded<WaitLine>,
+    pub(crate) producer_line: CachePadded<WaitLine>,
+}
+
+/// One side's waiting word and CPU hint.
+#[repr(C)]
+pub(crate) struct WaitLine {
+    pub(crate) waiting: AtomicU32,
+    pub(crate) cpu: AtomicU32,
+}
+
+impl WaitLine {
+    fn new() -> Self {
+        WaitLine {
+            waiting: AtomicU32::new(0),
+            cpu: AtomicU32::new(0),
+        }
+    }
 }
 
 /// Size of [`RingHeader`]: the frame buffer starts this many bytes into the region.
@@ -74,13 +96,13 @@ impl RingHeader {
     /// that learnt the peer died): it stores `0` and wakes the word, as the producer's notifier
     /// would.
     pub fn consumer_waiting(&self) -> &AtomicU32 {
-        &self.consumer_waiting
+        &self.consumer_line.waiting
     }
 
     /// The word a producer about to sleep on a full ring sets; as
     /// [`consumer_waiting`](Self::consumer_waiting).
     pub fn producer_waiting(&self) -> &AtomicU32 {
-        &self.producer_waiting
+        &self.producer_line.waiting
     }
 
     /// A header for an empty ring of `capacity` bytes (already validated).
@@ -94,8 +116,8 @@ impl RingHeader {
             }),
             tail: CachePadded::new(AtomicU64::new(0)),
             head: CachePadded::new(AtomicU64::new(0)),
-            consumer_waiting: CachePadded::new(AtomicU32::new(0)),
-            producer_waiting: CachePadded::new(AtomicU32::new(0)),
+            consumer_line: CachePadded::new(WaitLine::new()),
+            producer_line: CachePadded::new(WaitLine::new()),
         }
     }
 }
@@ -155,8 +177,10 @@ mod checks {
     const_assert_eq!(offset_of!(RingHeader, config), 0);
     const_assert_eq!(offset_of!(RingHeader, tail), 128);
     const_assert_eq!(offset_of!(RingHeader, head), 256);
-    const_assert_eq!(offset_of!(RingHeader, consumer_waiting), 384);
-    const_assert_eq!(offset_of!(RingHeader, producer_waiting), 512);
+    const_assert_eq!(offset_of!(RingHeader, consumer_line), 384);
+    const_assert_eq!(offset_of!(RingHeader, producer_line), 512);
+    const_assert_eq!(offset_of!(WaitLine, waiting), 0);
+    const_assert_eq!(offset_of!(WaitLine, cpu), 4);
     const_assert_eq!(HEADER_SIZE % FRAME_HEADER, 0);
     const_assert_eq!(frame_size(0), 8);
     const_assert_eq!(frame_size(1), 16);

@@ -62,7 +62,7 @@ pub use self::layout::{
 };
 use crate::sync::Ordering;
 use crate::wait::{
-    arm, block_until, wake_if_waiting, Notifier, SpinBudget, WaitPolicy, Waiter, WakeKind,
+    arm, block_until, note_cpu, wake_if_waiting, Notifier, SpinBudget, WaitPolicy, Waiter, WakeKind,
 };
 
 /// How far past `head` a consumer prefetches when it sees newly published bytes: four lines, which
@@ -732,7 +732,9 @@ impl Producer {
     #[inline]
     fn publish<N: Notifier + ?Sized>(&mut self, notifier: &N) {
         self.store_tail();
-        wake_if_waiting(&self.ring.header().consumer_waiting, notifier);
+        let h = self.ring.header();
+        note_cpu(&h.producer_line.cpu, notifier);
+        wake_if_waiting(&h.consumer_line.waiting, notifier);
     }
 
     /// Stores the private position to the shared `tail`, making staged frames visible.
@@ -802,9 +804,11 @@ impl Producer {
         self.flush(notifier);
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
-        let word = unsafe { &header.as_ref().producer_waiting };
+        let h = unsafe { header.as_ref() };
+        let word = &h.producer_line.waiting;
+        let cpus = Some(&h.consumer_line.cpu);
         let mut budget = self.spin_budget;
-        let r = block_until(word, waiter, policy, &mut budget, check, || {
+        let r = block_until(word, cpus, waiter, policy, &mut budget, check, || {
             let need = self.check_len(len)?;
             let (_, need) = self.layout_for(need);
             if self.free() >= need as u64 {
@@ -834,7 +838,7 @@ impl Producer {
     pub fn arm_wake(&mut self, kind: WakeKind) -> Result<bool, PushError> {
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
-        let word = unsafe { &header.as_ref().producer_waiting };
+        let word = unsafe { &header.as_ref().producer_line.waiting };
         arm(word, kind, || {
             if self.poisoned {
                 return Err(PushError::Corrupt);
@@ -853,7 +857,8 @@ impl Producer {
     pub fn disarm(&self) {
         self.ring
             .header()
-            .producer_waiting
+            .producer_line
+            .waiting
             .store(0, Ordering::Relaxed);
     }
 
@@ -893,7 +898,7 @@ impl Producer {
             self.store_tail();
         }
         self.mark_closed();
-        wake_if_waiting(&self.ring.header().consumer_waiting, notifier);
+        wake_if_waiting(&self.ring.header().consumer_line.waiting, notifier);
     }
 
     fn mark_closed(&mut self) {
@@ -1257,7 +1262,8 @@ impl Consumer {
         // SYNC POINT: Release pairs with the producer's Acquire load of `head` in
         // `Producer::refresh_head`: our reads of the freed frames happen before it reuses them.
         h.head.store(next_head, Ordering::Release);
-        wake_if_waiting(&h.producer_waiting, notifier);
+        note_cpu(&h.consumer_line.cpu, notifier);
+        wake_if_waiting(&h.producer_line.waiting, notifier);
     }
 
     /// Waits until a frame is pending (or the ring is closed and drained), per `policy`; see
@@ -1279,9 +1285,11 @@ impl Consumer {
     {
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
-        let word = unsafe { &header.as_ref().consumer_waiting };
+        let h = unsafe { header.as_ref() };
+        let word = &h.consumer_line.waiting;
+        let cpus = Some(&h.producer_line.cpu);
         let mut budget = self.spin_budget;
-        let r = block_until(word, waiter, policy, &mut budget, check, || {
+        let r = block_until(word, cpus, waiter, policy, &mut budget, check, || {
             if self.poisoned {
                 return Err(PopError::Corrupt.into());
             }
@@ -1312,7 +1320,7 @@ impl Consumer {
     pub fn arm_wake(&mut self, kind: WakeKind) -> Result<bool, PopError> {
         let header = self.ring.header;
         // SAFETY: the header outlives the handle (constructor contract), hence this call.
-        let word = unsafe { &header.as_ref().consumer_waiting };
+        let word = unsafe { &header.as_ref().consumer_line.waiting };
         arm(word, kind, || {
             if self.poisoned {
                 return Err(PopError::Corrupt);
@@ -1329,7 +1337,8 @@ impl Consumer {
     pub fn disarm(&self) {
         self.ring
             .header()
-            .consumer_waiting
+            .consumer_line
+            .waiting
             .store(0, Ordering::Relaxed);
     }
 
@@ -1365,7 +1374,7 @@ impl Consumer {
     /// [`PushError::Closed`].
     pub fn close<N: Notifier + ?Sized>(&mut self, notifier: &N) {
         self.mark_closed();
-        wake_if_waiting(&self.ring.header().producer_waiting, notifier);
+        wake_if_waiting(&self.ring.header().producer_line.waiting, notifier);
     }
 
     fn mark_closed(&mut self) {

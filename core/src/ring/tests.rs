@@ -676,7 +676,11 @@ fn check_callback_ends_waits() {
         assert_eq!(res, Err(TestError::Deadline));
         assert_eq!(calls, 3);
         assert_eq!(
-            rx.raw().header().consumer_waiting.load(Ordering::Relaxed),
+            rx.raw()
+                .header()
+                .consumer_line
+                .waiting
+                .load(Ordering::Relaxed),
             0
         );
     }
@@ -693,7 +697,11 @@ fn check_callback_ends_waits() {
     });
     assert_eq!(res, Err(TestError::Deadline));
     assert_eq!(
-        tx.raw().header().producer_waiting.load(Ordering::Relaxed),
+        tx.raw()
+            .header()
+            .producer_line
+            .waiting
+            .load(Ordering::Relaxed),
         0
     );
     // A closed consumer ends the producer's wait.
@@ -721,7 +729,8 @@ fn waiting_word_protocol() {
     assert_eq!(count.0.get(), 0, "no wake without a sleeper");
     rx.raw()
         .header()
-        .consumer_waiting
+        .consumer_line
+        .waiting
         .store(WakeKind::EventFd.word(), Ordering::Relaxed);
     tx.try_push(b"b", &count).unwrap();
     assert_eq!(count.0.get(), 1);
@@ -791,7 +800,13 @@ impl Notifier for KindCounter {
 fn consumer_arm_wake_rechecks_and_leaves_word_for_the_publisher() {
     let (mut tx, mut rx) = Ring::with_capacity(64);
     let n = KindCounter::default();
-    let word = |rx: &Consumer| rx.raw().header().consumer_waiting.load(Ordering::Relaxed);
+    let word = |rx: &Consumer| {
+        rx.raw()
+            .header()
+            .consumer_line
+            .waiting
+            .load(Ordering::Relaxed)
+    };
     assert_eq!(rx.arm_wake(WakeKind::EventFd), Ok(false));
     assert_eq!(word(&rx), WakeKind::EventFd.word());
     tx.try_push(b"x", &n).unwrap();
@@ -822,7 +837,13 @@ fn producer_arm_wake_rechecks_and_is_woken_by_release() {
     // 32 bytes hold two 16-byte frames.
     let (mut tx, mut rx) = Ring::with_capacity(32);
     let n = KindCounter::default();
-    let word = |tx: &Producer| tx.raw().header().producer_waiting.load(Ordering::Relaxed);
+    let word = |tx: &Producer| {
+        tx.raw()
+            .header()
+            .producer_line
+            .waiting
+            .load(Ordering::Relaxed)
+    };
     tx.try_push(&[1; 8], &n).unwrap();
     tx.try_push(&[2; 8], &n).unwrap();
     assert_eq!(tx.try_push(&[3; 8], &n), Err(PushError::Full));
