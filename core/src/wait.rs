@@ -178,8 +178,14 @@ pub const DEFAULT_SPINS: u32 = 1024;
 /// The fewest spins [`WaitPolicy::SpinThenBlock`] falls back to; see [`SpinBudget`].
 pub const MIN_SPINS: u32 = 16;
 
-/// The adaptive part of [`WaitPolicy::SpinThenBlock`]: how many of the policy's spins a side
-/// uses now. Each ring side keeps one.
+/// The adaptive part of [`WaitPolicy::SpinThenBlock`] where CPU hints are missing: how many of
+/// the policy's spins a side uses now. Each ring side keeps one.
+///
+/// When both the waiter and the peer tell where they run ([`Waiter::current_cpu`],
+/// [`Notifier::current_cpu`]), the ring decides from that instead: no spinning when the peer is on
+/// the waiter's CPU, the policy's full spins otherwise. The budget below is the fallback, and it
+/// has a known weakness across cores: once waits sleep, it can fall to spins too short for any
+/// reply and stay there.
 ///
 /// A wait that ends while spinning (after at least one spin) doubles the budget (up to the
 /// policy's `spins`); a wait that has to sleep halves it (down to [`MIN_SPINS`]). When the peer runs on the same CPU, spinning

@@ -6,7 +6,6 @@ mod channel_util;
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
 
 use channel_util::*;
 use flowipc::channel::{Channel, ChannelOptions, RecvError, SendError};
@@ -247,23 +246,11 @@ fn in_place_sigkill_blocked_recv() {
         return child_main(&role);
     }
     let _g = serial();
-    let before = open_fds();
-    {
-        let (mut ours, theirs) = Channel::ring_pair().unwrap();
-        let child = spawn_child("in_place_sigkill_blocked_recv", "idle", theirs, &[]);
-        let (when, killer) = kill_later(child, Duration::from_millis(300));
-        let err = ours.recv_in_place().unwrap_err();
-        let now = Instant::now();
-        killer.join().unwrap();
-        let t0 = when.lock().unwrap().expect("killed");
-        assert!(
-            matches!(err, RecvError::PeerGone),
-            "expected PeerGone, got {err:?}"
-        );
-        let elapsed = now.saturating_duration_since(t0);
-        assert!(elapsed < PEER_GONE_LIMIT, "PeerGone after {elapsed:?}");
-    }
-    assert_eq!(open_fds(), before, "descriptors leaked");
+    kill_blocked_recv_with(
+        "in_place_sigkill_blocked_recv",
+        || Channel::ring_pair().unwrap(),
+        |ch| ch.recv_in_place().unwrap_err(),
+    );
 }
 
 /// The parent blocks in `send_in_place` on a full ring to an idle child, which is SIGKILLed.
@@ -273,30 +260,16 @@ fn in_place_sigkill_blocked_send() {
         return child_main(&role);
     }
     let _g = serial();
-    let before = open_fds();
-    {
-        let (mut ours, theirs) = ChannelOptions::new()
-            .ring_capacity(64 * 1024)
-            .ring_pair()
-            .unwrap();
-        let child = spawn_child("in_place_sigkill_blocked_send", "idle", theirs, &[]);
-        let (when, killer) = kill_later(child, Duration::from_millis(300));
-        let err = loop {
-            if let Err(e) = ours.send_in_place(8 * 1024, |w| w.write_at(0, &[1; 8])) {
-                break e;
-            }
-        };
-        let now = Instant::now();
-        killer.join().unwrap();
-        let t0 = when.lock().unwrap().expect("killed");
-        assert!(
-            matches!(err, SendError::PeerGone),
-            "expected PeerGone, got {err:?}"
-        );
-        let elapsed = now.saturating_duration_since(t0);
-        assert!(elapsed < PEER_GONE_LIMIT, "PeerGone after {elapsed:?}");
-    }
-    assert_eq!(open_fds(), before, "descriptors leaked");
+    kill_blocked_send_with(
+        "in_place_sigkill_blocked_send",
+        || {
+            ChannelOptions::new()
+                .ring_capacity(64 * 1024)
+                .ring_pair()
+                .unwrap()
+        },
+        |ch| ch.send_in_place(8 * 1024, |w| w.write_at(0, &[1; 8])),
+    );
 }
 
 /// A ring channel whose peer is raw: the sending side of the channel's receive ring and the other

@@ -473,13 +473,21 @@ pub fn kill_mid_stream(test: &str, make: impl FnOnce() -> (Channel, Channel)) {
 
 /// The parent blocks in recv on an idle child, which is SIGKILLed.
 pub fn kill_blocked_recv(test: &str, make: impl FnOnce() -> (Channel, Channel)) {
+    kill_blocked_recv_with(test, make, |ch| ch.recv(&mut Vec::new()).unwrap_err());
+}
+
+/// [`kill_blocked_recv`] with the receive `recv` (which must fail).
+pub fn kill_blocked_recv_with(
+    test: &str,
+    make: impl FnOnce() -> (Channel, Channel),
+    recv: impl FnOnce(&mut Channel) -> RecvError,
+) {
     let before = open_fds();
     {
         let (mut ours, theirs) = make();
         let child = spawn_child(test, "idle", theirs, &[]);
         let (when, killer) = kill_later(child, Duration::from_millis(300));
-        let mut buf = Vec::new();
-        let err = ours.recv(&mut buf).unwrap_err();
+        let err = recv(&mut ours);
         let now = Instant::now();
         killer.join().unwrap();
         let t0 = when.lock().unwrap().expect("killed");
@@ -496,15 +504,24 @@ pub fn kill_blocked_recv(test: &str, make: impl FnOnce() -> (Channel, Channel)) 
 
 /// The parent blocks in send to an idle child (which never drains), which is SIGKILLed.
 pub fn kill_blocked_send(test: &str, make: impl FnOnce() -> (Channel, Channel)) {
+    let msg = vec![1u8; 64 * 1024];
+    kill_blocked_send_with(test, make, |ch| ch.send(&msg));
+}
+
+/// [`kill_blocked_send`] with the send `send`, repeated until it fails.
+pub fn kill_blocked_send_with(
+    test: &str,
+    make: impl FnOnce() -> (Channel, Channel),
+    mut send: impl FnMut(&mut Channel) -> Result<(), SendError>,
+) {
     let before = open_fds();
     {
         let (mut ours, theirs) = make();
         let child = spawn_child(test, "idle", theirs, &[]);
         let (when, killer) = kill_later(child, Duration::from_millis(300));
-        let msg = vec![1u8; 64 * 1024];
         let mut sent = 0;
         let err = loop {
-            match ours.send(&msg) {
+            match send(&mut ours) {
                 Ok(()) => sent += 1,
                 Err(e) => break e,
             }
