@@ -87,9 +87,9 @@ pub trait Waiter {
     fn wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> WaitOutcome;
 
     /// The CPU the calling thread runs on, if known cheaply (no system call). With it a
-    /// spin-then-block wait publishes where it runs and skips spinning when the peer waits on the
-    /// same CPU (see [`block_until`]'s use of the ring's CPU hints); without it (the default) the
-    /// spins adapt to how waits end ([`SpinBudget`]).
+    /// spin-then-block wait skips spinning when the peer runs on the same CPU and spins the full
+    /// policy otherwise (from the CPU hints in the ring header, which [`Notifier::current_cpu`]
+    /// fills); without it (the default) the spins adapt to how waits end ([`SpinBudget`]).
     fn current_cpu(&self) -> Option<u32> {
         None
     }
