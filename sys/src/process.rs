@@ -93,8 +93,7 @@ pub fn current_cpu_hint() -> Option<u32> {
     extern "C" {
         fn sched_getcpu() -> core::ffi::c_int;
     }
-    // SAFETY: `sched_getcpu` takes no arguments and only reads thread-local state of the C
-    // library, which std links on this target.
+    // SAFETY: no arguments; it reads only the C library's thread-local state (std links it).
     let cpu = unsafe { sched_getcpu() };
     u32::try_from(cpu).ok()
 }
