@@ -411,14 +411,15 @@ pub(crate) fn wake_if_waiting<N: Notifier + ?Sized>(word: &AtomicU32, notifier: 
 mod tests {
     use super::*;
 
-    /// `block_until` with a `ready` that succeeds on its `at`-th call, never sleeping for real.
-    fn wait_ready_at(budget: &mut SpinBudget, at: u32) {
+    /// `block_until` under a spin-then-block policy of 1024 spins, with a `ready` that succeeds on
+    /// its `at`-th call.
+    fn spin_wait<W: Waiter>(cpus: CpuHints<'_>, waiter: &W, budget: &mut SpinBudget, at: u32) {
         let word = AtomicU32::new(0);
         let mut calls = 0;
         block_until(
             &word,
-            None,
-            &SpinWaiter,
+            cpus,
+            waiter,
             WaitPolicy::SpinThenBlock { spins: 1024 },
             budget,
             || Ok::<_, ()>(None),
@@ -428,6 +429,11 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    /// [`spin_wait`] without CPU hints, never sleeping for real.
+    fn wait_ready_at(budget: &mut SpinBudget, at: u32) {
+        spin_wait(None, &SpinWaiter, budget, at);
     }
 
     /// A waiter on a known CPU whose sleeps return at once; counts them.
@@ -451,29 +457,14 @@ mod tests {
         }
     }
 
-    /// `block_until` as a spin-then-block side on CPU 3 whose peer's hint is `peer_hint`, with a
-    /// `ready` that succeeds on its `at`-th call: (sleeps, budget afterwards).
+    /// [`spin_wait`] as a side on CPU 3 whose peer's hint is `peer_hint`; how often it slept.
     fn wait_with_hint(peer_hint: u32, at: u32, budget: &mut SpinBudget) -> u32 {
-        let word = AtomicU32::new(0);
         let hint = AtomicU32::new(peer_hint);
         let waiter = OnCpu {
             cpu: 3,
             sleeps: core::cell::Cell::new(0),
         };
-        let mut calls = 0;
-        block_until(
-            &word,
-            Some(&hint),
-            &waiter,
-            WaitPolicy::SpinThenBlock { spins: 1024 },
-            budget,
-            || Ok::<_, ()>(None),
-            || {
-                calls += 1;
-                Ok(calls >= at)
-            },
-        )
-        .unwrap();
+        spin_wait(Some(&hint), &waiter, budget, at);
         waiter.sleeps.get()
     }
 
