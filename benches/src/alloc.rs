@@ -5,7 +5,7 @@
 //! it, allocate a new one), so that the free lists are exercised rather than one block bouncing.
 //! A run is `pairs` steps per thread; the figure is wall time / `pairs` (for two threads, the time
 //! each thread takes for its own pairs while the other runs), and the reported `p50_ns` is the
-//! median over [`RUNS`] runs.
+//! median over [`RUNS`] rounds, each of which runs every system once (see [`run`]).
 //!
 //! Systems:
 //! - `flowipc-arena`: the lock-free core allocator (`flowipc_core::arena`) over a sealed memfd,
@@ -37,8 +37,8 @@ use crate::report::Row;
 
 /// Live objects each thread keeps.
 const WINDOW: usize = 64;
-/// Runs per configuration; the median is reported.
-const RUNS: usize = 5;
+/// Rounds of runs; the median is reported.
+const RUNS: usize = 7;
 /// Object sizes measured.
 const SIZES: [usize; 2] = [64, 4096];
 
@@ -176,29 +176,34 @@ fn steps<A: Allocator>(a: &A, size: usize, pairs: usize) -> f64 {
     ns
 }
 
-/// Median over runs of ns per pair, with `threads` threads (1 or 2) on the same allocator.
-fn measure<A: Allocator>(a: &A, size: usize, threads: usize, pairs: usize) -> f64 {
-    steps(a, size, pairs / 10); // warm-up: carve spans, fill caches
-    let mut runs: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            if threads == 1 {
-                steps(a, size, pairs)
-            } else {
-                std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..threads)
-                        .map(|_| s.spawn(|| steps(a, size, pairs)))
-                        .collect();
-                    let per: Vec<f64> = hs
-                        .into_iter()
-                        .map(|h| h.join().expect("bench thread"))
-                        .collect();
-                    per.iter().sum::<f64>() / per.len() as f64
-                })
-            }
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
+/// One run of ns per pair, with `threads` threads (1 or 2) on the same allocator.
+fn run_once<A: Allocator>(a: &A, size: usize, threads: usize, pairs: usize) -> f64 {
+    if threads == 1 {
+        return steps(a, size, pairs);
+    }
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| steps(a, size, pairs)))
+            .collect();
+        let per: Vec<f64> = hs
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect();
+        per.iter().sum::<f64>() / per.len() as f64
+    })
+}
+
+/// An allocator system with its type erased: `run(threads, size, pairs)` is one [`run_once`].
+struct Bench<'a> {
+    name: &'static str,
+    run: Box<dyn Fn(usize, usize, usize) -> f64 + 'a>,
+}
+
+fn system<'a, A: Allocator>(name: &'static str, a: &'a A) -> Bench<'a> {
+    Bench {
+        name,
+        run: Box::new(move |threads, size, pairs| run_once(a, size, threads, pairs)),
+    }
 }
 
 fn row(system: &str, threads: usize, size: usize, ns: f64) -> Row {
@@ -221,14 +226,6 @@ fn row(system: &str, threads: usize, size: usize, ns: f64) -> Row {
     }
 }
 
-fn rows_for<A: Allocator>(name: &str, a: &A, pairs: usize, out: &mut Vec<Row>) {
-    for threads in [1, 2] {
-        for size in SIZES {
-            out.push(row(name, threads, size, measure(a, size, threads, pairs)));
-        }
-    }
-}
-
 /// The allocator systems this module reports, for `--only`.
 pub const SYSTEMS: [&str; 5] = [
     "flowipc-arena",
@@ -238,25 +235,58 @@ pub const SYSTEMS: [&str; 5] = [
     "system-heap",
 ];
 
-/// Runs every allocator configuration and returns one row each.
-pub fn run(quick: bool) -> Vec<Row> {
-    let pairs = if quick { 200_000 } else { 2_000_000 };
-    let mut out = Vec::new();
-    rows_for("flowipc-arena", &CoreArena::new(64 << 20), pairs, &mut out);
-    #[cfg(feature = "jemalloc-shm")]
-    jemalloc_shm(pairs, &mut out);
-    rows_for("jemalloc-heap", &JemallocHeap, pairs, &mut out);
-    rows_for("system-heap", &SystemHeap, pairs, &mut out);
-    out
-}
+/// `(threads, object size)` of every configuration, in the order rows are reported.
+const CONFIGS: [(usize, usize); 4] = [(1, SIZES[0]), (1, SIZES[1]), (2, SIZES[0]), (2, SIZES[1])];
 
-/// The jemalloc lend pool: provider level (`alloc_scoped`) and full objects (`alloc`).
-#[cfg(feature = "jemalloc-shm")]
-fn jemalloc_shm(pairs: usize, out: &mut Vec<Row>) {
+/// Measures the systems named in `only` (all when empty) and returns one row per system and
+/// configuration.
+///
+/// The runs are interleaved: each of [`RUNS`] rounds measures every system in every
+/// configuration once, and a row's figure is the median over the rounds. A slow stretch of the
+/// shared host then hits every system alike instead of the one that happened to be running, so
+/// the ratios between systems (what the targets compare) hold within a run.
+pub fn run(quick: bool, only: &[String]) -> Vec<Row> {
+    let pairs = if quick { 200_000 } else { 2_000_000 };
+    let core = CoreArena::new(64 << 20);
+    #[cfg(feature = "jemalloc-shm")]
     let pool = flowipc::arena::LendPool::create_jemalloc(256 << 20).expect("jemalloc pool");
-    let a = pool.allocator();
-    rows_for("flowipc-arena-jemalloc", &ScopedLend(&a), pairs, out);
-    rows_for("flowipc-lend-object", &ObjectLend(&a), pairs, out);
+    #[cfg(feature = "jemalloc-shm")]
+    let pool_alloc = pool.allocator();
+    #[cfg(feature = "jemalloc-shm")]
+    let (scoped, object) = (ScopedLend(&pool_alloc), ObjectLend(&pool_alloc));
+    let mut systems = vec![system("flowipc-arena", &core)];
+    #[cfg(feature = "jemalloc-shm")]
+    systems.extend([
+        system("flowipc-arena-jemalloc", &scoped),
+        system("flowipc-lend-object", &object),
+    ]);
+    systems.extend([
+        system("jemalloc-heap", &JemallocHeap),
+        system("system-heap", &SystemHeap),
+    ]);
+    systems.retain(|s| only.is_empty() || only.iter().any(|o| o == s.name));
+    // Warm-up: carve spans, fill caches.
+    for s in &systems {
+        for &(_, size) in &CONFIGS {
+            (s.run)(1, size, pairs / 10);
+        }
+    }
+    let mut samples = vec![[const { Vec::new() }; CONFIGS.len()]; systems.len()];
+    for _ in 0..RUNS {
+        for (s, per_config) in systems.iter().zip(&mut samples) {
+            for (&(threads, size), runs) in CONFIGS.iter().zip(per_config.iter_mut()) {
+                runs.push((s.run)(threads, size, pairs));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (s, per_config) in systems.iter().zip(samples) {
+        for (&(threads, size), mut runs) in CONFIGS.iter().zip(per_config) {
+            runs.sort_by(f64::total_cmp);
+            out.push(row(s.name, threads, size, runs[runs.len() / 2]));
+        }
+    }
+    out
 }
 
 /// `LendPool::alloc_scoped`: objects that borrow the pool.

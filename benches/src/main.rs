@@ -486,11 +486,7 @@ fn main() {
             "\rallocators: alloc+free pairs, 1 and 2 threads{}",
             " ".repeat(40)
         );
-        rows.extend(
-            alloc::run(args.quick)
-                .into_iter()
-                .filter(|r| args.only.is_empty() || args.only.contains(&r.system)),
-        );
+        rows.extend(alloc::run(args.quick, &args.only));
     }
     eprintln!(
         "\rmeasured {} configurations in {:.0} s{}",

@@ -608,6 +608,89 @@ mod tests {
 
     #[cfg(feature = "jemalloc")]
     #[test]
+    fn jemalloc_caches_are_reused_by_later_threads() {
+        let pool = LendPool::create_jemalloc(32 << 20).unwrap();
+        for i in 0..50usize {
+            let a = pool.allocator();
+            std::thread::spawn(move || {
+                let objs: Vec<_> = (0..40)
+                    .map(|j| a.alloc(16 + (i * j) % 3000).unwrap())
+                    .collect();
+                drop(objs);
+            })
+            .join()
+            .unwrap();
+        }
+        let (made, _) = match &pool.backend {
+            Backend::Je(p) => p.caches_made(),
+            Backend::Core(_) => unreachable!(),
+        };
+        assert_eq!(
+            made, 1,
+            "one thread at a time: each claims the cache the last one left"
+        );
+        assert_eq!(pool.usage(), PoolUsage::default());
+        assert_eq!(held(&pool), 0);
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_threads_beyond_the_caches_go_to_jemalloc() {
+        let pool = LendPool::create_jemalloc(64 << 20).unwrap();
+        let max = match &pool.backend {
+            Backend::Je(p) => p.caches_made().1,
+            Backend::Core(_) => unreachable!(),
+        };
+        let threads = max + 6;
+        let all_holding = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+        let checked = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let a = pool.allocator();
+                let (all_holding, checked) = (all_holding.clone(), checked.clone());
+                std::thread::spawn(move || {
+                    let objs: Vec<_> = (0..10)
+                        .map(|i| {
+                            let o = a.alloc(100 + i).unwrap();
+                            o.write(0, &[t as u8; 100]).unwrap();
+                            o
+                        })
+                        .collect();
+                    all_holding.wait();
+                    checked.wait();
+                    assert!(objs
+                        .iter()
+                        .all(|o| o.to_vec().unwrap()[..100] == [t as u8; 100]));
+                })
+            })
+            .collect();
+        all_holding.wait();
+        let total: u64 = (0..10).map(|i| 100 + i).sum();
+        assert_eq!(
+            pool.usage(),
+            PoolUsage {
+                objects: 10 * threads as u64,
+                bytes: total * threads as u64
+            }
+        );
+        let (made, _) = match &pool.backend {
+            Backend::Je(p) => p.caches_made(),
+            Backend::Core(_) => unreachable!(),
+        };
+        assert_eq!(
+            made, max,
+            "every cache is taken; the other threads have none"
+        );
+        checked.wait();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(pool.usage(), PoolUsage::default());
+        assert_eq!(held(&pool), 0);
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
     fn jemalloc_freed_on_one_thread_allocated_on_another() {
         let pool = LendPool::create_jemalloc(32 << 20).unwrap();
         let a = pool.allocator();

@@ -247,6 +247,7 @@ fn install_fork_guard() {
 
 extern "C" fn fork_child() {
     mark_forked();
+    cache::fork_child_forget();
     cache::fork_release();
 }
 
@@ -264,7 +265,7 @@ pub(crate) struct JePool {
     map: ManuallyDrop<Mapping>,
     fd: OwnedFd,
     pid: u32,
-    /// Key and usage counter slots of the front cache.
+    /// The front cache's side in the pool: its key, the thread caches and shared counters.
     shared: cache::PoolShared,
     /// The next generation not yet handed out (front caches take them in batches).
     next_gen: AtomicU32,
@@ -380,14 +381,36 @@ impl JePool {
     }
 
     /// Allocates `len` bytes (after a header) aligned to 16; returns `(offset, generation)`.
+    ///
+    /// The fast path, a small object whose class's bin in this thread's cache has a block, is
+    /// inlined; everything else (refills, large objects, the checks that this is the owner
+    /// process) is [`alloc_slow`](Self::alloc_slow). A fork child never takes the fast path: its
+    /// fork handler cleared the thread's cache pointer, so it always reaches those checks.
     #[inline]
     pub(crate) fn alloc(&self, len: usize) -> Result<(u64, u32), ArenaError> {
+        if len <= cache::MAX_CACHED - OBJ_HEADER {
+            if let Some(mut tc) = cache::fast(self) {
+                let c = cache::class_of(len + OBJ_HEADER);
+                if let Some(p) = tc.pop(c) {
+                    let gen = tc.next_gen(self);
+                    tc.add_bytes(len as u64);
+                    return Ok(self.init_object(p, len as u32, gen));
+                }
+            }
+        }
+        self.alloc_slow(len)
+    }
+
+    /// [`alloc`](Self::alloc) beyond its fast path.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, len: usize) -> Result<(u64, u32), ArenaError> {
         self.check_owner()?;
         let len32 = u32::try_from(len).map_err(|_| flowipc_core::arena::AllocError::TooLarge)?;
         let size = len + OBJ_HEADER;
         let cached = if size <= cache::MAX_CACHED {
             let c = cache::class_of(size);
-            cache::with(self, |pc| self.alloc_cached(pc, c, len))
+            cache::with(self, |tc| self.alloc_cached(tc, c, len))
         } else {
             None
         };
@@ -395,30 +418,37 @@ impl JePool {
             Some(r) => r?,
             None => self.alloc_uncached(size, len)?,
         };
-        // SAFETY: `p` is a block of at least `size` bytes, 16-aligned, inside the mapping, that
-        // nobody else holds (fresh from jemalloc or popped from our cache).
-        // (Its tag is in place: `init_block` wrote it when the block came from jemalloc, and
-        // nothing overwrites it while the block is ours.)
+        Ok(self.init_object(p, len32, gen))
+    }
+
+    /// Writes the header of a new object of `len` bytes with generation `gen` in block `p` (at
+    /// least `len + OBJ_HEADER` bytes, 16-aligned, inside the mapping, held by nobody else:
+    /// fresh from jemalloc or popped from our cache); returns `(offset, gen)`.
+    #[inline]
+    fn init_object(&self, p: usize, len: u32, gen: u32) -> (u64, u32) {
+        // SAFETY: per the contract above; the header is atomics. (Its tag is in place:
+        // `init_block` wrote it when the block came from jemalloc, and nothing overwrites it
+        // while the block is ours.)
         let hdr = unsafe { &*(p as *const ObjHeader) };
-        hdr.len.store(len32, Ordering::Relaxed);
+        hdr.len.store(len, Ordering::Relaxed);
         hdr.state.store(st_alloc(gen, 1), Ordering::Relaxed);
-        Ok(((p + OBJ_HEADER - self.base()) as u64, gen))
+        ((p + OBJ_HEADER - self.base()) as u64, gen)
     }
 
     /// A block of class `c` from this thread's cache (or jemalloc) and a generation.
     #[inline]
     fn alloc_cached(
         &self,
-        pc: &mut cache::PoolCache,
+        tc: &mut cache::Owned<'_>,
         c: usize,
         len: usize,
     ) -> Result<(usize, u32), ArenaError> {
-        let p = match pc.pop(c) {
+        let p = match tc.pop(c) {
             Some(p) => p,
-            None => self.refill(pc, c)?,
+            None => self.refill(tc, c)?,
         };
-        let gen = pc.next_gen(self);
-        pc.count(self, 1, len as u64);
+        let gen = tc.next_gen(self);
+        tc.add_bytes(len as u64);
         Ok((p, gen))
     }
 
@@ -427,11 +457,11 @@ impl JePool {
     /// jemalloc slab (which would put two threads' headers on one cache line). When the pool is
     /// full, this thread's cached blocks go back first and the allocation is tried once more.
     #[cold]
-    fn refill(&self, pc: &mut cache::PoolCache, c: usize) -> Result<usize, ArenaError> {
+    fn refill(&self, tc: &mut cache::Owned<'_>, c: usize) -> Result<usize, ArenaError> {
         let size = cache::class_bytes(c);
         let mut p = self.je_alloc(size);
         if p == 0 {
-            self.flush(pc);
+            self.flush(tc);
             p = self.je_alloc(size);
         }
         if p == 0 {
@@ -452,15 +482,15 @@ impl JePool {
             n += 1;
         }
         for &q in extra[..n].iter().rev() {
-            let cached = pc.push(c, q);
+            let cached = tc.push(c, q);
             debug_assert!(cached, "refill runs on an empty bin");
         }
-        pc.count_held(self, 1 + n as u64);
+        tc.add_held(1 + n as u64);
         Ok(p)
     }
 
     /// Without a thread cache (a large block, or a thread whose cache is gone): straight from
-    /// jemalloc, counted in the shared slot.
+    /// jemalloc, counted in the pool's shared counters.
     #[cold]
     fn alloc_uncached(&self, size: usize, len: usize) -> Result<(usize, u32), ArenaError> {
         let size = Self::block_size(size);
@@ -470,10 +500,7 @@ impl JePool {
         }
         Self::init_block(p, Self::class_tag(size));
         let gen = self.reserve_gens(1);
-        let s = &self.shared.slots[cache::SHARED_SLOT];
-        cache::Slot::add(&s.objects, true, 1);
-        cache::Slot::add(&s.bytes, true, len as u64);
-        cache::Slot::add(&s.held, true, 1);
+        self.shared.uncached.count(true, len as u64);
         Ok((p, gen))
     }
 
@@ -524,21 +551,23 @@ impl JePool {
         self.next_gen.fetch_add(n, Ordering::Relaxed)
     }
 
-    /// Gives every block `pc` caches back to jemalloc.
-    fn flush(&self, pc: &mut cache::PoolCache) {
-        let mut n = 0u64;
-        pc.drain_all(|c, p| {
-            // Cached blocks of class `c` were allocated with `class_size(c)`.
-            self.je_free(p, cache::class_bytes(c));
-            n += 1;
-        });
-        pc.count_held(self, n.wrapping_neg());
+    /// Gives every block cache `tc` holds back to jemalloc.
+    fn flush(&self, tc: &mut cache::Owned<'_>) {
+        // Cached blocks of class `c` were allocated with `class_size(c)`.
+        let n = tc.drain_all(|c, p| self.je_free(p, cache::class_bytes(c)));
+        tc.add_held(n.wrapping_neg());
     }
 
     /// Blocks taken from jemalloc and not given back: live objects plus blocks in thread caches.
     #[cfg(test)]
     pub(crate) fn held_blocks(&self) -> u64 {
         self.shared.totals().2
+    }
+
+    /// Thread caches made in this pool so far, and how many it may have.
+    #[cfg(test)]
+    pub(crate) fn caches_made(&self) -> (usize, usize) {
+        (self.shared.caches_made(), cache::MAX_CACHES)
     }
 
     /// The header of the object at `off`, if `off` could be one (range and alignment only).
@@ -592,20 +621,44 @@ impl JePool {
     /// cannot send a block to the wrong bin. Returns whether the object was freed.
     #[inline]
     pub(crate) fn release_own(&self, off: u64) -> Result<bool, ArenaError> {
-        self.check_owner()?;
-        let h = self.header(off).ok_or(BlockError::OutOfRange)?;
-        let tag = h.tag.load(Ordering::Relaxed);
-        // SYNC POINT: Acquire as in `release` (pairs with the other holders' AcqRel releases).
-        let s = h.state.load(Ordering::Acquire);
-        let gen = st_gen(s);
-        if s == st_alloc(gen, 1) && tag_ok(tag) {
-            // The only reference, ours: no other thread can change the word (see `release`).
-            h.state
-                .store(st_free(gen.wrapping_add(1), 0), Ordering::Relaxed);
-            self.dealloc(h, tag & 0xff);
-            return Ok(true);
+        if let Some(h) = self.header(off) {
+            // SYNC POINT: Acquire as in `release` (pairs with the other holders' AcqRel releases).
+            let s = h.state.load(Ordering::Acquire);
+            if self.free_last_cached(h, s) {
+                return Ok(true);
+            }
+            return self.release(off, st_gen(s));
         }
-        self.release(off, gen)
+        Err(BlockError::OutOfRange.into())
+    }
+
+    /// The fast path of a release: if state `s` (just read from `h`) is live with the caller's
+    /// reference as the only one, the block is of a cached class and this thread's cache has
+    /// room in its bin, frees the object into the cache and returns `true`. Otherwise changes
+    /// nothing: the caller takes the full path. Never taken in a fork child (see `alloc`).
+    #[inline]
+    fn free_last_cached(&self, h: &ObjHeader, s: u64) -> bool {
+        let tag = h.tag.load(Ordering::Relaxed);
+        let c = (tag & 0xff) as usize;
+        // `s == st_alloc(st_gen(s), 1)`: allocated, one reference.
+        if s as u32 != st_alloc(0, 1) as u32 || !tag_ok(tag) || c >= cache::NUM_CLASSES {
+            return false;
+        }
+        let Some(mut tc) = cache::fast(self) else {
+            return false;
+        };
+        if !tc.has_room(c) {
+            return false;
+        }
+        // The only reference, ours: no other thread can change the word (see `release`).
+        // Relaxed: as in `release`.
+        h.state
+            .store(st_free(st_gen(s).wrapping_add(1), 0), Ordering::Relaxed);
+        let len = h.len.load(Ordering::Relaxed);
+        debug_assert_eq!(c as u32, Self::class_tag(len as usize + OBJ_HEADER));
+        tc.push_unchecked(c, (h as *const ObjHeader) as usize);
+        tc.add_bytes(u64::from(len).wrapping_neg());
+        true
     }
 
     pub(crate) fn info(&self, off: u64, gen: u32) -> Result<BlockInfo, BlockError> {
@@ -636,6 +689,20 @@ impl JePool {
     /// the word until we do, as in `Arc::get_mut`. A count above 1 takes the CAS loop.
     #[inline]
     pub(crate) fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
+        if let Some(h) = self.header(off) {
+            // SYNC POINT: Acquire as below.
+            let s = h.state.load(Ordering::Acquire);
+            if st_gen(s) == gen && self.free_last_cached(h, s) {
+                return Ok(true);
+            }
+        }
+        self.release_slow(off, gen)
+    }
+
+    /// [`release`](Self::release) beyond its fast path.
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
         self.check_owner()?;
         let h = self.header(off).ok_or(BlockError::OutOfRange)?;
         let tag = h.tag.load(Ordering::Relaxed);
@@ -692,11 +759,11 @@ impl JePool {
         let c = class as usize;
         debug_assert_eq!(class, Self::class_tag(size));
         if c < cache::NUM_CLASSES {
-            let cached = cache::with(self, |pc| {
-                if !pc.push(c, p) {
-                    self.spill(pc, c, p);
+            let cached = cache::with(self, |tc| {
+                if !tc.push(c, p) {
+                    self.spill(tc, c, p);
                 }
-                pc.count(self, 1u64.wrapping_neg(), u64::from(len).wrapping_neg());
+                tc.add_bytes(u64::from(len).wrapping_neg());
             });
             if cached.is_some() {
                 return;
@@ -707,10 +774,10 @@ impl JePool {
 
     /// Class `c`'s bin is full: gives its older half back to jemalloc, then caches `p`.
     #[cold]
-    fn spill(&self, pc: &mut cache::PoolCache, c: usize, p: usize) {
-        let n = pc.spill_half(c, |old| self.je_free(old, cache::class_bytes(c)));
-        pc.count_held(self, n.wrapping_neg());
-        let cached = pc.push(c, p);
+    fn spill(&self, tc: &mut cache::Owned<'_>, c: usize, p: usize) {
+        let n = tc.spill_half(c, |old| self.je_free(old, cache::class_bytes(c)));
+        tc.add_held(n.wrapping_neg());
+        let cached = tc.push(c, p);
         debug_assert!(cached);
     }
 
@@ -725,10 +792,7 @@ impl JePool {
             size
         };
         self.je_free(p, block);
-        let s = &self.shared.slots[cache::SHARED_SLOT];
-        cache::Slot::add(&s.objects, true, 1u64.wrapping_neg());
-        cache::Slot::add(&s.bytes, true, u64::from(len).wrapping_neg());
-        cache::Slot::add(&s.held, true, 1u64.wrapping_neg());
+        self.shared.uncached.count(false, u64::from(len));
     }
 
     /// Copies `data` into the object at `off` (generation `gen`) from byte `at`.

@@ -1,6 +1,6 @@
 //! The per-thread front cache of a jemalloc lend pool: freed small blocks kept per thread, per
-//! pool and per size class, so that the steady-state alloc + free pair makes no jemalloc call and
-//! no atomic read-modify-write.
+//! pool and per size class, so that the steady-state alloc + free pair makes no jemalloc call, no
+//! atomic read-modify-write and no usage-counter update beyond one private byte count.
 //!
 //! jemalloc 5.3's `mallocx` / `sdallocx` leave their fast path whenever the flags are not 0 (an
 //! explicit arena or tcache), and a pool's arena may not go through jemalloc's ordinary thread
@@ -9,33 +9,42 @@
 //! tcache does:
 //!
 //! - Block sizes are rounded up to [`class_size`]: 16-byte steps to 128, then 4 classes per
-//!   doubling up to [`MAX_CACHED`] (jemalloc's own small classes). A block is always allocated with
-//!   `mallocx(class_size)` and freed with `sdallocx(class_size)`, so a cached block serves any
-//!   request of its class; the object header keeps the requested length.
-//! - Each thread holds [`ENTRIES`]: one [`PoolCache`] per pool it used, found by the pool's key (a
-//!   global counter, never reused), the last one used ([`LAST`]) checked first with a plain
-//!   thread-local load. A `PoolCache` has one bounded LIFO bin per class (a fixed array); a full
-//!   bin spills its older half back to jemalloc, an empty one is refilled with a quarter bin at
-//!   once ([`refill_count`]), so that one thread's blocks lie together in jemalloc's slabs.
-//! - Lifetimes: a pool may be dropped while other threads still cache its blocks, and threads may
-//!   exit while the pool lives. The [registry](Registry) (a mutex) lists live pool keys. A thread's
-//!   exit flushes its bins into the pools that are still live, under the lock; a pool's `Drop`
-//!   removes its key under the lock before it destroys the arena, so a key found in the registry
-//!   under the lock names a pool that is alive until the lock is released. Cached blocks of a dead
-//!   pool are forgotten, never touched (the arena's destruction took their memory back).
-//! - Generations: each `PoolCache` reserves [`GEN_BATCH`] generations at a time from the pool (one
+//!   doubling up to [`MAX_CACHED`] (jemalloc's own small classes), looked up in a table. A block
+//!   is always allocated with `mallocx(class_size)` and freed with `sdallocx(class_size)`, so a
+//!   cached block serves any request of its class; the object header keeps the requested length.
+//! - A [`ThreadCache`] has one bounded LIFO bin per class (fixed arrays); a full bin spills its
+//!   older half back to jemalloc, an empty one is refilled with a quarter bin at once
+//!   ([`refill_count`]), so that one thread's blocks lie together in jemalloc's slabs.
+//! - The caches belong to the pool ([`PoolShared`]: up to [`MAX_CACHES`], made on first use and
+//!   freed with the pool), and a thread claims one per pool it allocates or frees in. That lets
+//!   `usage()` read every cache's counters without a lock, and lets a cache outlive the thread
+//!   that used it, for the next thread to claim. A thread finds its cache through [`LAST`] (the
+//!   pool key and cache it used last, a plain thread-local load) or its list of [`Entry`]s.
+//!   Threads beyond [`MAX_CACHES`] go to jemalloc on every call.
+//! - Usage without per-operation object counts: a cache counts the blocks it took from jemalloc
+//!   and gave back (`held`, changed only on refill, spill and flush) and the payload bytes of the
+//!   objects allocated minus freed through it (`bytes`, one private load and store per
+//!   operation); the objects in use are the blocks held minus the blocks sitting in bins. Blocks
+//!   handled without a cache are counted in the pool's shared counters (read-modify-writes).
+//!   The sums are exact whenever no thread is allocating or freeing in the pool.
+//! - Lifetimes: a pool may be dropped while threads still have its cache in their lists, and
+//!   threads may exit while the pool lives. The [registry](Registry) (a mutex) lists live pool
+//!   keys (a global counter, never reused). A thread's exit flushes its caches of pools that are
+//!   still live back to jemalloc and releases them, under the lock; a pool's `Drop` removes its
+//!   key under the lock before it destroys the arena, so a key found in the registry under the
+//!   lock names a pool that is alive until the lock is released. Entries of a dead pool are
+//!   forgotten, never touched (its caches and blocks went with it).
+//! - Generations: each cache reserves [`GEN_BATCH`] generations at a time from the pool (one
 //!   `fetch_add` per batch), so they stay unique per pool.
-//! - Usage counters: each `PoolCache` owns one cache-padded [`Slot`] of the pool, written by that
-//!   thread only (load + store), which `usage()` sums; when every slot is taken, the pool's last
-//!   slot is shared and updated with read-modify-writes. A released slot keeps its values for the
-//!   next thread that claims it.
 //!
 //! Nothing here runs in a fork child: the pool refuses to work there before it reaches the
-//! cache, a thread's exit skips caches of pools of another process, and the registry's lock is
+//! cache, a thread's exit skips entries of pools of another process, and the registry's lock is
 //! held across `fork` (`pthread_atfork`) so that a child never inherits it locked.
 
-use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::JePool;
@@ -44,17 +53,32 @@ use super::JePool;
 pub(super) const MAX_CACHED: usize = 16 << 10;
 /// Size classes up to [`MAX_CACHED`]: 8 of 16-byte steps to 128, then 4 per doubling to 16 KiB.
 pub(super) const NUM_CLASSES: usize = 8 + 4 * 7;
-/// Generations a `PoolCache` takes from its pool at once.
+/// Generations a cache takes from its pool at once.
 pub(super) const GEN_BATCH: u32 = 1 << 16;
-/// Private counter slots per pool; one more is shared.
-pub(super) const NUM_SLOTS: usize = 32;
-/// Index of the shared slot (read-modify-write updates).
-pub(super) const SHARED_SLOT: usize = NUM_SLOTS;
+/// Thread caches a pool has at most; threads beyond these go to jemalloc on every call.
+pub(super) const MAX_CACHES: usize = 64;
 
-/// The class of a block of `size` bytes, `1 ..= MAX_CACHED`.
+/// The class of a block of `size` bytes, `1 ..= MAX_CACHED`, from [`CLASS_OF`].
 #[inline]
 pub(super) fn class_of(size: usize) -> usize {
     debug_assert!((1..=MAX_CACHED).contains(&size));
+    CLASS_OF[(size - 1) >> 4] as usize
+}
+
+/// Every class boundary is a multiple of 16, so sizes `16 i + 1 ..= 16 (i + 1)` share a class:
+/// entry `i` is that class.
+const CLASS_OF: [u8; MAX_CACHED / 16] = {
+    let mut t = [0; MAX_CACHED / 16];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = compute_class_of((i + 1) * 16) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The class of a block of `size` bytes, computed (for [`CLASS_OF`]).
+const fn compute_class_of(size: usize) -> usize {
     if size <= 128 {
         size.div_ceil(16) - 1
     } else {
@@ -126,43 +150,200 @@ pub(super) fn class_bytes(c: usize) -> usize {
     CLASS_SIZE[c] as usize
 }
 
-/// One thread's usage counters for one pool (or the shared fallback), on its own cache lines so
-/// that two threads never write the same line.
-#[repr(align(128))]
-#[derive(Default)]
-pub(super) struct Slot {
-    /// Objects allocated minus objects freed through this slot (two's complement).
-    pub(super) objects: AtomicU64,
-    /// Their payload bytes, likewise.
-    pub(super) bytes: AtomicU64,
-    /// Blocks taken from jemalloc minus blocks given back (cached blocks included).
-    pub(super) held: AtomicU64,
-    /// Whether a `PoolCache` owns the slot.
+/// Most blocks a bin holds (its class's [`BIN_CAP`] may be lower).
+const BIN_MAX: usize = 64;
+
+/// One cache of a pool, claimed by one thread at a time: its bins and counters.
+///
+/// The counters are atomics because `usage()` reads them from any thread; only the claiming
+/// thread writes them (a load and a store, no read-modify-write). The bins' blocks and the
+/// generation batch are touched by the claiming thread only, through [`Owned`]; a claim is
+/// handed from one thread to the next with a Release store and an Acquire CAS of `claimed`.
+#[repr(C, align(128))]
+pub(super) struct ThreadCache {
+    /// Payload bytes allocated minus freed through this cache (two's complement).
+    bytes: AtomicU64,
+    /// Blocks taken from jemalloc minus blocks given back through this cache (two's complement).
+    held: AtomicU64,
+    /// Blocks in each class's bin, `<= BIN_CAP[c]`; `items[c][..n[c]]` are they.
+    n: [AtomicU16; NUM_CLASSES],
+    /// The next generation of the batch, and its end.
+    gen_next: UnsafeCell<u32>,
+    gen_end: UnsafeCell<u32>,
+    /// Whether a thread holds this cache.
     claimed: AtomicBool,
+    /// Free blocks (addresses) per class, most recently freed last.
+    items: UnsafeCell<[[usize; BIN_MAX]; NUM_CLASSES]>,
 }
 
-impl Slot {
-    /// Adds `delta` (two's complement) to `c`: a load and a store in a private slot.
-    #[inline]
-    pub(super) fn add(c: &AtomicU64, shared: bool, delta: u64) {
-        if shared {
-            c.fetch_add(delta, Ordering::Relaxed);
-        } else {
-            // Relaxed: only the owning thread writes a private slot; readers sum racy snapshots,
-            // exact once the writers are quiescent (joined, or synchronised with otherwise).
-            c.store(
-                c.load(Ordering::Relaxed).wrapping_add(delta),
-                Ordering::Relaxed,
-            );
-        }
+// SAFETY: the `UnsafeCell`s are accessed only by the thread that claimed the cache (see
+// `Owned`); everything other threads read is atomic.
+unsafe impl Sync for ThreadCache {}
+
+impl ThreadCache {
+    fn new_claimed() -> Box<Self> {
+        Box::new(ThreadCache {
+            bytes: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            n: [const { AtomicU16::new(0) }; NUM_CLASSES],
+            gen_next: UnsafeCell::new(0),
+            gen_end: UnsafeCell::new(0),
+            claimed: AtomicBool::new(true),
+            items: UnsafeCell::new([[0; BIN_MAX]; NUM_CLASSES]),
+        })
+    }
+
+    /// Blocks sitting in the bins.
+    fn cached(&self) -> u64 {
+        self.n
+            .iter()
+            .map(|n| u64::from(n.load(Ordering::Relaxed)))
+            .sum()
     }
 }
 
-/// The pool's side of the cache: its key and counter slots.
+/// Adds `delta` (two's complement) to a counter only this thread writes.
+#[inline]
+fn add_private(c: &AtomicU64, delta: u64) {
+    // Relaxed: readers sum racy snapshots, exact once the writers are quiescent (joined, or
+    // synchronised with otherwise).
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(delta),
+        Ordering::Relaxed,
+    );
+}
+
+/// The calling thread's claim on a [`ThreadCache`]: the only way to touch its bins. Not `Send`:
+/// it stands for this thread's claim. At most one is in use at a time (the callers of [`fast`]
+/// and [`with`] never hold two), so the one `&mut` it hands out to a bin is unique.
+pub(super) struct Owned<'a>(&'a ThreadCache, PhantomData<*const ()>);
+
+impl Owned<'_> {
+    /// Adds to the cache's payload byte count (two's complement).
+    #[inline]
+    pub(super) fn add_bytes(&mut self, delta: u64) {
+        add_private(&self.0.bytes, delta);
+    }
+
+    /// Adds to the cache's count of blocks held from jemalloc (two's complement).
+    #[inline]
+    pub(super) fn add_held(&mut self, delta: u64) {
+        add_private(&self.0.held, delta);
+    }
+
+    /// A fresh generation, unique in the pool (until the 32-bit counter wraps).
+    #[inline]
+    pub(super) fn next_gen(&mut self, pool: &JePool) -> u32 {
+        // SAFETY: only the claiming thread (ours, see `Owned`) touches the batch.
+        let (next, end) = unsafe { (&mut *self.0.gen_next.get(), &mut *self.0.gen_end.get()) };
+        if *next == *end {
+            *next = pool.reserve_gens(GEN_BATCH);
+            *end = next.wrapping_add(GEN_BATCH);
+        }
+        let g = *next;
+        *next = g.wrapping_add(1);
+        g
+    }
+
+    /// Class `c`'s bin.
+    #[inline]
+    fn bin(&mut self, c: usize) -> &mut [usize; BIN_MAX] {
+        // SAFETY: only the claiming thread (ours) touches the bins, and `&mut self` is its one
+        // way in, so this is the only reference to the array.
+        unsafe { &mut (*self.0.items.get())[c] }
+    }
+
+    /// A cached block of class `c`, if any.
+    #[inline]
+    pub(super) fn pop(&mut self, c: usize) -> Option<usize> {
+        let n = self.0.n[c].load(Ordering::Relaxed) as usize;
+        if n == 0 {
+            return None;
+        }
+        self.0.n[c].store(n as u16 - 1, Ordering::Relaxed);
+        // `n - 1 < BIN_MAX` (a power of two), so the mask only spares a bounds check.
+        Some(self.bin(c)[(n - 1) & (BIN_MAX - 1)])
+    }
+
+    /// Whether class `c`'s bin has room for one more block.
+    #[inline]
+    pub(super) fn has_room(&self, c: usize) -> bool {
+        self.0.n[c].load(Ordering::Relaxed) < BIN_CAP[c]
+    }
+
+    /// Caches block `p` of class `c`; `false` (and nothing cached) if the bin is full.
+    #[inline]
+    pub(super) fn push(&mut self, c: usize, p: usize) -> bool {
+        if !self.has_room(c) {
+            return false;
+        }
+        self.push_unchecked(c, p);
+        true
+    }
+
+    /// Caches block `p` of class `c`, whose bin [has room](Self::has_room).
+    #[inline]
+    pub(super) fn push_unchecked(&mut self, c: usize, p: usize) {
+        let n = self.0.n[c].load(Ordering::Relaxed);
+        debug_assert!(n < BIN_CAP[c]);
+        // The mask keeps a broken caller inside the bin (it would lose blocks, not memory safety).
+        self.bin(c)[n as usize & (BIN_MAX - 1)] = p;
+        self.0.n[c].store(n + 1, Ordering::Relaxed);
+    }
+
+    /// Takes the older half of class `c`'s bin out, handing each block to `free`; returns how
+    /// many.
+    pub(super) fn spill_half(&mut self, c: usize, mut free: impl FnMut(usize)) -> u64 {
+        let n = self.0.n[c].load(Ordering::Relaxed) as usize;
+        let half = n / 2;
+        let bin = self.bin(c);
+        bin[..half].iter().for_each(|&p| free(p));
+        bin.copy_within(half..n, 0);
+        self.0.n[c].store((n - half) as u16, Ordering::Relaxed);
+        half as u64
+    }
+
+    /// Empties every bin into `free(class, block)`; returns how many blocks.
+    pub(super) fn drain_all(&mut self, mut free: impl FnMut(usize, usize)) -> u64 {
+        let mut total = 0;
+        for c in 0..NUM_CLASSES {
+            let n = self.0.n[c].load(Ordering::Relaxed) as usize;
+            self.bin(c)[..n].iter().for_each(|&p| free(c, p));
+            self.0.n[c].store(0, Ordering::Relaxed);
+            total += n as u64;
+        }
+        total
+    }
+}
+
+/// Counters of blocks handled without a cache (large blocks, threads without one), updated
+/// with read-modify-writes.
+#[derive(Default)]
+pub(super) struct Uncached {
+    bytes: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Uncached {
+    /// Counts a block taken from jemalloc (`taken`) or given back, for an object of `len` bytes.
+    pub(super) fn count(&self, taken: bool, len: u64) {
+        let (held, bytes) = if taken {
+            (1, len)
+        } else {
+            (1u64.wrapping_neg(), len.wrapping_neg())
+        };
+        self.held.fetch_add(held, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The pool's side of the cache: its key, its thread caches and the uncached counters.
 pub(super) struct PoolShared {
-    /// Never reused: names the pool in thread caches and the registry.
+    /// Never reused: names the pool in threads' entries and the registry.
     pub(super) key: u64,
-    pub(super) slots: Box<[Slot; NUM_SLOTS + 1]>,
+    /// Caches made so far (null: not yet); each lives until the pool is dropped.
+    caches: [AtomicPtr<ThreadCache>; MAX_CACHES],
+    pub(super) uncached: Uncached,
 }
 
 impl PoolShared {
@@ -170,233 +351,193 @@ impl PoolShared {
         static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
         PoolShared {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
-            slots: Box::new(std::array::from_fn(|_| Slot::default())),
+            caches: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CACHES],
+            uncached: Uncached::default(),
         }
     }
 
-    /// Claims a free private slot, or gives the shared one; `(slot, shared)`.
-    fn claim_slot(&self) -> (*const Slot, bool) {
-        for s in &self.slots[..NUM_SLOTS] {
-            // SYNC POINT: Acquire pairs with the Release store in `release_slot`: we continue
-            // from the previous owner's last counter values.
-            if !s.claimed.load(Ordering::Relaxed)
-                && s.claimed
+    /// Claims a free cache (made if need be), or `None` when all [`MAX_CACHES`] are taken.
+    fn claim(&self) -> Option<*const ThreadCache> {
+        for slot in &self.caches {
+            // SYNC POINT: Acquire pairs with the AcqRel CAS that published the cache below.
+            let mut tc = slot.load(Ordering::Acquire);
+            if tc.is_null() {
+                let fresh = Box::into_raw(ThreadCache::new_claimed());
+                // SYNC POINT: AcqRel: Release publishes the new cache to other claimers and to
+                // `totals`; Acquire (on failure) pairs with the winner's publication.
+                match slot.compare_exchange(
+                    ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some(fresh),
+                    Err(now) => {
+                        // SAFETY: `fresh` came from `Box::into_raw` above and was never shared.
+                        drop(unsafe { Box::from_raw(fresh) });
+                        tc = now;
+                    }
+                }
+            }
+            // SAFETY: non-null slots point at caches that live as long as `self`.
+            let c = unsafe { &*tc };
+            // SYNC POINT: Acquire pairs with the Release store in `release`: we continue from the
+            // previous holder's bins and counters.
+            if !c.claimed.load(Ordering::Relaxed)
+                && c.claimed
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return (s, false);
+                return Some(tc);
             }
         }
-        (&self.slots[SHARED_SLOT], true)
+        None
     }
 
-    /// Gives back a slot `claim_slot` returned (the shared one is never claimed).
-    fn release_slot(&self, s: *const Slot) {
-        // SAFETY: `s` came from `claim_slot` on `self`, which is alive.
-        let s = unsafe { &*s };
-        if !std::ptr::eq(s, &self.slots[SHARED_SLOT]) {
-            // SYNC POINT: Release pairs with the Acquire CAS in `claim_slot`.
-            s.claimed.store(false, Ordering::Release);
-        }
+    /// Gives back a cache `claim` returned.
+    fn release(&self, tc: *const ThreadCache) {
+        // SAFETY: `tc` came from `claim` on `self`, which is alive.
+        let c = unsafe { &*tc };
+        // SYNC POINT: Release pairs with the Acquire CAS in `claim`.
+        c.claimed.store(false, Ordering::Release);
     }
 
-    /// Sums every slot: `(objects, bytes, held)`.
-    pub(super) fn totals(&self) -> (u64, u64, u64) {
-        self.slots.iter().fold((0, 0, 0), |(o, b, h), s| {
-            (
-                o.wrapping_add(s.objects.load(Ordering::Relaxed)),
-                b.wrapping_add(s.bytes.load(Ordering::Relaxed)),
-                h.wrapping_add(s.held.load(Ordering::Relaxed)),
-            )
+    /// The caches made so far.
+    fn caches(&self) -> impl Iterator<Item = &ThreadCache> {
+        self.caches.iter().filter_map(|slot| {
+            // SAFETY: non-null slots point at caches that live as long as `self`; Acquire
+            // pairs with their publication in `claim`.
+            unsafe { slot.load(Ordering::Acquire).as_ref() }
         })
     }
-}
 
-/// One thread's cache for one pool.
-pub(super) struct PoolCache {
-    key: u64,
-    /// The pool; dereferenced only while `key` is live in the registry (thread exit) or while the
-    /// caller holds `&JePool` with this key (every other use).
-    pool: *const JePool,
-    /// The pool's owner process: a fork child never flushes its parent's caches.
-    pid: u32,
-    /// Our counter slot in the pool (same validity as `pool`).
-    slot: *const Slot,
-    /// Whether `slot` is the pool's shared slot (read-modify-write updates).
-    shared: bool,
-    gen_next: u32,
-    gen_end: u32,
-    /// Free blocks per class, most recently freed last.
-    bins: [Bin; NUM_CLASSES],
-}
-
-/// Most blocks a bin holds (its class's [`BIN_CAP`] may be lower).
-const BIN_MAX: usize = 64;
-
-/// A bounded LIFO of free blocks (addresses) of one class.
-struct Bin {
-    /// Blocks held, `<= BIN_MAX`; `items[..n]` are they.
-    n: usize,
-    items: [usize; BIN_MAX],
-}
-
-impl Bin {
-    const EMPTY: Bin = Bin {
-        n: 0,
-        items: [0; BIN_MAX],
-    };
-}
-
-impl PoolCache {
-    /// Adds to our slot's counters (two's complement deltas).
-    #[inline]
-    pub(super) fn count(&self, pool: &JePool, objects: u64, bytes: u64) {
-        debug_assert_eq!(self.key, pool.shared.key);
-        // SAFETY: `pool` (the caller's, with our key) is alive, and so is its slot array.
-        let s = unsafe { &*self.slot };
-        Slot::add(&s.objects, self.shared, objects);
-        Slot::add(&s.bytes, self.shared, bytes);
+    /// Caches made so far.
+    #[cfg(test)]
+    pub(super) fn caches_made(&self) -> usize {
+        self.caches().count()
     }
 
-    /// Adds to our slot's count of blocks held from jemalloc.
-    #[inline]
-    pub(super) fn count_held(&self, pool: &JePool, delta: u64) {
-        debug_assert_eq!(self.key, pool.shared.key);
-        // SAFETY: as in `count`.
-        let s = unsafe { &*self.slot };
-        Slot::add(&s.held, self.shared, delta);
-    }
-
-    /// A fresh generation, unique in the pool (until the 32-bit counter wraps).
-    #[inline]
-    pub(super) fn next_gen(&mut self, pool: &JePool) -> u32 {
-        if self.gen_next == self.gen_end {
-            self.gen_next = pool.reserve_gens(GEN_BATCH);
-            self.gen_end = self.gen_next.wrapping_add(GEN_BATCH);
+    /// Sums every counter: `(objects in use, their payload bytes, blocks held from jemalloc)`.
+    pub(super) fn totals(&self) -> (u64, u64, u64) {
+        let (mut bytes, mut held, mut cached) = (
+            self.uncached.bytes.load(Ordering::Relaxed),
+            self.uncached.held.load(Ordering::Relaxed),
+            0u64,
+        );
+        for c in self.caches() {
+            bytes = bytes.wrapping_add(c.bytes.load(Ordering::Relaxed));
+            held = held.wrapping_add(c.held.load(Ordering::Relaxed));
+            cached += c.cached();
         }
-        let g = self.gen_next;
-        self.gen_next = g.wrapping_add(1);
-        g
+        (held.wrapping_sub(cached), bytes, held)
     }
+}
 
-    /// A cached block of class `c`, if any.
-    #[inline]
-    pub(super) fn pop(&mut self, c: usize) -> Option<usize> {
-        let bin = &mut self.bins[c];
-        if bin.n == 0 {
-            return None;
-        }
-        bin.n -= 1;
-        // `n < BIN_MAX` (a power of two), so the mask only spares a bounds check.
-        Some(bin.items[bin.n & (BIN_MAX - 1)])
-    }
-
-    /// Caches block `p` of class `c`; `false` (and nothing cached) if the bin is full.
-    #[inline]
-    pub(super) fn push(&mut self, c: usize, p: usize) -> bool {
-        let bin = &mut self.bins[c];
-        if bin.n >= BIN_CAP[c] as usize {
-            return false;
-        }
-        bin.items[bin.n & (BIN_MAX - 1)] = p;
-        bin.n += 1;
-        true
-    }
-
-    /// Takes the older half of class `c`'s bin out, handing each block to `free`.
-    pub(super) fn spill_half(&mut self, c: usize, mut free: impl FnMut(usize)) -> u64 {
-        let bin = &mut self.bins[c];
-        let half = bin.n / 2;
-        bin.items[..half].iter().for_each(|&p| free(p));
-        bin.items.copy_within(half..bin.n, 0);
-        bin.n -= half;
-        half as u64
-    }
-
-    /// Empties every bin into `free(class, block)`.
-    pub(super) fn drain_all(&mut self, mut free: impl FnMut(usize, usize)) {
-        for (c, bin) in self.bins.iter_mut().enumerate() {
-            bin.items[..bin.n].iter().for_each(|&p| free(c, p));
-            bin.n = 0;
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        for slot in &mut self.caches {
+            let tc = *slot.get_mut();
+            if !tc.is_null() {
+                // SAFETY: made by `Box::into_raw` in `claim`; the pool is going, and with it
+                // every way to reach the cache (its key left the registry first).
+                drop(unsafe { Box::from_raw(tc) });
+            }
         }
     }
 }
 
 thread_local! {
-    /// The part of a thread's cache the fast path reads: the key of the pool last used (0, no
-    /// pool's key, when none) and its entry, which points into a `Box` held by [`ENTRIES`] and
-    /// is valid while that entry is kept (an entry is removed only at thread exit or when its
-    /// pool is dead, and this is reset first). A `Cell` of a `Copy` pair without a destructor,
-    /// so that reading it is a plain thread-local load.
-    static LAST: Cell<(u64, *mut PoolCache)> = const { Cell::new((0, std::ptr::null_mut())) };
+    /// The part of a thread's cache list the fast path reads: the key of the pool last used (0,
+    /// no pool's key, when none) and the cache the thread holds in it, valid while that pool is
+    /// (the caller's `&JePool` with this key proves it). A `Cell` of a `Copy` pair without a
+    /// destructor, so that reading it is a plain thread-local load.
+    static LAST: Cell<(u64, *const ThreadCache)> = const { Cell::new((0, ptr::null())) };
     /// Set when this thread's entries were flushed at its exit: no cache any more.
     static GONE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A thread's caches, one per pool it used; flushed when the thread exits.
-struct Entries(RefCell<Vec<Box<PoolCache>>>);
+/// A cache this thread holds in one pool.
+struct Entry {
+    key: u64,
+    /// The pool; dereferenced only while `key` is live in the registry (thread exit).
+    pool: *const JePool,
+    /// The pool's owner process: a fork child never flushes its parent's caches.
+    pid: u32,
+    /// Our claim in the pool (same validity as `pool`).
+    tc: *const ThreadCache,
+}
+
+/// A thread's caches, one per pool it used; flushed and released when the thread exits.
+struct Entries(RefCell<Vec<Entry>>);
 
 thread_local! {
     static ENTRIES: Entries = const { Entries(RefCell::new(Vec::new())) };
 }
 
-/// Runs `f` on this thread's cache for `pool`; `None` if there is none to be had (the thread is
-/// exiting and its cache is gone).
-///
-/// `f` must not call back into `with`: it gets the one `&mut` to the entry. The callers pass
-/// closures that run only this module's and `JePool`'s code and jemalloc's `mallocx` /
-/// `sdallocx` (whose only callbacks, the extent hooks, touch no thread cache); the bins are fixed
-/// arrays, so not even Rust's global allocator runs inside `f`.
+/// This thread's cache for `pool` if it is the one it used last: the fast path's lookup, one
+/// thread-local load and a compare. `None` sends the caller to its slow path, which uses
+/// [`with`]. Always `None` in a fork child until it uses a pool of its own (the child handler
+/// cleared `LAST`, and [`find_or_claim`] refuses pools of another process).
 #[inline]
-pub(super) fn with<R>(pool: &JePool, f: impl FnOnce(&mut PoolCache) -> R) -> Option<R> {
-    let (key, last) = LAST.get();
-    let pc = if key == pool.shared.key {
-        last
-    } else {
-        find_or_insert(pool)?
-    };
-    // SAFETY: `pc` points into a live entry (see `LAST`), and nothing else refers to it while
-    // `f` runs (see above).
-    Some(f(unsafe { &mut *pc }))
+pub(super) fn fast(pool: &JePool) -> Option<Owned<'_>> {
+    let (key, tc) = LAST.get();
+    // SAFETY: a `LAST` naming `pool`'s key holds this thread's claim in `pool`, alive as long as
+    // `pool` is.
+    (key == pool.shared.key).then(|| Owned(unsafe { &*tc }, PhantomData))
 }
 
-/// Points `LAST` at `pool`'s entry, made if missing.
+/// Runs `f` on this thread's cache for `pool`; `None` if there is none to be had (the thread is
+/// exiting and its caches are gone, the pool has no cache left, or this is a fork child of the
+/// pool's owner).
+///
+/// `f` must not call back into `with`: it gets the one [`Owned`] of the cache. The callers pass
+/// closures that run only this module's and `JePool`'s code and jemalloc's `mallocx` /
+/// `sdallocx` (whose only callbacks, the extent hooks, touch no cache).
+#[inline]
+pub(super) fn with<R>(pool: &JePool, f: impl FnOnce(&mut Owned<'_>) -> R) -> Option<R> {
+    let (key, last) = LAST.get();
+    let tc = if key == pool.shared.key {
+        last
+    } else {
+        find_or_claim(pool)?
+    };
+    // SAFETY: `tc` is this thread's claim in `pool` (see `LAST`), alive as long as `pool` is,
+    // and no other `Owned` of it exists while `f` runs (see above).
+    Some(f(&mut Owned(unsafe { &*tc }, PhantomData)))
+}
+
+/// Points `LAST` at this thread's cache in `pool`, claimed if it has none yet.
 #[cold]
-fn find_or_insert(pool: &JePool) -> Option<*mut PoolCache> {
-    if GONE.get() {
+fn find_or_claim(pool: &JePool) -> Option<*const ThreadCache> {
+    if GONE.get() || (super::FORKED.load(Ordering::Relaxed) && pool.pid != std::process::id()) {
         return None;
     }
     let key = pool.shared.key;
     ENTRIES
         .try_with(|e| {
             let mut entries = e.0.try_borrow_mut().ok()?;
-            LAST.set((0, std::ptr::null_mut()));
-            let i = match entries.iter().position(|e| e.key == key) {
-                Some(i) => i,
+            LAST.set((0, ptr::null()));
+            let tc = match entries.iter().find(|e| e.key == key) {
+                Some(e) => e.tc,
                 None => {
-                    // Forget the caches of pools that died meanwhile (their blocks went with
-                    // their arenas).
+                    let tc = pool.shared.claim()?;
+                    // Forget the entries of pools that died meanwhile (their caches went with
+                    // them).
                     if !entries.is_empty() {
                         let reg = registry();
                         entries.retain(|e| reg.live.contains(&e.key));
                     }
-                    let (slot, shared) = pool.shared.claim_slot();
-                    entries.push(Box::new(PoolCache {
+                    entries.push(Entry {
                         key,
                         pool,
                         pid: pool.pid,
-                        slot,
-                        shared,
-                        gen_next: 0,
-                        gen_end: 0,
-                        bins: [Bin::EMPTY; NUM_CLASSES],
-                    }));
-                    entries.len() - 1
+                        tc,
+                    });
+                    tc
                 }
             };
-            let pc: *mut PoolCache = &mut *entries[i];
-            LAST.set((key, pc));
-            Some(pc)
+            LAST.set((key, tc));
+            Some(tc)
         })
         .ok()
         .flatten()
@@ -404,9 +545,9 @@ fn find_or_insert(pool: &JePool) -> Option<*mut PoolCache> {
 
 impl Drop for Entries {
     fn drop(&mut self) {
-        // No entry is in use: the thread is exiting. Nothing may reach the entries after this.
+        // No cache is in use: the thread is exiting. Nothing may reach the entries after this.
         let _ = GONE.try_with(|g| g.set(true));
-        let _ = LAST.try_with(|l| l.set((0, std::ptr::null_mut())));
+        let _ = LAST.try_with(|l| l.set((0, ptr::null())));
         let entries = self.0.get_mut();
         if super::FORKED.load(Ordering::Relaxed) {
             let me = std::process::id();
@@ -416,14 +557,14 @@ impl Drop for Entries {
             return;
         }
         let reg = registry();
-        for e in entries.iter_mut() {
+        for e in entries.iter() {
             if reg.live.contains(&e.key) {
                 // SAFETY: the key is live and we hold the registry's lock, so the pool's `Drop`
-                // has not begun (it removes the key under this lock first): `e.pool` is alive
-                // until we unlock.
-                let pool = unsafe { &*e.pool };
-                pool.flush(e);
-                pool.shared.release_slot(e.slot);
+                // has not begun (it removes the key under this lock first): `e.pool` and its
+                // caches are alive until we unlock; `e.tc` is our claim.
+                let (pool, tc) = unsafe { (&*e.pool, &*e.tc) };
+                pool.flush(&mut Owned(tc, PhantomData));
+                pool.shared.release(e.tc);
             }
         }
     }
@@ -466,6 +607,12 @@ pub(super) extern "C" fn fork_prepare() {
             *h = Some(registry());
         }
     });
+}
+
+/// `pthread_atfork` child: forget the cache the forking thread used last, so that the child's
+/// next pool call takes the slow path, whose checks refuse the parent's pools.
+pub(super) fn fork_child_forget() {
+    let _ = LAST.try_with(|l| l.set((0, ptr::null())));
 }
 
 /// `pthread_atfork` parent and child: release the lock `fork_prepare` took.
