@@ -893,6 +893,54 @@ mod tests {
 
     #[cfg(feature = "jemalloc")]
     #[test]
+    fn jemalloc_coloured_headers_spread_and_stay_checked() {
+        let mut pool = LendPool::create_jemalloc(32 << 20).unwrap();
+        let (id, setup) = pool.add_borrower().unwrap();
+        let b = BorrowedPool::open(setup).unwrap();
+        // 4 KiB objects live in 5 KiB blocks: without colouring their headers would all fall in
+        // 4 of the 64 L1 sets (offset / 64 mod 64).
+        let objs: Vec<_> = (0..64u8)
+            .map(|i| pool.alloc_bytes(&[i; 4096]).unwrap())
+            .collect();
+        let sets: std::collections::HashSet<_> = objs
+            .iter()
+            .map(|o| ((o.handle().offset - 16) / 64) % 64)
+            .collect();
+        assert!(sets.len() >= 32, "headers in {} L1 sets", sets.len());
+        for (i, o) in objs.iter().enumerate() {
+            let h = pool.lend(o, id).unwrap();
+            assert_eq!(b.view(&h).unwrap().to_vec().unwrap(), vec![i as u8; 4096]);
+        }
+        assert_eq!(pool.reclaim(id).unwrap(), 64);
+        // A block reused for a request of another size in its class takes another colour: the
+        // old handle (its header now stale, inside the new object's block) is refused.
+        let stale: Vec<_> = objs.iter().map(|o| o.handle()).collect();
+        drop(objs);
+        let again: Vec<_> = (0..64u8)
+            .map(|i| pool.alloc_bytes(&vec![i; 4900]).unwrap())
+            .collect();
+        let moved = stale
+            .iter()
+            .filter(|h| again.iter().all(|o| o.handle().offset != h.offset))
+            .count();
+        assert!(moved > 0, "some headers moved");
+        for h in &stale {
+            assert!(matches!(
+                b.view(h),
+                Err(ArenaError::Block(BlockError::StaleGeneration))
+            ));
+            assert!(pool.backend.release(h.offset, h.generation).is_err());
+        }
+        for (i, o) in again.iter().enumerate() {
+            assert_eq!(o.to_vec().unwrap(), vec![i as u8; 4900]);
+        }
+        assert_eq!(pool.usage().objects, 64);
+        drop(again);
+        assert_eq!(pool.usage(), PoolUsage::default());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
     fn jemalloc_objects_used_after_the_thread_cache_is_gone() {
         // A thread-local destroyed after this thread's pool cache: its object is freed, and a
         // new one allocated, without the cache.

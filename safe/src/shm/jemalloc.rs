@@ -13,8 +13,9 @@
 //!
 //! Each object is preceded by a 16-byte header the borrower can check through its read-only mapping:
 //! a state word with the layout of the core arena's (`generation:32 | refcount:31 | allocated:1`),
-//! the object's length and a tag (a magic and the block's size class, written once when the block
-//! comes from jemalloc, so a free finds its bin without recomputing the class). Only the owner
+//! the object's length and a tag (a magic, the header's colour and the block's size class, so a
+//! free finds its block and bin without recomputing the class). Small objects' headers start
+//! their blocks; larger ones may sit a few cache lines in ([`colour`]). Only the owner
 //! writes headers, so its own objects ([`ScopedObject`](crate::arena::ScopedObject)) carry just
 //! the offset and read generation and length back from the header. The region starts with a pool header (magic, version, pool id,
 //! length) so that a borrower can tell a jemalloc pool from a core arena.
@@ -40,18 +41,58 @@ mod cache;
 
 /// `b"flowJEMP"`: a jemalloc lend pool.
 pub(crate) const POOL_MAGIC: u64 = u64::from_le_bytes(*b"flowJEMP");
-/// 2: the object header's last word is a tag (magic and size class) instead of a plain magic.
-const POOL_VERSION: u64 = 2;
-/// Marks an object header: the tag's upper 24 bits (`b"job"`); its low byte is the block's class.
-const OBJ_MAGIC: u32 = 0x6a6f_6200;
+/// 3: the object header's last word is a tag of magic, colour and size class, and the header
+/// may sit some cache lines into its block (2: no colour; 1: a plain magic).
+const POOL_VERSION: u64 = 3;
+/// Marks an object header: the tag's upper 16 bits (`b"jo"`). Below them, a byte of colour
+/// (how many [`COLOUR_LINE`]s the header sits after the start of its block) and a byte of the
+/// block's size class.
+const OBJ_MAGIC: u32 = 0x6a6f_0000;
 /// The tag's class byte of a block allocated and freed at its exact size (beyond the cache).
 const CLASS_LARGE: u32 = 0xff;
 static_assertions::const_assert!(cache::NUM_CLASSES < CLASS_LARGE as usize);
+/// The unit of a header's colour: a cache line.
+const COLOUR_LINE: usize = 64;
+/// Colours a block's header may take: up to 15 lines into the block.
+const COLOURS: usize = 16;
 
 /// Whether `tag` is an object header's tag.
 #[inline]
 fn tag_ok(tag: u32) -> bool {
-    tag & !0xff == OBJ_MAGIC
+    tag & 0xffff_0000 == OBJ_MAGIC
+}
+
+/// The tag of a header of colour `colour` in a block of class `class` (or `CLASS_LARGE`).
+#[inline]
+fn tag_of(colour: usize, class: u32) -> u32 {
+    debug_assert!(colour < COLOURS && class <= CLASS_LARGE);
+    OBJ_MAGIC | (colour as u32) << 8 | class
+}
+
+/// The start of the block whose header, at address `h`, has tag `tag`.
+#[inline]
+fn block_of(h: usize, tag: u32) -> usize {
+    h - ((tag >> 8) & 0xff) as usize * COLOUR_LINE
+}
+
+/// The first class whose headers are coloured: blocks of 1 KiB and up.
+const FIRST_COLOURED: usize = cache::class_of_const(1024);
+
+/// The colour of a new object of `size` bytes (header included) in block `p` of class `c`
+/// (at least [`FIRST_COLOURED`]).
+///
+/// Slab colouring: blocks of one class lie a class size apart, and when that is a multiple of
+/// 1 KiB (every class from 1 KiB up) their first lines fall in a few L1 sets (5 KiB blocks: 4
+/// of 64; 4 KiB blocks: 1), so a thread's few dozen live headers would evict one another. A
+/// request that leaves at least a line of slack in its block puts its header that many lines
+/// in, picked from the block's address (`p / 4 KiB`, which steps through every colour across
+/// consecutive blocks of such classes). Smaller classes spread over enough sets as they are
+/// and keep their headers at the start of their blocks, where the tag is written once.
+#[inline]
+fn colour(p: usize, c: usize, size: usize) -> usize {
+    debug_assert!(c >= FIRST_COLOURED);
+    let slack_lines = (cache::class_bytes(c) - size) / COLOUR_LINE;
+    ((p >> 12) & (COLOURS - 1)).min(slack_lines)
 }
 /// Bytes of the object header.
 const OBJ_HEADER: usize = 16;
@@ -394,7 +435,8 @@ impl JePool {
                 if let Some(p) = tc.pop(c) {
                     let gen = tc.next_gen(self);
                     tc.add_bytes(len as u64);
-                    return Ok(self.init_object(p, len as u32, gen));
+                    let h = Self::place_header(p, c, len + OBJ_HEADER);
+                    return Ok(self.init_object(h, len as u32, gen));
                 }
             }
         }
@@ -414,28 +456,46 @@ impl JePool {
         } else {
             None
         };
-        let (p, gen) = match cached {
+        let (h, gen) = match cached {
             Some(r) => r?,
             None => self.alloc_uncached(size, len)?,
         };
-        Ok(self.init_object(p, len32, gen))
+        Ok(self.init_object(h, len32, gen))
     }
 
-    /// Writes the header of a new object of `len` bytes with generation `gen` in block `p` (at
-    /// least `len + OBJ_HEADER` bytes, 16-aligned, inside the mapping, held by nobody else:
-    /// fresh from jemalloc or popped from our cache); returns `(offset, gen)`.
+    /// Where the header of a new object of `size` bytes (header included) goes in block `p` of
+    /// class `c` (16-aligned, inside the mapping, ours): the block's start, whose tag
+    /// `init_block` wrote, or for a coloured class [`colour`] lines in, where this writes the
+    /// tag.
     #[inline]
-    fn init_object(&self, p: usize, len: u32, gen: u32) -> (u64, u32) {
-        // SAFETY: per the contract above; the header is atomics. (Its tag is in place:
-        // `init_block` wrote it when the block came from jemalloc, and nothing overwrites it
-        // while the block is ours.)
-        let hdr = unsafe { &*(p as *const ObjHeader) };
+    fn place_header(p: usize, c: usize, size: usize) -> usize {
+        if c < FIRST_COLOURED {
+            return p;
+        }
+        let col = colour(p, c, size);
+        let h = p + col * COLOUR_LINE;
+        // SAFETY: `h + OBJ_HEADER <= p + class_bytes(c) - size + OBJ_HEADER <= p +
+        // class_bytes(c)`, inside the block; the header is atomics.
+        let hdr = unsafe { &*(h as *const ObjHeader) };
+        hdr.tag.store(tag_of(col, c as u32), Ordering::Relaxed);
+        h
+    }
+
+    /// Writes the length and state of a new object of `len` bytes with generation `gen`,
+    /// whose header (tag already written) is at address `h`; returns `(offset, gen)`. The
+    /// header and the `len` bytes after it lie in one block (inside the mapping, held by nobody
+    /// else: fresh from jemalloc or popped from our cache).
+    #[inline]
+    fn init_object(&self, h: usize, len: u32, gen: u32) -> (u64, u32) {
+        // SAFETY: per the contract above; the header is atomics.
+        let hdr = unsafe { &*(h as *const ObjHeader) };
         hdr.len.store(len, Ordering::Relaxed);
         hdr.state.store(st_alloc(gen, 1), Ordering::Relaxed);
-        ((p + OBJ_HEADER - self.base()) as u64, gen)
+        ((h + OBJ_HEADER - self.base()) as u64, gen)
     }
 
-    /// A block of class `c` from this thread's cache (or jemalloc) and a generation.
+    /// A block of class `c` from this thread's cache (or jemalloc): the address of its header
+    /// (tag written) and a generation.
     #[inline]
     fn alloc_cached(
         &self,
@@ -449,7 +509,7 @@ impl JePool {
         };
         let gen = tc.next_gen(self);
         tc.add_bytes(len as u64);
-        Ok((p, gen))
+        Ok((Self::place_header(p, c, len + OBJ_HEADER), gen))
     }
 
     /// A fresh block of class `c` from jemalloc, and a few more into the (empty) bin, so that a
@@ -490,7 +550,8 @@ impl JePool {
     }
 
     /// Without a thread cache (a large block, or a thread whose cache is gone): straight from
-    /// jemalloc, counted in the pool's shared counters.
+    /// jemalloc, counted in the pool's shared counters. Returns the header's address (the
+    /// block's start: colour 0, tag written) and a generation.
     #[cold]
     fn alloc_uncached(&self, size: usize, len: usize) -> Result<(usize, u32), ArenaError> {
         let size = Self::block_size(size);
@@ -504,13 +565,16 @@ impl JePool {
         Ok((p, gen))
     }
 
-    /// Writes the tag of a block fresh from jemalloc (its header may hold anything): the magic
-    /// and `class` (a cache class, or `CLASS_LARGE`).
+    /// Writes the header at the start of a block fresh from jemalloc (its memory may hold
+    /// anything, such as an earlier object's bytes): a free state, so that no stale handle
+    /// finds a live object there, and the tag of colour 0 and `class` (a cache class, or
+    /// `CLASS_LARGE`).
     fn init_block(p: usize, class: u32) {
         // SAFETY: `p` is a fresh 16-aligned block of at least OBJ_HEADER bytes in the mapping;
         // the header is atomics.
         let hdr = unsafe { &*(p as *const ObjHeader) };
-        hdr.tag.store(OBJ_MAGIC | class, Ordering::Relaxed);
+        hdr.state.store(st_free(0, 0), Ordering::Relaxed);
+        hdr.tag.store(tag_of(0, class), Ordering::Relaxed);
     }
 
     /// The tag's class byte for a block of `size` bytes (header included).
@@ -656,7 +720,7 @@ impl JePool {
             .store(st_free(st_gen(s).wrapping_add(1), 0), Ordering::Relaxed);
         let len = h.len.load(Ordering::Relaxed);
         debug_assert_eq!(c as u32, Self::class_tag(len as usize + OBJ_HEADER));
-        tc.push_unchecked(c, (h as *const ObjHeader) as usize);
+        tc.push_unchecked(c, block_of((h as *const ObjHeader) as usize, tag));
         tc.add_bytes(u64::from(len).wrapping_neg());
         true
     }
@@ -718,7 +782,7 @@ impl JePool {
             // concurrently sees either state (both are checked).
             h.state
                 .store(st_free(gen.wrapping_add(1), 0), Ordering::Relaxed);
-            self.dealloc(h, tag & 0xff);
+            self.dealloc(h, tag);
             return Ok(true);
         }
         loop {
@@ -738,7 +802,7 @@ impl JePool {
                 .compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) if last => {
-                    self.dealloc(h, tag & 0xff);
+                    self.dealloc(h, tag);
                     return Ok(true);
                 }
                 Ok(_) => return Ok(false),
@@ -747,17 +811,18 @@ impl JePool {
         }
     }
 
-    /// Gives the block behind header `h` (whose tag's class byte is `class`) back, to this
-    /// thread's cache or jemalloc, after its state went to free.
+    /// Gives the block of header `h` (whose tag is `tag`) back, to this thread's cache or
+    /// jemalloc, after its state went to free.
     #[inline]
-    fn dealloc(&self, h: &ObjHeader, class: u32) {
-        let p = (h as *const ObjHeader) as usize;
-        // The length `alloc` wrote and the class `init_block` wrote (only this process writes
-        // headers): the block's class is the one it was allocated with.
+    fn dealloc(&self, h: &ObjHeader, tag: u32) {
+        // The length and tag `alloc` wrote (only this process writes headers): the block's
+        // class is the one it was allocated with, and it starts the tag's colour lines before
+        // the header.
+        let p = block_of((h as *const ObjHeader) as usize, tag);
         let len = h.len.load(Ordering::Relaxed);
         let size = len as usize + OBJ_HEADER;
-        let c = class as usize;
-        debug_assert_eq!(class, Self::class_tag(size));
+        let c = (tag & 0xff) as usize;
+        debug_assert_eq!(tag & 0xff, Self::class_tag(size));
         if c < cache::NUM_CLASSES {
             let cached = cache::with(self, |tc| {
                 if !tc.push(c, p) {
