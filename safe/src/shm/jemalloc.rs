@@ -28,6 +28,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use flowipc_core::arena::layout::{st_alloc, st_field, st_free, st_gen, st_is_alloc};
 use flowipc_core::arena::{ArenaHandle, BlockError, BlockInfo};
 use flowipc_sys::memfd;
@@ -308,8 +309,9 @@ pub(crate) struct JePool {
     pid: u32,
     /// The front cache's side in the pool: its key, the thread caches and shared counters.
     shared: cache::PoolShared,
-    /// The next generation not yet handed out (front caches take them in batches).
-    next_gen: AtomicU32,
+    /// The next generation not yet handed out (front caches take them in batches). On a line
+    /// of its own: the fields above are read by every allocation and free on every thread.
+    next_gen: CachePadded<AtomicU32>,
     pool_id: u64,
 }
 
@@ -392,7 +394,7 @@ impl JePool {
             fd,
             pid: std::process::id(),
             shared: cache::PoolShared::new(),
-            next_gen: AtomicU32::new(1),
+            next_gen: CachePadded::new(AtomicU32::new(1)),
             pool_id,
         });
         // From here on, thread caches may refer to the pool (at its final address, in the Arc).

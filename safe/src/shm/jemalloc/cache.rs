@@ -47,6 +47,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use crossbeam_utils::CachePadded;
+
 use super::JePool;
 
 /// Largest block (header included) the cache holds; larger ones go to jemalloc every time.
@@ -348,7 +350,8 @@ pub(super) struct PoolShared {
     pub(super) key: u64,
     /// Caches made so far (null: not yet); each lives until the pool is dropped.
     caches: [AtomicPtr<ThreadCache>; MAX_CACHES],
-    pub(super) uncached: Uncached,
+    /// On lines of their own, away from the key that every fast path reads.
+    pub(super) uncached: CachePadded<Uncached>,
 }
 
 impl PoolShared {
@@ -357,7 +360,7 @@ impl PoolShared {
         PoolShared {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             caches: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CACHES],
-            uncached: Uncached::default(),
+            uncached: CachePadded::new(Uncached::default()),
         }
     }
 
