@@ -588,13 +588,19 @@ mod tests {
         }
     }
 
+    /// The jemalloc pool behind `pool`.
+    #[cfg(feature = "jemalloc")]
+    fn je(pool: &LendPool) -> &crate::shm::jemalloc::JePool {
+        match &pool.backend {
+            Backend::Je(p) => p,
+            Backend::Core(_) => unreachable!("a jemalloc pool"),
+        }
+    }
+
     /// Blocks the jemalloc pool holds from jemalloc (live objects plus thread-cached blocks).
     #[cfg(feature = "jemalloc")]
     fn held(pool: &LendPool) -> u64 {
-        match &pool.backend {
-            Backend::Je(p) => p.held_blocks(),
-            Backend::Core(_) => unreachable!("a jemalloc pool"),
-        }
+        je(pool).held_blocks()
     }
 
     /// A small deterministic generator for the mixed-size tests.
@@ -621,10 +627,7 @@ mod tests {
             .join()
             .unwrap();
         }
-        let (made, _) = match &pool.backend {
-            Backend::Je(p) => p.caches_made(),
-            Backend::Core(_) => unreachable!(),
-        };
+        let (made, _) = je(&pool).caches_made();
         assert_eq!(
             made, 1,
             "one thread at a time: each claims the cache the last one left"
@@ -637,10 +640,7 @@ mod tests {
     #[test]
     fn jemalloc_threads_beyond_the_caches_go_to_jemalloc() {
         let pool = LendPool::create_jemalloc(64 << 20).unwrap();
-        let max = match &pool.backend {
-            Backend::Je(p) => p.caches_made().1,
-            Backend::Core(_) => unreachable!(),
-        };
+        let max = je(&pool).caches_made().1;
         let threads = max + 6;
         let all_holding = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
         let checked = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
@@ -673,10 +673,7 @@ mod tests {
                 bytes: total * threads as u64
             }
         );
-        let (made, _) = match &pool.backend {
-            Backend::Je(p) => p.caches_made(),
-            Backend::Core(_) => unreachable!(),
-        };
+        let (made, _) = je(&pool).caches_made();
         assert_eq!(
             made, max,
             "every cache is taken; the other threads have none"
