@@ -57,10 +57,12 @@ const COLOUR_LINE: usize = 64;
 /// Colours a block's header may take: up to 15 lines into the block.
 const COLOURS: usize = 16;
 
-/// Whether `tag` is an object header's tag.
+/// Whether `tag` is an object header's tag: the magic, and a colour below [`COLOURS`] (so that
+/// [`block_of`] stays inside the block even for a tag the owner did not write).
 #[inline]
 fn tag_ok(tag: u32) -> bool {
-    tag & 0xffff_0000 == OBJ_MAGIC
+    const MASK: u32 = 0xffff_0000 | !((COLOURS as u32 - 1) << 8) & 0xff00;
+    tag & MASK == OBJ_MAGIC
 }
 
 /// The tag of a header of colour `colour` in a block of class `class` (or `CLASS_LARGE`).
@@ -1051,5 +1053,28 @@ impl JeReader {
             )
         };
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_carry_colour_and_class_and_refuse_wide_colours() {
+        for colour in 0..COLOURS {
+            for class in (0..cache::NUM_CLASSES as u32).chain([CLASS_LARGE]) {
+                let tag = tag_of(colour, class);
+                assert!(tag_ok(tag));
+                assert_eq!(tag & 0xff, class);
+                assert_eq!(block_of(0x10_0000, tag), 0x10_0000 - colour * COLOUR_LINE);
+            }
+        }
+        // A colour byte of 16 or more never comes from `tag_of`: refused, so a header the owner
+        // did not write cannot point its block's start further back.
+        for colour in [16u32, 0x80, 0xff] {
+            assert!(!tag_ok(OBJ_MAGIC | colour << 8));
+        }
+        assert!(!tag_ok(0x6a6e_0000), "another magic");
     }
 }
