@@ -21,7 +21,7 @@ use flowipc_sys::{AsFd, OwnedFd};
 
 use super::{
     alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend, Pod,
-    ScopedObject, Source, MEMFD_NAME,
+    ScopedObject, Source, Which, MEMFD_NAME,
 };
 use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
 use crate::shm::arena::{pod_bytes, MappedArena, MappedReader};
@@ -132,7 +132,8 @@ impl LendPool {
         let pool_id = new_pool_id();
         let inner = crate::shm::jemalloc::JePool::create(MEMFD_NAME, size, pool_id)?;
         let fd = dup(inner.fd())?;
-        Ok(Self::with_backend(Backend::Je(inner), fd, pool_id))
+        let shards = super::JeShards::new(&inner);
+        Ok(Self::with_backend(Backend::Je(inner, shards), fd, pool_id))
     }
 
     fn with_backend(backend: Backend, fd: OwnedFd, pool_id: u64) -> Self {
@@ -154,8 +155,8 @@ impl LendPool {
     /// Objects allocated and their bytes (block sizes for the core allocator, object lengths for
     /// jemalloc).
     pub fn usage(&self) -> PoolUsage {
-        match &self.backend {
-            Backend::Core(m) => {
+        match self.backend.which() {
+            Which::Core(m) => {
                 let st = m.arena().stats();
                 PoolUsage {
                     objects: st.blocks_in_use(),
@@ -163,7 +164,7 @@ impl LendPool {
                 }
             }
             #[cfg(feature = "jemalloc")]
-            Backend::Je(p) => {
+            Which::Je(p) => {
                 let (objects, bytes) = p.usage();
                 PoolUsage { objects, bytes }
             }
@@ -592,8 +593,8 @@ mod tests {
     #[cfg(feature = "jemalloc")]
     fn je(pool: &LendPool) -> &crate::shm::jemalloc::JePool {
         match &pool.backend {
-            Backend::Je(p) => p,
-            Backend::Core(_) => unreachable!("a jemalloc pool"),
+            Backend::Je(p, _) => p,
+            _ => unreachable!("a jemalloc pool"),
         }
     }
 
@@ -610,6 +611,51 @@ mod tests {
         *x ^= *x >> 7;
         *x ^= *x << 17;
         *x
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_objects_keep_the_pool_alive_through_their_shards() {
+        let pool = LendPool::create_jemalloc(16 << 20).unwrap();
+        let weak = match &pool.backend {
+            Backend::Je(p, _) => Arc::downgrade(p),
+            _ => unreachable!("a jemalloc pool"),
+        };
+        // Objects made on three threads hold (mostly) different count shards.
+        let objs: Vec<ArenaObject> = (0..3u8)
+            .map(|i| {
+                let a = pool.allocator();
+                std::thread::spawn(move || {
+                    let o = a.alloc(100).unwrap();
+                    o.write(0, &[i; 100]).unwrap();
+                    o
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        let shards: std::collections::HashSet<_> = objs
+            .iter()
+            .map(|o| match &o.backend {
+                Backend::JeObject(s) => Arc::as_ptr(s) as usize,
+                _ => unreachable!("an object holds a shard"),
+            })
+            .collect();
+        assert!(shards.len() >= 2, "threads spread over the shards");
+        let owned = pool.alloc_scoped(10).unwrap().into_owned();
+        assert!(matches!(owned.backend, Backend::JeObject(_)));
+        drop(pool);
+        assert!(weak.upgrade().is_some(), "the objects keep the pool");
+        for (i, o) in objs.iter().enumerate() {
+            assert_eq!(o.to_vec().unwrap(), vec![i as u8; 100]);
+        }
+        drop(objs);
+        assert!(weak.upgrade().is_some(), "one object is left");
+        std::thread::spawn(move || drop(owned)).join().unwrap();
+        assert!(
+            weak.upgrade().is_none(),
+            "the last object, dropped on another thread, took the pool with it"
+        );
     }
 
     #[cfg(feature = "jemalloc")]
@@ -734,8 +780,8 @@ mod tests {
             }
             // Owned by this thread's cache now (bins are full: some were spilled).
             match &a.backend {
-                Backend::Je(p) => p.held_blocks(),
-                Backend::Core(_) => unreachable!(),
+                Backend::Je(p, _) => p.held_blocks(),
+                _ => unreachable!(),
             }
         });
         let cached = h.join().unwrap();
