@@ -51,6 +51,8 @@ pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolAllocator,
 
 pub use crate::shm::arena::Pod;
 use crate::shm::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
+#[cfg(feature = "jemalloc")]
+use crate::shm::jemalloc::JePool;
 
 /// Why an arena operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -268,9 +270,6 @@ pub(crate) enum Backend {
     #[cfg(feature = "jemalloc")]
     JeObject(Arc<JeShard>),
 }
-
-#[cfg(feature = "jemalloc")]
-use crate::shm::jemalloc::JePool;
 
 /// How many reference-count shards a jemalloc pool has.
 #[cfg(feature = "jemalloc")]
