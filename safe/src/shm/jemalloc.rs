@@ -79,7 +79,7 @@ fn block_of(h: usize, tag: u32) -> usize {
 }
 
 /// The first class whose headers are coloured: blocks of 1 KiB and up.
-const FIRST_COLOURED: usize = cache::class_of_const(1024);
+const FIRST_COLOURED: usize = cache::compute_class_of(1024);
 
 /// The colour of a new object of `size` bytes (header included) in block `p` of class `c`
 /// (at least [`FIRST_COLOURED`]).

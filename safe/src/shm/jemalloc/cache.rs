@@ -79,13 +79,9 @@ const CLASS_OF: [u8; MAX_CACHED / 16] = {
     t
 };
 
-/// The class of a block of `size` bytes, `1 ..= MAX_CACHED`, for constants.
-pub(super) const fn class_of_const(size: usize) -> usize {
-    compute_class_of(size)
-}
-
-/// The class of a block of `size` bytes, computed (for [`CLASS_OF`]).
-const fn compute_class_of(size: usize) -> usize {
+/// The class of a block of `size` bytes, `1 ..= MAX_CACHED`, computed (for [`CLASS_OF`] and
+/// other constants).
+pub(super) const fn compute_class_of(size: usize) -> usize {
     if size <= 128 {
         size.div_ceil(16) - 1
     } else {
