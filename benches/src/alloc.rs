@@ -38,7 +38,7 @@ use crate::report::Row;
 /// Live objects each thread keeps.
 const WINDOW: usize = 64;
 /// Rounds of runs; the median is reported.
-const RUNS: usize = 7;
+const RUNS: usize = 9;
 /// Object sizes measured.
 const SIZES: [usize; 2] = [64, 4096];
 
@@ -241,10 +241,11 @@ const CONFIGS: [(usize, usize); 4] = [(1, SIZES[0]), (1, SIZES[1]), (2, SIZES[0]
 /// Measures the systems named in `only` (all when empty) and returns one row per system and
 /// configuration.
 ///
-/// The runs are interleaved: each of [`RUNS`] rounds measures every system in every
-/// configuration once, and a row's figure is the median over the rounds. A slow stretch of the
-/// shared host then hits every system alike instead of the one that happened to be running, so
-/// the ratios between systems (what the targets compare) hold within a run.
+/// The runs are interleaved: each of [`RUNS`] rounds measures every configuration once per
+/// system, the systems back to back within a configuration, and a row's figure is the median
+/// over the rounds. A slow stretch of the shared host then hits every system alike instead of
+/// the one that happened to be running, so the ratios between systems (what the targets
+/// compare) hold within a run.
 pub fn run(quick: bool, only: &[String]) -> Vec<Row> {
     let pairs = if quick { 200_000 } else { 2_000_000 };
     let core = CoreArena::new(64 << 20);
@@ -273,9 +274,9 @@ pub fn run(quick: bool, only: &[String]) -> Vec<Row> {
     }
     let mut samples = vec![[const { Vec::new() }; CONFIGS.len()]; systems.len()];
     for _ in 0..RUNS {
-        for (s, per_config) in systems.iter().zip(&mut samples) {
-            for (&(threads, size), runs) in CONFIGS.iter().zip(per_config.iter_mut()) {
-                runs.push((s.run)(threads, size, pairs));
+        for (c, &(threads, size)) in CONFIGS.iter().enumerate() {
+            for (s, per_config) in systems.iter().zip(&mut samples) {
+                per_config[c].push((s.run)(threads, size, pairs));
             }
         }
     }
