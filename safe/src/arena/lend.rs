@@ -122,7 +122,7 @@ impl LendPool {
         let pool_id = new_pool_id();
         let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?);
         let fd = dup(inner.fd())?;
-        Ok(Self::with_backend(Backend::Core(inner), fd, pool_id))
+        Ok(Self::with_backend(Backend::core(inner), fd, pool_id))
     }
 
     /// Creates a lend pool of `size` bytes whose objects jemalloc allocates, in a jemalloc arena
@@ -132,8 +132,7 @@ impl LendPool {
         let pool_id = new_pool_id();
         let inner = crate::shm::jemalloc::JePool::create(MEMFD_NAME, size, pool_id)?;
         let fd = dup(inner.fd())?;
-        let shards = super::JeShards::new(&inner);
-        Ok(Self::with_backend(Backend::Je(inner, shards), fd, pool_id))
+        Ok(Self::with_backend(Backend::je(inner), fd, pool_id))
     }
 
     fn with_backend(backend: Backend, fd: OwnedFd, pool_id: u64) -> Self {
@@ -613,15 +612,25 @@ mod tests {
         *x
     }
 
-    #[cfg(feature = "jemalloc")]
-    #[test]
-    fn jemalloc_objects_keep_the_pool_alive_through_their_shards() {
-        let pool = LendPool::create_jemalloc(16 << 20).unwrap();
-        let weak = match &pool.backend {
-            Backend::Je(p, _) => Arc::downgrade(p),
-            _ => unreachable!("a jemalloc pool"),
+    /// Objects made on three threads hold (mostly) different count shards and keep the pool
+    /// alive after its handle is gone; the last one, dropped on another thread, takes it along.
+    fn objects_keep_the_pool_alive_through_their_shards(pool: LendPool) {
+        fn alive<T: Send + Sync + 'static>(p: &Arc<T>) -> Box<dyn Fn() -> bool> {
+            let w = Arc::downgrade(p);
+            Box::new(move || w.upgrade().is_some())
+        }
+        let pool_alive = match &pool.backend {
+            Backend::Core(p, _) => alive(p),
+            #[cfg(feature = "jemalloc")]
+            Backend::Je(p, _) => alive(p),
+            _ => unreachable!("a pool handle holds the pool"),
         };
-        // Objects made on three threads hold (mostly) different count shards.
+        let shard_of = |o: &ArenaObject| match &o.backend {
+            Backend::CoreObject(s) => Arc::as_ptr(s) as usize,
+            #[cfg(feature = "jemalloc")]
+            Backend::JeObject(s) => Arc::as_ptr(s) as usize,
+            _ => unreachable!("an object holds a shard"),
+        };
         let objs: Vec<ArenaObject> = (0..3u8)
             .map(|i| {
                 let a = pool.allocator();
@@ -634,27 +643,34 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        let shards: std::collections::HashSet<_> = objs
-            .iter()
-            .map(|o| match &o.backend {
-                Backend::JeObject(s) => Arc::as_ptr(s) as usize,
-                _ => unreachable!("an object holds a shard"),
-            })
-            .collect();
+        let shards: std::collections::HashSet<_> = objs.iter().map(shard_of).collect();
         assert!(shards.len() >= 2, "threads spread over the shards");
         let owned = pool.alloc_scoped(10).unwrap().into_owned();
-        assert!(matches!(owned.backend, Backend::JeObject(_)));
+        shard_of(&owned);
         drop(pool);
-        assert!(weak.upgrade().is_some(), "the objects keep the pool");
+        assert!(pool_alive(), "the objects keep the pool");
         for (i, o) in objs.iter().enumerate() {
             assert_eq!(o.to_vec().unwrap(), vec![i as u8; 100]);
         }
         drop(objs);
-        assert!(weak.upgrade().is_some(), "one object is left");
+        assert!(pool_alive(), "one object is left");
         std::thread::spawn(move || drop(owned)).join().unwrap();
         assert!(
-            weak.upgrade().is_none(),
+            !pool_alive(),
             "the last object, dropped on another thread, took the pool with it"
+        );
+    }
+
+    #[test]
+    fn core_objects_keep_the_pool_alive_through_their_shards() {
+        objects_keep_the_pool_alive_through_their_shards(LendPool::create(8 << 20).unwrap());
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn jemalloc_objects_keep_the_pool_alive_through_their_shards() {
+        objects_keep_the_pool_alive_through_their_shards(
+            LendPool::create_jemalloc(16 << 20).unwrap(),
         );
     }
 

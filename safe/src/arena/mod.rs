@@ -153,7 +153,7 @@ impl ShmArena {
         let pool_id = new_pool_id();
         let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?);
         Ok(ShmArena {
-            backend: Backend::Core(inner.clone()),
+            backend: Backend::core(inner.clone()),
             inner,
             pool_id,
         })
@@ -165,7 +165,7 @@ impl ShmArena {
         let pool_id = inner.arena().pool_tag();
         let inner = Arc::new(inner);
         Ok(ShmArena {
-            backend: Backend::Core(inner.clone()),
+            backend: Backend::core(inner.clone()),
             inner,
             pool_id,
         })
@@ -259,54 +259,50 @@ impl ShmArena {
 }
 
 /// Where an object's block lives: the core allocator or (feature `jemalloc`) a jemalloc pool.
+///
+/// Pool handles hold the pool and its count [`Shards`]; [`ArenaObject`]s hold one shard.
 #[derive(Clone)]
 pub(crate) enum Backend {
-    Core(Arc<MappedArena>),
-    /// A pool handle's reference on a jemalloc pool, and the pool's count shards that the
-    /// objects it makes hold instead (see [`JeShards`]).
+    Core(Arc<MappedArena>, Arc<Shards<MappedArena>>),
+    CoreObject(Arc<Shard<MappedArena>>),
     #[cfg(feature = "jemalloc")]
-    Je(Arc<JePool>, Arc<JeShards>),
-    /// An [`ArenaObject`]'s reference on a jemalloc pool, through one of its count shards.
+    Je(Arc<JePool>, Arc<Shards<JePool>>),
     #[cfg(feature = "jemalloc")]
-    JeObject(Arc<JeShard>),
+    JeObject(Arc<Shard<JePool>>),
 }
 
-/// How many reference-count shards a jemalloc pool has.
-#[cfg(feature = "jemalloc")]
+/// How many reference-count shards a pool has.
 const SHARDS: usize = 8;
 
-/// One of a jemalloc pool's reference-count shards: an `Arc` on the pool, itself behind an
-/// `Arc` whose counts have a cache line (two, for the adjacent-line prefetcher) to themselves.
+/// One of a pool's reference-count shards: an `Arc` on the pool, itself behind an `Arc` whose
+/// counts have a cache line (two, for the adjacent-line prefetcher) to themselves.
 ///
 /// Every [`ArenaObject`] keeps its pool alive. If each held an `Arc` on the pool, every thread
 /// making or dropping objects would bump the same counter, and two threads doing so at once
 /// bounce its line between their cores (a measured 82-120 ns per alloc + free pair on two
-/// threads, against 36-42 ns on one). Objects instead hold an `Arc` on one of [`SHARDS`]
-/// shards, picked by the thread that makes them, and the shards hold the pool: it lives while
-/// any shard does, and a shard while any object or pool handle does.
-#[cfg(feature = "jemalloc")]
+/// threads, against 36-42 ns on one, in a jemalloc pool). Objects instead hold an `Arc` on one
+/// of [`SHARDS`] shards, picked by the thread that makes them, and the shards hold the pool: it
+/// lives while any shard does, and a shard while any object or pool handle does.
 #[repr(align(128))]
-pub(crate) struct JeShard {
-    pool: Arc<JePool>,
+pub(crate) struct Shard<T> {
+    pool: Arc<T>,
 }
 
-/// A jemalloc pool's count shards, held by its handles.
-#[cfg(feature = "jemalloc")]
-pub(crate) struct JeShards([Arc<JeShard>; SHARDS]);
+/// A pool's count shards, held by its handles.
+pub(crate) struct Shards<T>([Arc<Shard<T>>; SHARDS]);
 
-#[cfg(feature = "jemalloc")]
-impl JeShards {
+impl<T> Shards<T> {
     /// Shards for `pool`.
-    pub(crate) fn new(pool: &Arc<JePool>) -> Arc<Self> {
-        Arc::new(JeShards(std::array::from_fn(|_| {
-            Arc::new(JeShard { pool: pool.clone() })
+    pub(crate) fn new(pool: &Arc<T>) -> Arc<Self> {
+        Arc::new(Shards(std::array::from_fn(|_| {
+            Arc::new(Shard { pool: pool.clone() })
         })))
     }
 
     /// The calling thread's shard: threads are spread over the shards in the order they first
     /// ask.
     #[inline]
-    fn pick(&self) -> &Arc<JeShard> {
+    fn pick(&self) -> &Arc<Shard<T>> {
         use std::cell::Cell;
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -330,11 +326,25 @@ enum Which<'a> {
 }
 
 impl Backend {
+    /// A pool handle's backend on a core arena.
+    pub(crate) fn core(pool: Arc<MappedArena>) -> Backend {
+        let shards = Shards::new(&pool);
+        Backend::Core(pool, shards)
+    }
+
+    /// A pool handle's backend on a jemalloc pool.
+    #[cfg(feature = "jemalloc")]
+    pub(crate) fn je(pool: Arc<JePool>) -> Backend {
+        let shards = Shards::new(&pool);
+        Backend::Je(pool, shards)
+    }
+
     /// The allocator behind the backend.
     #[inline]
     fn which(&self) -> Which<'_> {
         match self {
-            Backend::Core(m) => Which::Core(m),
+            Backend::Core(m, _) => Which::Core(m),
+            Backend::CoreObject(s) => Which::Core(&s.pool),
             #[cfg(feature = "jemalloc")]
             Backend::Je(p, _) => Which::Je(p),
             #[cfg(feature = "jemalloc")]
@@ -342,12 +352,13 @@ impl Backend {
         }
     }
 
-    /// The backend a new [`ArenaObject`] holds: for a jemalloc pool, a reference on the calling
-    /// thread's count shard rather than on the pool itself.
+    /// The backend a new [`ArenaObject`] holds: a reference on the calling thread's count
+    /// shard rather than on the pool itself.
     #[inline]
     fn for_object(&self) -> Backend {
         match self {
-            Backend::Core(m) => Backend::Core(m.clone()),
+            Backend::Core(_, shards) => Backend::CoreObject(shards.pick().clone()),
+            Backend::CoreObject(s) => Backend::CoreObject(s.clone()),
             #[cfg(feature = "jemalloc")]
             Backend::Je(_, shards) => Backend::JeObject(shards.pick().clone()),
             #[cfg(feature = "jemalloc")]
@@ -526,9 +537,9 @@ fn alloc_in(
 /// (and frees the block if it was the last one, in any process).
 ///
 /// It keeps its pool alive, so it may outlive every handle on the pool; that costs an atomic
-/// increment when it is made and a decrement when it is dropped. For a jemalloc pool the count
-/// is spread over a few shards picked by the thread that makes the object, so threads making
-/// and dropping objects at once rarely share a counter. [`ScopedObject`] borrows its pool
+/// increment when it is made and a decrement when it is dropped. The count is spread over a few
+/// shards picked by the thread that makes the object, so threads making and dropping objects at
+/// once rarely share a counter. [`ScopedObject`] borrows its pool
 /// instead and costs neither.
 ///
 /// The bytes are shared memory, so they are read and written by copying, never borrowed.
