@@ -695,7 +695,9 @@ impl JePool {
             if self.free_last_cached(h, s) {
                 return Ok(true);
             }
-            return self.release(off, st_gen(s));
+            // The fast path just declined: straight to the full path, not through `release`,
+            // which would try it again.
+            return self.release_slow(off, st_gen(s));
         }
         Err(BlockError::OutOfRange.into())
     }
