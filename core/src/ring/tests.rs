@@ -387,6 +387,41 @@ fn corrupt_frames_poison_the_consumer() {
     assert_eq!(&buf[..16], &[7; 16]);
 }
 
+/// A data frame whose claimed end runs past the end of the buffer, although it lies within what
+/// the peer published: `head = tail = 56` in a 64-byte ring, a data header of length 8 at offset 56
+/// and `tail = 72`. Its payload would be read from offsets 64..72, past the buffer, so the frame
+/// must be rejected by the frame-end bound (`pos + size > cap`), not by the published-bytes bound.
+#[test]
+fn data_frame_running_past_the_buffer_end_is_corrupt() {
+    for op in ["read_chunk", "try_pop"] {
+        let (mut tx, mut rx) = Ring::with_capacity(64);
+        let mut buf = [0u8; 64];
+        // Move both positions to 56 with frames the real producer wrote (32 + 24 bytes).
+        tx.try_push(&[1; 24], N).unwrap();
+        tx.try_push(&[2; 16], N).unwrap();
+        assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, 24);
+        assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, 16);
+        assert_eq!(rx.raw().header().head.load(Ordering::Relaxed), 56);
+        // The hostile producer: an 8-byte data frame (16 bytes with its header) at offset 56,
+        // published in full (`tail - head = 16 <= capacity`, 8-aligned, monotone).
+        write_word(rx.raw(), 56, encode_frame(8, KIND_DATA, 0));
+        rx.raw().header().tail.store(72, Ordering::Relaxed);
+        // `read_chunk` goes first: it validates without touching the payload, so a missing bound
+        // fails this assertion instead of reading out of bounds.
+        let got = match op {
+            "read_chunk" => rx.read_chunk(N).map(|c| c.len()),
+            _ => rx.try_pop(&mut buf, N).map(|i| i.len),
+        };
+        assert_eq!(
+            got,
+            Err(PopError::Corrupt),
+            "{op}: frame ends past the buffer"
+        );
+        assert!(rx.is_poisoned(), "{op}");
+        drop(tx);
+    }
+}
+
 #[test]
 fn corrupt_head_poisons_the_producer() {
     let (mut tx, rx) = Ring::with_capacity(64);
