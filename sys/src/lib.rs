@@ -16,8 +16,10 @@
 //!   [`socket::RecvFds`]), `SO_PEERCRED`, buffer sizes and `poll`.
 //! - [`mq`]: POSIX message queues (rustix has none; the raw syscalls live in one private module).
 //! - [`futex`]: wait/wake on an `AtomicU32`, shared between processes or private to one.
-//! - [`eventfd`], [`pipe`]: the other kernel wake-up and byte channels, used by async channels and
-//!   benchmarks.
+//! - [`wake`]: doorbells, the wake-up descriptors of async ring channels: socket ends rung and
+//!   drained non-blocking per call, so a peer sharing them cannot make a call block.
+//! - [`eventfd`], [`pipe`]: the other kernel wake-up and byte channels, used by benchmarks and the
+//!   process-private peer watcher.
 //! - [`process`]: `pidfd_open`, pids, CPU affinity and a monotonic clock for benchmarks.
 //! - [`fd`]: close-on-exec and non-blocking flags, `dup`.
 //!
@@ -63,5 +65,6 @@ pub mod mq;
 pub mod pipe;
 pub mod process;
 pub mod socket;
+pub mod wake;
 
 mod time;

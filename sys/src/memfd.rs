@@ -118,6 +118,47 @@ pub fn create_sealed(name: &CStr, len: u64) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// `memfd_create` + `ftruncate` + `F_ADD_SEALS(F_SEAL_SHRINK | F_SEAL_GROW)`—creates a memfd of
+/// `len` bytes whose size can never change, but which still takes more seals: the first half of a
+/// region that only its creator may write. Map it read-write, then call [`seal_owner_only`].
+///
+/// # References
+///  - [Linux `memfd_create(2)`]
+///  - [Linux `fcntl(2)`, File Sealing]
+///
+/// [Linux `memfd_create(2)`]: https://man7.org/linux/man-pages/man2/memfd_create.2.html
+/// [Linux `fcntl(2)`, File Sealing]: https://man7.org/linux/man-pages/man2/fcntl.2.html
+pub fn create_sized(name: &CStr, len: u64) -> Result<OwnedFd> {
+    let fd = memfd_create(name)?;
+    set_size(rustix::fd::AsFd::as_fd(&fd), len)?;
+    add_seals(
+        rustix::fd::AsFd::as_fd(&fd),
+        SealFlags::SHRINK.union(SealFlags::GROW),
+    )?;
+    Ok(fd)
+}
+
+/// The seals [`seal_owner_only`] adds: no new writable mapping and no `write(2)` by anyone, and no
+/// further seal.
+pub const OWNER_ONLY_SEALS: SealFlags = SealFlags::FUTURE_WRITE.union(SealFlags::SEAL);
+
+/// `F_ADD_SEALS(F_SEAL_FUTURE_WRITE | F_SEAL_SEAL)`—after its creator has mapped it read-write,
+/// makes a region of [`create_sized`] writable through that mapping only.
+///
+/// From then on no holder of any descriptor for the file (including one reopened read-write
+/// through `/proc/self/fd/N`) can map it writable, `write(2)` it, `mprotect` a read-only mapping to
+/// writable, or punch holes in it (all fail with [`Errno::PERM`]); mappings that already exist keep
+/// working. This is what keeps a lend pool's borrowers read-only.
+///
+/// # References
+///  - [Linux `fcntl(2)`, File Sealing]
+///
+/// [Linux `fcntl(2)`, File Sealing]: https://man7.org/linux/man-pages/man2/fcntl.2.html
+#[doc(alias = "F_SEAL_FUTURE_WRITE")]
+pub fn seal_owner_only(fd: BorrowedFd<'_>) -> Result<()> {
+    add_seals(fd, OWNER_ONLY_SEALS)
+}
+
 /// `open("/proc/self/fd/<fd>", O_RDONLY | O_CLOEXEC)`—opens a new, read-only descriptor for the same
 /// file.
 ///

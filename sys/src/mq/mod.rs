@@ -226,6 +226,52 @@ pub fn mq_timedreceive(
     raw::mq_timedreceive(fd, buf, deadline.as_ref())
 }
 
+/// The absolute deadline that has always passed (the epoch): a timed call with it never sleeps.
+const EXPIRED: rustix::time::Timespec = rustix::time::Timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+};
+
+/// `mq_timedsend(fd, msg, prio, <the epoch>)`—queues a message if there is room now, and never
+/// blocks, whatever the descriptor's `O_NONBLOCK` flag says.
+///
+/// The flag belongs to the open file description, which every process holding a duplicate of `fd`
+/// shares and can change; a deadline that has already passed makes the call non-blocking per
+/// call instead. A full queue gives [`Errno::AGAIN`] in both cases.
+///
+/// # Errors
+///
+/// [`Errno::AGAIN`] (queue full), [`Errno::MSGSIZE`], [`Errno::BADF`], [`Errno::INTR`].
+///
+/// # References
+///  - [Linux `mq_send(3)`]
+///
+/// [Linux `mq_send(3)`]: https://man7.org/linux/man-pages/man3/mq_send.3.html
+pub fn mq_try_send(fd: BorrowedFd<'_>, msg: &[u8], prio: u32) -> Result<()> {
+    match raw::mq_timedsend(fd, msg, prio, Some(&EXPIRED)) {
+        Err(Errno::TIMEDOUT) => Err(Errno::AGAIN),
+        other => other,
+    }
+}
+
+/// `mq_timedreceive(fd, buf, &prio, <the epoch>)`—takes a message if one is queued now, and never
+/// blocks, whatever the descriptor's `O_NONBLOCK` flag says (see [`mq_try_send`]).
+///
+/// # Errors
+///
+/// [`Errno::AGAIN`] (queue empty), [`Errno::MSGSIZE`], [`Errno::BADF`], [`Errno::INTR`].
+///
+/// # References
+///  - [Linux `mq_receive(3)`]
+///
+/// [Linux `mq_receive(3)`]: https://man7.org/linux/man-pages/man3/mq_receive.3.html
+pub fn mq_try_receive(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, u32)> {
+    match raw::mq_timedreceive(fd, buf, Some(&EXPIRED)) {
+        Err(Errno::TIMEDOUT) => Err(Errno::AGAIN),
+        other => other,
+    }
+}
+
 /// `mq_getsetattr(fd, NULL, &attr)`—the queue's attributes and current message count.
 ///
 /// # References
