@@ -120,7 +120,7 @@ impl LendPool {
     /// read-write here only).
     pub fn create(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?);
+        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id, true)?);
         let fd = dup(inner.fd())?;
         Ok(Self::with_backend(Backend::core(inner), fd, pool_id))
     }

@@ -151,7 +151,7 @@ impl ShmArena {
     /// takes memory in 256 KiB spans, so give small arenas at least a few MiB.
     pub fn create_classic(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id)?);
+        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id, false)?);
         Ok(ShmArena {
             backend: Backend::core(inner.clone()),
             inner,

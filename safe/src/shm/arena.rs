@@ -96,9 +96,26 @@ pub(crate) struct MappedArena {
 
 impl MappedArena {
     /// Creates a sealed memfd of `len` bytes, maps it read-write and initialises an arena in it.
-    pub(crate) fn create(name: &CStr, len: usize, pool_id: u64) -> Result<Self, ArenaError> {
-        let fd = memfd::create_sealed(name, len as u64).map_err(sys("memfd_create"))?;
+    ///
+    /// With `owner_only` (a lend pool), the memfd is sealed with `F_SEAL_FUTURE_WRITE` right after
+    /// this mapping is made, so no other process can ever map it writable, whatever descriptor it
+    /// gets (a read-only one reopened read-write through `/proc/self/fd` included).
+    pub(crate) fn create(
+        name: &CStr,
+        len: usize,
+        pool_id: u64,
+        owner_only: bool,
+    ) -> Result<Self, ArenaError> {
+        let fd = if owner_only {
+            memfd::create_sized(name, len as u64)
+        } else {
+            memfd::create_sealed(name, len as u64)
+        }
+        .map_err(sys("memfd_create"))?;
         let map = Mapping::map(fd.as_fd(), 0, len, Access::ReadWrite).map_err(sys("mmap"))?;
+        if owner_only {
+            memfd::seal_owner_only(fd.as_fd()).map_err(sys("fcntl(F_ADD_SEALS)"))?;
+        }
         let base = map
             .as_mut_ptr()
             .and_then(NonNull::new)

@@ -337,8 +337,11 @@ impl JePool {
         if len <= POOL_HEADER {
             return Err(ArenaError::BadSize(len as u64));
         }
-        let fd = memfd::create_sealed(name, len as u64).map_err(sys("memfd_create"))?;
+        let fd = memfd::create_sized(name, len as u64).map_err(sys("memfd_create"))?;
         let map = Mapping::map(fd.as_fd(), 0, len, Access::ReadWrite).map_err(sys("mmap"))?;
+        // Owner-only from here on: no borrower can map the pool writable by any route (see
+        // `flowipc_sys::memfd::seal_owner_only`); jemalloc's extents all come from this mapping.
+        memfd::seal_owner_only(fd.as_fd()).map_err(sys("fcntl(F_ADD_SEALS)"))?;
         let base = map.as_mut_ptr().ok_or(ArenaError::BadSize(len as u64))? as usize;
         // SAFETY: the mapping is page-aligned and at least POOL_HEADER bytes; the header is atomics.
         let ph = unsafe { &*(base as *const PoolHeader) };
