@@ -277,22 +277,13 @@ fuzz_target!(|input: Input| {
         let rx_ring = ShmRing::create(cap).unwrap();
         let (sock, peer_sock) = socket::socketpair_stream().unwrap();
         let dup = |fd: BorrowedFd<'_>| flowipc_sys::fd::dup_cloexec(fd).unwrap();
-        let efd = || {
-            flowipc_sys::eventfd::eventfd(0, flowipc_sys::eventfd::EventfdFlags::NONBLOCK).unwrap()
-        };
+        let (bell_tx, _peer_bell_tx) = flowipc_sys::wake::pair().unwrap();
+        let (bell_rx, _peer_bell_rx) = flowipc_sys::wake::pair().unwrap();
         let fds = ChannelFds::from_parts(
             TransportKind::Ring.code(),
-            // The tx ring's data and room eventfds, then the rx ring's; nothing here sleeps, so
-            // the fuzzed peer never reads them.
-            vec![
-                dup(tx_ring.fd()),
-                dup(rx_ring.fd()),
-                sock,
-                efd(),
-                efd(),
-                efd(),
-                efd(),
-            ],
+            // This end's doorbells of the tx and rx rings; nothing here sleeps, so the fuzzed peer
+            // never rings them.
+            vec![dup(tx_ring.fd()), dup(rx_ring.fd()), sock, bell_tx, bell_rx],
         )
         .unwrap();
         let mut ch = ChannelOptions::new()

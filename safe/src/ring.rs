@@ -40,7 +40,7 @@ use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
 use std::sync::Arc;
 
 use crate::shm::ring::{ConsumerHandle, ProducerHandle, RingRegion, WaitingWord};
-use crate::wait::{EventFdWaiter, FutexWaiter, PeerWaker, WaitOutcome, WakeKind};
+use crate::wait::{DoorbellWaiter, FutexWaiter, PeerWaker, WaitOutcome, WakeKind};
 use crate::watch::{Alarm, Watch};
 
 pub use crate::shm::ring::{RingOpenError, Role};
@@ -216,7 +216,7 @@ enum SideWaiter {
     /// `futex_wait` on the waiting word; with the alarm of a peer watch, checked right before
     /// each sleep (see `crate::watch`).
     Futex(Option<Arc<Alarm>>),
-    EventFd(EventFdWaiter),
+    Doorbell(DoorbellWaiter),
 }
 
 impl SideWaiter {
@@ -232,16 +232,16 @@ impl crate::wait::Waiter for SideWaiter {
     fn current_cpu(&self) -> Option<u32> {
         match self {
             // A futex sleeper spins first: tell the core where it runs (see `RingHeader`'s CPU
-            // hints). An eventfd side is driven by a reactor and does not spin here.
+            // hints). A doorbell side is driven by a reactor and does not spin here.
             SideWaiter::Futex(_) => flowipc_sys::process::current_cpu_hint(),
-            SideWaiter::EventFd(_) => None,
+            SideWaiter::Doorbell(_) => None,
         }
     }
 
     fn wake_kind(&self) -> WakeKind {
         match self {
             SideWaiter::Futex(_) => FutexWaiter.wake_kind(),
-            SideWaiter::EventFd(w) => w.wake_kind(),
+            SideWaiter::Doorbell(w) => w.wake_kind(),
         }
     }
 
@@ -253,7 +253,7 @@ impl crate::wait::Waiter for SideWaiter {
                 }
                 FutexWaiter.wait(word, expected, timeout)
             }
-            SideWaiter::EventFd(w) => w.wait(word, expected, timeout),
+            SideWaiter::Doorbell(w) => w.wait(word, expected, timeout),
         }
     }
 }
@@ -271,6 +271,8 @@ struct PeerCheck {
     gone: bool,
     /// A watch by the process's peer watcher, which replaces `check` and the bounded sleeps.
     watch: Option<Watch>,
+    /// The watch's alarm, one pointer away, for the check on every call ([`PeerCheck::gone_now`]).
+    alarm: Option<Arc<Alarm>>,
 }
 
 impl Default for PeerCheck {
@@ -297,7 +299,48 @@ impl PeerCheck {
             last: None,
             gone: false,
             watch: None,
+            alarm: None,
         }
+    }
+
+    /// Whether the peer is known to be gone, for every call, blocking or not, so that nothing is
+    /// sent into a ring nobody will read. With the peer watcher this is one load (the watcher
+    /// raised the alarm when the companion socket hung up); with a `check` only, the check runs at
+    /// most every `interval` (a clock read per call, a `poll` per interval); with neither, the
+    /// peer is never known gone.
+    #[inline]
+    fn gone_now(&mut self) -> bool {
+        if self.gone {
+            return true;
+        }
+        match &self.alarm {
+            Some(alarm) => {
+                if alarm.is_raised() {
+                    self.gone = true;
+                }
+                self.gone
+            }
+            None if self.check.is_some() => self.run_check_if_due(),
+            None => false,
+        }
+    }
+
+    /// Runs `check` if `interval` has passed since it last ran; whether the peer is gone.
+    #[cold]
+    fn run_check_if_due(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(check) = self.check.as_mut() {
+            if self
+                .last
+                .is_none_or(|t| now.duration_since(t) >= self.interval)
+            {
+                self.last = Some(now);
+                if !check() {
+                    self.gone = true;
+                }
+            }
+        }
+        self.gone
     }
 
     /// The `check` callback of the core's blocking calls: ends the wait with `timeout` after
@@ -351,10 +394,11 @@ impl PeerCheck {
         sock: BorrowedFd<'_>,
         word: WaitingWord,
     ) -> Result<(), Errno> {
-        let watch = Watch::new(sock, word)?;
+        let watch = Watch::new(sock, Some(word))?;
         if let SideWaiter::Futex(alarm) = waiter {
             *alarm = Some(watch.alarm().clone());
         }
+        self.alarm = Some(watch.alarm().clone());
         self.watch = Some(watch);
         Ok(())
     }
@@ -445,15 +489,16 @@ impl RingSender {
         self.peer.watch_process(pid)
     }
 
-    /// Sleep on `waiter`'s eventfd instead of a futex when the ring is full; the receiver must wake
-    /// it through [`RingReceiver::set_peer_eventfd`] with a duplicate of [`EventFdWaiter::fd`].
-    pub fn use_eventfd(&mut self, waiter: EventFdWaiter) {
-        self.waiter = SideWaiter::EventFd(waiter);
+    /// Sleep on `waiter`'s doorbell instead of a futex when the ring is full; the receiver must
+    /// ring it through [`RingReceiver::set_peer_doorbell`] with the other end of its pair.
+    pub fn use_doorbell(&mut self, waiter: DoorbellWaiter) {
+        self.waiter = SideWaiter::Doorbell(waiter);
     }
 
-    /// The eventfd to write when the receiver sleeps on one (see [`RingReceiver::use_eventfd`]).
-    pub fn set_peer_eventfd(&mut self, fd: OwnedFd) {
-        self.waker.set_eventfd(Some(fd));
+    /// This side's end of the doorbell pair to ring when the receiver sleeps on its end (see
+    /// [`RingReceiver::use_doorbell`]).
+    pub fn set_peer_doorbell(&mut self, fd: OwnedFd) {
+        self.waker.set_doorbell(Some(fd));
     }
 
     /// Sends `data` as one message if there is room now.
@@ -473,6 +518,9 @@ impl RingSender {
     /// As [`try_send`](Self::try_send).
     #[inline]
     pub fn try_send_tagged(&mut self, data: &[u8], tag: u16) -> Result<(), RingSendError> {
+        if self.peer.gone_now() {
+            return Err(RingSendError::PeerGone);
+        }
         self.handle
             .try_push_tagged(data, tag, &self.waker)
             .map_err(RingSendError::from)
@@ -514,6 +562,9 @@ impl RingSender {
         tag: u16,
         deadline: Option<Instant>,
     ) -> Result<(), RingSendError> {
+        if self.peer.gone_now() {
+            return Err(RingSendError::PeerGone);
+        }
         match self.handle.try_push_tagged(data, tag, &self.waker) {
             Err(PushError::Full) => {}
             other => return other.map_err(RingSendError::from),
@@ -542,6 +593,9 @@ impl RingSender {
     /// can drain them), `TooLarge`, `Closed`, `Corrupt`.
     #[inline]
     pub fn try_stage(&mut self, data: &[u8]) -> Result<(), RingSendError> {
+        if self.peer.gone_now() {
+            return Err(RingSendError::PeerGone);
+        }
         match self.handle.try_push_staged(data, 0) {
             Err(PushError::Full) => {
                 self.flush();
@@ -559,6 +613,9 @@ impl RingSender {
     /// As [`send`](Self::send).
     #[inline]
     pub fn stage(&mut self, data: &[u8]) -> Result<(), RingSendError> {
+        if self.peer.gone_now() {
+            return Err(RingSendError::PeerGone);
+        }
         match self.handle.try_push_staged(data, 0) {
             Err(PushError::Full) => {}
             other => return other.map_err(RingSendError::from),
@@ -587,6 +644,9 @@ impl RingSender {
     /// As [`try_send`](Self::try_send).
     #[inline]
     pub fn try_write_chunk(&mut self, len: usize) -> Result<RingWriteChunk<'_>, RingSendError> {
+        if self.peer.gone_now() {
+            return Err(RingSendError::PeerGone);
+        }
         let chunk = self.handle.write_chunk(len)?;
         Ok(RingWriteChunk {
             chunk,
@@ -616,25 +676,25 @@ impl RingSender {
         self.handle.close(&self.waker);
     }
 
-    /// For a sender driven by a reactor: announces that it waits for room on its eventfd (the one
-    /// whose duplicate the receiver holds through [`RingReceiver::set_peer_eventfd`]) and
+    /// For a sender driven by a reactor: announces that it waits for room on its doorbell (whose
+    /// other end the receiver rings through [`RingReceiver::set_peer_doorbell`]) and
     /// re-checks the ring. Flushes staged messages first.
     ///
     /// `Ok(true)`: the receiver freed space meanwhile, try again. `Ok(false)`: the receiver's next
-    /// read (or close) writes the eventfd; wait for it to become readable, drain it, try again,
+    /// read (or close) rings the doorbell; wait for it to become readable, drain it, try again,
     /// and arm again before the next wait.
     ///
     /// # Errors
     ///
     /// [`RingSendError::Closed`] or [`RingSendError::Corrupt`].
-    pub fn arm_eventfd_wake(&mut self) -> Result<bool, RingSendError> {
+    pub fn arm_doorbell_wake(&mut self) -> Result<bool, RingSendError> {
         self.handle.flush(&self.waker);
         self.handle
             .arm_wake(WakeKind::EventFd)
             .map_err(RingSendError::from)
     }
 
-    /// Withdraws an [`arm_eventfd_wake`](Self::arm_eventfd_wake) that is no longer needed.
+    /// Withdraws an [`arm_doorbell_wake`](Self::arm_doorbell_wake) that is no longer needed.
     pub fn disarm(&self) {
         self.handle.disarm();
     }
@@ -782,15 +842,16 @@ impl RingReceiver {
         self.peer.watch_process(pid)
     }
 
-    /// Sleep on `waiter`'s eventfd instead of a futex when the ring is empty; the sender must wake
-    /// it through [`RingSender::set_peer_eventfd`] with a duplicate of [`EventFdWaiter::fd`].
-    pub fn use_eventfd(&mut self, waiter: EventFdWaiter) {
-        self.waiter = SideWaiter::EventFd(waiter);
+    /// Sleep on `waiter`'s doorbell instead of a futex when the ring is empty; the sender must
+    /// ring it through [`RingSender::set_peer_doorbell`] with the other end of its pair.
+    pub fn use_doorbell(&mut self, waiter: DoorbellWaiter) {
+        self.waiter = SideWaiter::Doorbell(waiter);
     }
 
-    /// The eventfd to write when the sender sleeps on one (see [`RingSender::use_eventfd`]).
-    pub fn set_peer_eventfd(&mut self, fd: OwnedFd) {
-        self.waker.set_eventfd(Some(fd));
+    /// This side's end of the doorbell pair to ring when the sender sleeps on its end (see
+    /// [`RingSender::use_doorbell`]).
+    pub fn set_peer_doorbell(&mut self, fd: OwnedFd) {
+        self.waker.set_doorbell(Some(fd));
     }
 
     /// Copies the next message into `buf` if there is one.
@@ -801,9 +862,21 @@ impl RingReceiver {
     /// `Corrupt`.
     #[inline]
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<FrameInfo, RingRecvError> {
-        self.handle
-            .try_pop(buf, &self.waker)
-            .map_err(RingRecvError::from)
+        match self.handle.try_pop(buf, &self.waker) {
+            Err(PopError::Empty) => Err(self.empty()),
+            other => other.map_err(RingRecvError::from),
+        }
+    }
+
+    /// The error for an empty ring: `PeerGone` once the peer is known gone (everything it sent
+    /// has been read), else `WouldBlock`.
+    #[inline]
+    fn empty(&mut self) -> RingRecvError {
+        if self.peer.gone_now() {
+            RingRecvError::PeerGone
+        } else {
+            RingRecvError::WouldBlock
+        }
     }
 
     /// Copies the next message into `buf`, waiting for one per the policy.
@@ -860,9 +933,10 @@ impl RingReceiver {
     /// [`RingRecvError::WouldBlock`] when empty, `Closed`, `Corrupt`.
     #[inline]
     pub fn try_read_chunk(&mut self) -> Result<RingReadChunk<'_>, RingRecvError> {
-        self.handle
-            .read_chunk(&self.waker)
-            .map_err(RingRecvError::from)
+        match self.handle.read_chunk(&self.waker) {
+            Err(PopError::Empty) if self.peer.gone_now() => Err(RingRecvError::PeerGone),
+            other => other.map_err(RingRecvError::from),
+        }
     }
 
     /// [`try_read_chunk`](Self::try_read_chunk), waiting for a message per the policy (and up to
@@ -884,24 +958,24 @@ impl RingReceiver {
         self.handle.close(&self.waker);
     }
 
-    /// For a receiver driven by a reactor: announces that it waits for a message on its eventfd
-    /// (the one whose duplicate the sender holds through [`RingSender::set_peer_eventfd`]) and
+    /// For a receiver driven by a reactor: announces that it waits for a message on its doorbell
+    /// (whose other end the sender rings through [`RingSender::set_peer_doorbell`]) and
     /// re-checks the ring.
     ///
     /// `Ok(true)`: a message is pending (or the sender closed), receive again. `Ok(false)`: the
-    /// sender's next message (or close) writes the eventfd; wait for it to become readable, drain
+    /// sender's next message (or close) rings the doorbell; wait for it to become readable, drain
     /// it, receive again, and arm again before the next wait.
     ///
     /// # Errors
     ///
     /// [`RingRecvError::Corrupt`].
-    pub fn arm_eventfd_wake(&mut self) -> Result<bool, RingRecvError> {
+    pub fn arm_doorbell_wake(&mut self) -> Result<bool, RingRecvError> {
         self.handle
             .arm_wake(WakeKind::EventFd)
             .map_err(RingRecvError::from)
     }
 
-    /// Withdraws an [`arm_eventfd_wake`](Self::arm_eventfd_wake) that is no longer needed.
+    /// Withdraws an [`arm_doorbell_wake`](Self::arm_doorbell_wake) that is no longer needed.
     pub fn disarm(&self) {
         self.handle.disarm();
     }
@@ -1049,16 +1123,16 @@ mod tests {
     }
 
     #[test]
-    fn eventfd_wakeups() {
+    fn doorbell_wakeups() {
         let ring = ShmRing::create(256).unwrap();
         let mut tx = ring.sender().unwrap();
         let mut rx = ring.receiver().unwrap();
-        let rx_waiter = EventFdWaiter::new().unwrap();
-        tx.set_peer_eventfd(rx_waiter.fd().try_clone_to_owned().unwrap());
-        rx.use_eventfd(rx_waiter);
-        let tx_waiter = EventFdWaiter::new().unwrap();
-        rx.set_peer_eventfd(tx_waiter.fd().try_clone_to_owned().unwrap());
-        tx.use_eventfd(tx_waiter);
+        let (rx_waiter, rx_bell) = DoorbellWaiter::new().unwrap();
+        tx.set_peer_doorbell(rx_bell);
+        rx.use_doorbell(rx_waiter);
+        let (tx_waiter, tx_bell) = DoorbellWaiter::new().unwrap();
+        rx.set_peer_doorbell(tx_bell);
+        tx.use_doorbell(tx_waiter);
         tx.set_policy(WaitPolicy::Block);
         rx.set_policy(WaitPolicy::Block);
         let n = 20_000u64;

@@ -1,18 +1,25 @@
-//! Sleeping and waking for shared-memory rings: the futex and eventfd implementations of
+//! Sleeping and waking for shared-memory rings: the futex and doorbell implementations of
 //! `flowipc_core`'s [`Waiter`] and [`Notifier`] traits.
 //!
 //! A ring side about to sleep stores in the shared waiting word which kind of wake it needs
 //! ([`WakeKind`]): a thread blocked in a synchronous call sleeps in `futex_wait` on the word itself
-//! ([`FutexWaiter`]); a side driven by a reactor sleeps on an eventfd it registered there
-//! ([`EventFdWaiter`]). The other side's [`PeerWaker`] reads the kind and makes the matching call
-//! (`futex_wake` on the word, or a write to the peer's eventfd), and only when the word says
-//! somebody sleeps (see `flowipc_core::wait` for the protocol).
+//! ([`FutexWaiter`]); a side driven by a reactor sleeps on a doorbell it registered there
+//! ([`DoorbellWaiter`]; `WakeKind::EventFd` names this kind: any descriptor a reactor can watch).
+//! The other side's [`PeerWaker`] reads the kind and makes the matching call (`futex_wake` on the
+//! word, or a ring of the doorbell), and only when the word says somebody sleeps (see
+//! `flowipc_core::wait` for the protocol).
+//!
+//! The word is in shared memory, so the peer chooses what it asks for; every answer is harmless:
+//! `futex_wake` never blocks, and a doorbell is rung non-blocking per call
+//! (`flowipc_sys::wake`), where an eventfd's write could be made to block by a peer sharing it.
 
 use std::time::Duration;
 
+use std::sync::atomic::AtomicBool;
+
 use flowipc_core::sync::AtomicU32;
-use flowipc_sys::eventfd::{eventfd, eventfd_read, eventfd_write, EventfdFlags};
 use flowipc_sys::socket::{poll, PollFd, PollFlags};
+use flowipc_sys::wake::Drained;
 use flowipc_sys::{AsFd, BorrowedFd, Errno, OwnedFd};
 
 pub use flowipc_core::wait::{
@@ -38,29 +45,42 @@ impl Waiter for FutexWaiter {
     }
 }
 
-/// Sleeps on an eventfd (readable when the peer writes it), optionally also watching another
-/// descriptor (e.g. the channel's socket, so that a dead peer ends the sleep at once).
+/// Sleeps on a doorbell (`flowipc_sys::wake`: readable when the peer rings it), optionally also
+/// watching another descriptor (e.g. the channel's socket, so that a dead peer ends the sleep at
+/// once).
 ///
-/// The peer must hold a duplicate of [`fd`](Self::fd) in its [`PeerWaker`]. A write that arrives
-/// between the check of the word and the `poll` stays in the counter, so no wake-up is lost; a stale
-/// count only causes one spurious return.
+/// The peer's [`PeerWaker`] holds the other end of the doorbell pair (see [`DoorbellWaiter::new`]).
+/// A ring that arrives between the check of the word and the `poll` stays pending on the socket,
+/// so no wake-up is lost; a stale ring only causes one spurious return. Nothing the peer does to
+/// its end (flags, filling the buffer, shutting it down) can make a wait block beyond its timeout
+/// or spin: once the peer's end hangs up, waits fall back to `futex_wait` on the word, which the
+/// peer watcher still ends.
 #[derive(Debug)]
-pub struct EventFdWaiter {
+pub struct DoorbellWaiter {
     fd: OwnedFd,
     watch: Option<OwnedFd>,
+    hung_up: AtomicBool,
 }
 
-impl EventFdWaiter {
-    /// Creates a waiter with a new non-blocking eventfd.
+impl DoorbellWaiter {
+    /// Creates a waiter on a new doorbell pair; returns it and the other end, for the peer's
+    /// [`PeerWaker::with_doorbell`].
     ///
     /// # Errors
     ///
-    /// The `eventfd(2)` errno (e.g. `EMFILE`, too many open files).
-    pub fn new() -> Result<Self, Errno> {
-        Ok(EventFdWaiter {
-            fd: eventfd(0, EventfdFlags::NONBLOCK)?,
+    /// The `socketpair(2)` errno (e.g. `EMFILE`, too many open files).
+    pub fn new() -> Result<(Self, OwnedFd), Errno> {
+        let (mine, peer) = flowipc_sys::wake::pair()?;
+        Ok((Self::from_fd(mine), peer))
+    }
+
+    /// A waiter on `fd`, this side's end of a doorbell pair whose other end the peer rings.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        DoorbellWaiter {
+            fd,
             watch: None,
-        })
+            hung_up: AtomicBool::new(false),
+        }
     }
 
     /// Also ends each sleep when the peer of stream socket `fd` shuts down or goes away (`POLLRDHUP`
@@ -72,14 +92,13 @@ impl EventFdWaiter {
         self
     }
 
-    /// The eventfd, to duplicate and hand to the peer's [`PeerWaker`] (or to register with a
-    /// reactor).
+    /// The doorbell, to register with a reactor.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }
 
-impl Waiter for EventFdWaiter {
+impl Waiter for DoorbellWaiter {
     fn wake_kind(&self) -> WakeKind {
         WakeKind::EventFd
     }
@@ -89,6 +108,10 @@ impl Waiter for EventFdWaiter {
         // avoids a needless poll when the waker has already reset the word.
         if word.load(flowipc_core::sync::Ordering::Relaxed) != expected {
             return WaitOutcome::Woken;
+        }
+        if self.hung_up.load(std::sync::atomic::Ordering::Relaxed) {
+            // Nobody rings a hung-up doorbell, and it stays readable: sleep on the word instead.
+            return FutexWaiter.wait(word, expected, timeout);
         }
         let mut fds = [
             PollFd::new(&self.fd, PollFlags::IN),
@@ -104,36 +127,39 @@ impl Waiter for EventFdWaiter {
             Ok(0) => WaitOutcome::TimedOut,
             _ => WaitOutcome::Woken,
         };
-        // Drain the counter; AGAIN (already drained) is fine.
-        let _ = eventfd_read(self.fd.as_fd());
+        if let Ok(Drained::HungUp) = flowipc_sys::wake::drain(self.fd.as_fd()) {
+            self.hung_up
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         outcome
     }
 }
 
 /// Wakes the other side of a ring the way its waiting word asks: `futex_wake` on the word, or a
-/// write to the peer's eventfd if one was given.
+/// ring of the peer's doorbell if one was given.
 ///
-/// Without a peer eventfd, an `EventFd` request falls back to `futex_wake` (which then wakes
-/// nobody; the peer's sleep ends at its timeout).
+/// Without a doorbell, an `EventFd` request falls back to `futex_wake` (which then wakes nobody;
+/// the peer's sleep ends at its timeout). A ring never blocks (`flowipc_sys::wake::ring`), so a
+/// peer that asks for doorbell wake-ups costs at most a system call per publish.
 #[derive(Debug, Default)]
 pub struct PeerWaker {
-    eventfd: Option<OwnedFd>,
+    doorbell: Option<OwnedFd>,
 }
 
 impl PeerWaker {
     /// A waker for a peer that sleeps on futexes only.
     pub fn futex() -> Self {
-        PeerWaker { eventfd: None }
+        PeerWaker { doorbell: None }
     }
 
-    /// A waker that can also write the peer's eventfd.
-    pub fn with_eventfd(fd: OwnedFd) -> Self {
-        PeerWaker { eventfd: Some(fd) }
+    /// A waker that can also ring the peer's doorbell (this side's end of the pair).
+    pub fn with_doorbell(fd: OwnedFd) -> Self {
+        PeerWaker { doorbell: Some(fd) }
     }
 
-    /// Sets or replaces the peer's eventfd.
-    pub fn set_eventfd(&mut self, fd: Option<OwnedFd>) {
-        self.eventfd = fd;
+    /// Sets or replaces the doorbell.
+    pub fn set_doorbell(&mut self, fd: Option<OwnedFd>) {
+        self.doorbell = fd;
     }
 }
 
@@ -144,10 +170,10 @@ impl Notifier for PeerWaker {
     }
 
     fn wake(&self, word: &AtomicU32, kind: WakeKind) {
-        match (kind, &self.eventfd) {
+        match (kind, &self.doorbell) {
             (WakeKind::EventFd, Some(fd)) => {
-                // AGAIN: the counter is saturated, so the peer has a wake pending anyway.
-                let _ = eventfd_write(fd.as_fd(), 1);
+                // An error means the peer's end is closed: nobody is left to wake.
+                let _ = flowipc_sys::wake::ring(fd.as_fd());
             }
             _ => {
                 // One sleeper per word by construction. An error (EFAULT cannot happen for a
@@ -188,9 +214,9 @@ mod tests {
     }
 
     #[test]
-    fn eventfd_waiter_is_woken_by_peer_waker() {
-        let waiter = EventFdWaiter::new().unwrap();
-        let waker = PeerWaker::with_eventfd(waiter.fd().try_clone_to_owned().unwrap());
+    fn doorbell_waiter_is_woken_by_peer_waker() {
+        let (waiter, peer) = DoorbellWaiter::new().unwrap();
+        let waker = PeerWaker::with_doorbell(peer);
         let w = AtomicU32::new(WakeKind::EventFd.word());
         assert_eq!(
             waiter.wait(&w, WakeKind::EventFd.word(), Some(Duration::from_millis(1))),
@@ -203,7 +229,7 @@ mod tests {
             WaitOutcome::Woken
         );
         assert!(t.elapsed() < Duration::from_secs(1));
-        // The counter was drained: the next wait times out again.
+        // The ring was drained: the next wait times out again.
         assert_eq!(
             waiter.wait(&w, WakeKind::EventFd.word(), Some(Duration::from_millis(1))),
             WaitOutcome::TimedOut
@@ -211,9 +237,27 @@ mod tests {
     }
 
     #[test]
-    fn eventfd_waiter_watch_ends_sleep_on_peer_hangup_not_on_data() {
+    fn hung_up_doorbell_neither_spins_nor_blocks() {
+        let (waiter, peer) = DoorbellWaiter::new().unwrap();
+        drop(peer);
+        let w = AtomicU32::new(WakeKind::EventFd.word());
+        let k = WakeKind::EventFd.word();
+        // The first wait sees the hang-up; later ones sleep on the word for their timeout rather
+        // than returning at once for ever.
+        let _ = waiter.wait(&w, k, Some(Duration::from_millis(1)));
+        let t = Instant::now();
+        assert_eq!(
+            waiter.wait(&w, k, Some(Duration::from_millis(20))),
+            WaitOutcome::TimedOut
+        );
+        assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn doorbell_waiter_watch_ends_sleep_on_peer_hangup_not_on_data() {
         let (a, b) = flowipc_sys::socket::socketpair_stream().unwrap();
-        let waiter = EventFdWaiter::new().unwrap().with_watch(a);
+        let (waiter, _peer) = DoorbellWaiter::new().unwrap();
+        let waiter = waiter.with_watch(a);
         let w = AtomicU32::new(WakeKind::EventFd.word());
         let k = WakeKind::EventFd.word();
         flowipc_sys::socket::send(b.as_fd(), b"data", flowipc_sys::socket::SendFlags::empty())

@@ -54,7 +54,9 @@ impl Alarm {
 #[derive(Debug)]
 struct Entry {
     sock: OwnedFd,
-    word: WaitingWord,
+    /// The waiting word of a ring side to clear and wake; `None` for a watch that only raises
+    /// its alarm (a transport whose blocking calls `poll` the socket themselves).
+    word: Option<WaitingWord>,
     alarm: Arc<Alarm>,
 }
 
@@ -64,10 +66,12 @@ impl Entry {
         // SYNC POINT: orders the alarm before the word's reset, pairing with the sleeper's fence
         // between its store of the word and its check of the alarm.
         fence(Ordering::SeqCst);
-        let word = self.word.get();
-        word.store(0, flowipc_core::sync::Ordering::Relaxed);
-        // One sleeper per word by construction; an error leaves nothing to do.
-        let _ = flowipc_sys::futex::futex_wake(word, 1);
+        if let Some(word) = &self.word {
+            let word = word.get();
+            word.store(0, flowipc_core::sync::Ordering::Relaxed);
+            // One sleeper per word by construction; an error leaves nothing to do.
+            let _ = flowipc_sys::futex::futex_wake(word, 1);
+        }
     }
 }
 
@@ -168,14 +172,15 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// Watches `sock` (a duplicate is kept) for a hang-up that means the peer of the ring side
-    /// sleeping on `word` is gone.
+    /// Watches `sock` (a duplicate is kept) for a hang-up that means the peer is gone; then raises
+    /// the alarm and, if given, clears and wakes `word`, the waiting word of a ring side that may
+    /// sleep on it.
     ///
     /// # Errors
     ///
     /// `ENOTSUP` in a fork child of a process that used the watcher; the errors of `dup`,
     /// `eventfd` and thread creation (`EAGAIN`).
-    pub(crate) fn new(sock: BorrowedFd<'_>, word: WaitingWord) -> Result<Self, Errno> {
+    pub(crate) fn new(sock: BorrowedFd<'_>, word: Option<WaitingWord>) -> Result<Self, Errno> {
         let w = watcher().ok_or(Errno::NOTSUP)?;
         let entry = Arc::new(Entry {
             sock: flowipc_sys::fd::dup_cloexec(sock)?,

@@ -387,18 +387,18 @@ fn async_ring_idle_receiver_wakes_promptly() {
     );
 }
 
-/// A ring end is rebuilt only from all seven descriptors, whose last four must be non-blocking
-/// eventfds: an end without its peer's eventfds could not wake a peer that armed one (its async
+/// A ring end is rebuilt only from all five descriptors, whose last two must be doorbells (Unix
+/// stream sockets): an end without its doorbells could not wake a peer that armed one (its async
 /// receive would hang), so such an end is refused with an error that names what is missing.
 #[test]
-fn ring_end_needs_its_eventfds() {
+fn ring_end_needs_its_doorbells() {
     let _g = serial();
     let parts = || {
         let (c, d) = Channel::ring_pair().unwrap();
         let fds = c.into_fds().unwrap();
         let kind = fds.kind_code();
         let v = fds.into_parts().1;
-        assert_eq!(v.len(), 7, "tx ring, rx ring, socket, 4 eventfds");
+        assert_eq!(v.len(), 5, "tx ring, rx ring, socket, 2 doorbells");
         (kind, v, d)
     };
     let rebuild =
@@ -407,21 +407,27 @@ fn ring_end_needs_its_eventfds() {
     let (kind, mut v, _d) = parts();
     v.truncate(3);
     let err = rebuild(kind, v).unwrap_err();
-    assert!(err.to_string().contains("seven descriptors"), "{err}");
+    assert!(err.to_string().contains("five descriptors"), "{err}");
 
-    // A socket where an eventfd belongs.
+    // A memfd where a doorbell belongs.
     let (kind, mut v, _d) = parts();
-    v[5] = v[2].try_clone().unwrap();
+    v[3] = v[0].try_clone().unwrap();
     let err = rebuild(kind, v).unwrap_err();
-    assert!(err.to_string().contains("eventfd"), "{err}");
+    assert!(
+        err.to_string().contains("not a Unix stream socket"),
+        "{err}"
+    );
 
-    // A blocking eventfd: a full counter would stall the writer.
+    // An eventfd (what older ends used): a peer sharing it could jam its counter.
     let (kind, mut v, _d) = parts();
-    v[6] = flowipc_sys::eventfd::eventfd(0, flowipc_sys::eventfd::EventfdFlags::empty()).unwrap();
+    v[4] = flowipc_sys::eventfd::eventfd(0, flowipc_sys::eventfd::EventfdFlags::NONBLOCK).unwrap();
     let err = rebuild(kind, v).unwrap_err();
-    assert!(err.to_string().contains("non-blocking eventfd"), "{err}");
+    assert!(
+        err.to_string().contains("not a Unix stream socket"),
+        "{err}"
+    );
 
-    // All seven intact: the end works.
+    // All five intact: the end works.
     let (kind, v, d) = parts();
     let c = rebuild(kind, v).unwrap();
     runtime().block_on(traffic(c, d, false, 300));

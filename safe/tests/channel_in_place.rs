@@ -281,19 +281,11 @@ fn raw_peer(cap: usize) -> (Channel, flowipc::ring::RingSender, std::os::fd::Own
     let rx_ring = ShmRing::create(cap).unwrap();
     let (sock, peer_sock) = flowipc_sys::socket::socketpair_stream().unwrap();
     let dup = |fd| flowipc_sys::fd::dup_cloexec(fd).unwrap();
-    let efd =
-        || flowipc_sys::eventfd::eventfd(0, flowipc_sys::eventfd::EventfdFlags::NONBLOCK).unwrap();
+    let (bell_tx, _peer_bell_tx) = flowipc_sys::wake::pair().unwrap();
+    let (bell_rx, _peer_bell_rx) = flowipc_sys::wake::pair().unwrap();
     let fds = ChannelFds::from_parts(
         TransportKind::Ring.code(),
-        vec![
-            dup(tx_ring.fd()),
-            dup(rx_ring.fd()),
-            sock,
-            efd(),
-            efd(),
-            efd(),
-            efd(),
-        ],
+        vec![dup(tx_ring.fd()), dup(rx_ring.fd()), sock, bell_tx, bell_rx],
     )
     .unwrap();
     let ch = ChannelOptions::new()

@@ -112,6 +112,13 @@ pub enum SendError {
          send descriptors"
     )]
     FdsUnsupported,
+    /// The peer broke the protocol in memory both sides share (a misbehaving or malicious peer,
+    /// not an OS failure); the channel is unusable from now on.
+    #[error(
+        "the peer corrupted the channel's shared state, the channel is now unusable: {0}; drop \
+         it, and distrust the peer"
+    )]
+    Corrupt(Corruption),
     /// An earlier error left the channel in an unknown state.
     #[error(
         "the channel is broken by an earlier error (see the first error it returned); drop it and \

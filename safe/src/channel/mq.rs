@@ -2,9 +2,14 @@
 //!
 //! Two queues, one per direction, each created under a random name (pid, time, counter), opened
 //! once for reading and once for writing and unlinked at once, so no name survives a crash. Each
-//! side holds its receive queue (read-only), its send queue (write-only), both non-blocking, and one
+//! side holds its receive queue (read-only), its send queue (write-only), and one
 //! end of a companion Unix socket pair that carries nothing but tells each side when the other
 //! is gone (`POLLHUP` once the peer's last descriptor closes); mq itself gives no such signal.
+//!
+//! Every queue operation is non-blocking per call (`mq_timedsend` / `mq_timedreceive` with a
+//! deadline that has passed), never through `O_NONBLOCK`: that flag belongs to the open file
+//! description, which the process that created the queues may share, and a peer that cleared it
+//! could otherwise make `try_recv` block for ever.
 //!
 //! Messages longer than a queue message are split into chunks ([`super::chunk`]). This transport
 //! carries blobs only: descriptors are refused with [`SendError::FdsUnsupported`] (use the socket or
@@ -27,6 +32,7 @@ use flowipc_sys::Errno;
 use super::chunk::{self, ChunkHeader, Fed, Reassembler, CHUNK_HEADER_LEN};
 use super::error::{io, Corruption, OpenError, RecvError, SendError};
 use super::{Limits, SendCursor, Step};
+use crate::watch::Watch;
 
 /// Smallest queue message size that leaves room for a useful chunk.
 const MIN_MSGSIZE: usize = 64;
@@ -47,6 +53,11 @@ pub(crate) struct MqTransport {
     /// Set by `wait` when the companion socket reported a hang-up; a blocking step checks the
     /// peer only then, so a wait costs one `poll` rather than two.
     hangup_seen: Cell<bool>,
+    /// The process's peer watcher on the companion socket: its alarm tells every send, with one
+    /// load, that the peer is gone (a queue outlives its reader, so `mq_send` alone would go on
+    /// succeeding until the queue is full). `None` where the watcher cannot run (a fork child of a
+    /// process that used it): each send then polls the socket.
+    watch: Option<Watch>,
 }
 
 /// The descriptors of both ends of a new mq channel: (rx, tx, sock) for each side.
@@ -130,11 +141,13 @@ impl MqTransport {
         sock: OwnedFd,
         limits: Limits,
     ) -> Result<Self, OpenError> {
+        let watch = Watch::new(sock.as_fd(), None).ok();
         let rsize = msgsize(rx.as_fd(), "receive")?;
         let ssize = msgsize(tx.as_fd(), "send")?;
-        for fd in [&rx, &tx] {
-            mq::mq_set_nonblocking(fd.as_fd(), true).map_err(|e| OpenError::os("mq_setattr", e))?;
-        }
+        // No `O_NONBLOCK` is set or relied on: the flag lives in the open file description, which
+        // the process that created the queues may still share and flip. Every send and receive
+        // is non-blocking per call instead (`mq_try_send` / `mq_try_receive`: a deadline that
+        // has passed), and blocking calls wait in `poll`.
         Ok(MqTransport {
             rx,
             tx,
@@ -146,6 +159,7 @@ impl MqTransport {
             reasm: Reassembler::default(),
             peer_closed: false,
             hangup_seen: Cell::new(false),
+            watch,
         })
     }
 
@@ -187,8 +201,12 @@ impl MqTransport {
         self.reasm.in_progress()
     }
 
-    /// Whether the peer's end of the companion socket is closed.
+    /// Whether the peer's end of the companion socket is closed: one load where the watcher
+    /// watches it, else a `poll`.
     fn peer_gone(&self) -> bool {
+        if let Some(w) = &self.watch {
+            return w.alarm().is_raised();
+        }
         let mut pfd = [PollFd::new(&self.sock, PollFlags::RDHUP)];
         matches!(socket::poll(&mut pfd, Some(Duration::ZERO)), Ok(n) if n > 0)
             && pfd[0]
@@ -218,6 +236,11 @@ impl MqTransport {
         } else {
             chunk::chunk_count(data.len(), self.room)
         };
+        // A queue outlives its reader: without this, sends to a dead peer would succeed until
+        // the queue is full, and everything in it would be lost.
+        if self.peer_gone() {
+            return Err(SendError::PeerGone);
+        }
         while cur.chunk < count {
             let header = if cur.close {
                 chunk::close_header()
@@ -229,7 +252,7 @@ impl MqTransport {
             self.sbuf.clear();
             self.sbuf.extend_from_slice(&header.encode());
             self.sbuf.extend_from_slice(&data[start.min(end)..end]);
-            match mq::mq_send(self.tx.as_fd(), &self.sbuf, 0) {
+            match mq::mq_try_send(self.tx.as_fd(), &self.sbuf, 0) {
                 Ok(()) => {
                     cur.chunk += 1;
                     cur.pos = end.max(1);
@@ -257,7 +280,7 @@ impl MqTransport {
         }
         let mut checked_peer = false;
         loop {
-            match mq::mq_receive(self.rx.as_fd(), &mut self.rbuf) {
+            match mq::mq_try_receive(self.rx.as_fd(), &mut self.rbuf) {
                 Ok((n, _prio)) => {
                     let (h, payload) = ChunkHeader::decode(&self.rbuf[..n])?;
                     match self.reasm.feed(h, payload, self.limits.max_message_size)? {

@@ -35,19 +35,21 @@
 //! whether the socket reports a hang-up. A ring closed by the peer without
 //! an orderly close marker also counts as `PeerGone`.
 //!
-//! Each ring also has two eventfds, created with the rings and handed over with them
-//! ([`RingTransport::into_fds`]): `data`, which the producer writes when the consumer armed it
-//! (`Consumer::arm_wake`) and sleeps on an empty ring, and `room`, which the consumer writes when
-//! the producer armed it on a full ring. Synchronous calls sleep on futexes and never arm them;
-//! the async face arms them and awaits the eventfd with tokio's reactor. Both ends must have
-//! them: an end without its peer's eventfds could not wake a peer that armed one, so an end
-//! is rebuilt only from all seven descriptors.
+//! Each ring also has a doorbell pair (`flowipc_sys::wake`: a Unix stream socket pair), created
+//! with the rings; each end holds its own end of each pair and never the peer's
+//! ([`RingTransport::into_fds`]). The producer rings its end after a publish when the consumer
+//! armed a wake-up (`Consumer::arm_wake`) on an empty ring, which makes the consumer's end
+//! readable; the consumer rings its end after freeing room when the producer armed one on a full
+//! ring. Synchronous calls sleep on futexes and never arm them; the async face arms them and
+//! awaits its doorbell with tokio's reactor. Doorbells replaced eventfds: a peer sharing an
+//! eventfd's open file description could clear `O_NONBLOCK` and saturate the counter, and the
+//! next write would block for ever; a doorbell is rung with `MSG_DONTWAIT`, so nothing the peer
+//! does to it can block this end. An end is rebuilt only from all five descriptors.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use flowipc_sys::eventfd::{eventfd, EventfdFlags};
 use flowipc_sys::socket::{self, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags};
 use flowipc_sys::Errno;
 
@@ -87,45 +89,35 @@ fn hung_up(sock: BorrowedFd<'_>) -> bool {
             .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
 }
 
-/// The two eventfds of one ring (both ends hold duplicates of the same two).
+/// This end's doorbell of one ring (see `flowipc_sys::wake`): one end of a socket pair whose
+/// other end the peer holds. Ringing it wakes the peer's side of that ring (the producer rings
+/// "data", the consumer rings "room"); it becomes readable when the peer rings it. Every call on
+/// it is non-blocking per call, so nothing the peer does to the descriptors (flags, a full buffer,
+/// a shutdown) can make this end block.
 #[derive(Debug)]
-pub(crate) struct RingWakeFds {
-    /// Written by the producer after a publish when the consumer armed its wake-up.
-    data: OwnedFd,
-    /// Written by the consumer after freeing space when the producer armed its wake-up.
-    room: OwnedFd,
-}
+pub(crate) struct Doorbell(OwnedFd);
 
-impl RingWakeFds {
-    fn new() -> Result<Self, Errno> {
-        Ok(RingWakeFds {
-            data: eventfd(0, EventfdFlags::NONBLOCK)?,
-            room: eventfd(0, EventfdFlags::NONBLOCK)?,
-        })
+impl Doorbell {
+    /// A new pair: (the producer's end, the consumer's end).
+    fn pair() -> Result<(Self, Self), Errno> {
+        let (p, c) = flowipc_sys::wake::pair()?;
+        Ok((Doorbell(p), Doorbell(c)))
     }
 
     fn try_clone(&self) -> Result<Self, Errno> {
-        Ok(RingWakeFds {
-            data: flowipc_sys::fd::dup_cloexec(self.data.as_fd())?,
-            room: flowipc_sys::fd::dup_cloexec(self.room.as_fd())?,
-        })
+        flowipc_sys::fd::dup_cloexec(self.0.as_fd()).map(Doorbell)
     }
 
-    /// Takes two descriptors a peer claims are this ring's eventfds. They are written and polled
-    /// by this process, so each must be a non-blocking eventfd (a blocking one would let a full
-    /// counter stall a send; another kind of descriptor could not be registered with a reactor).
-    fn from_received(data: OwnedFd, room: OwnedFd) -> Result<Self, OpenError> {
-        for fd in [&data, &room] {
-            let ok = flowipc_sys::eventfd::is_eventfd(fd.as_fd()).unwrap_or(false)
-                && flowipc_sys::fd::is_nonblocking(fd.as_fd()).unwrap_or(false);
-            if !ok {
-                return Err(OpenError::BadFds {
-                    kind: "ring",
-                    reason: "a wake-up descriptor is not a non-blocking eventfd".to_owned(),
-                });
-            }
+    /// Takes a descriptor a peer claims is this end's doorbell of a ring. It is rung, drained and
+    /// registered with a reactor here, so it must be a Unix stream socket.
+    fn from_received(fd: OwnedFd) -> Result<Self, OpenError> {
+        if !flowipc_sys::wake::is_doorbell(fd.as_fd()) {
+            return Err(OpenError::BadFds {
+                kind: "ring",
+                reason: "a wake-up descriptor is not a Unix stream socket".to_owned(),
+            });
         }
-        Ok(RingWakeFds { data, room })
+        Ok(Doorbell(fd))
     }
 }
 
@@ -134,9 +126,10 @@ impl RingWakeFds {
 pub(crate) struct RingTransport {
     tx_ring: ShmRing,
     rx_ring: ShmRing,
-    /// Eventfds of the tx and rx rings.
-    tx_wake: RingWakeFds,
-    rx_wake: RingWakeFds,
+    /// This end's doorbells of the tx ring (rung after a publish, readable when the peer freed
+    /// room) and of the rx ring (rung after freeing room, readable when the peer published).
+    tx_bell: Doorbell,
+    rx_bell: Doorbell,
     /// Taken on first use, so that an unused end can be handed to another process.
     tx: Option<RingSender>,
     rx: Option<RingReceiver>,
@@ -157,57 +150,57 @@ pub(crate) struct RingTransport {
     last_send_check: Option<Instant>,
 }
 
-/// One end of a ring channel before it becomes a transport: its tx and rx rings with their
-/// eventfds, and its end of the companion socket.
+/// One end of a ring channel before it becomes a transport: its tx and rx rings with its
+/// doorbells of each, and its end of the companion socket.
 #[derive(Debug)]
 pub(crate) struct RingEnd {
-    tx: (ShmRing, RingWakeFds),
-    rx: (ShmRing, RingWakeFds),
+    tx: (ShmRing, Doorbell),
+    rx: (ShmRing, Doorbell),
     sock: OwnedFd,
 }
 
-/// Creates the two rings, their eventfds and the companion socket of a channel.
+/// Creates the two rings, their doorbell pairs and the companion socket of a channel. Each end
+/// gets its own end of each doorbell pair, never a duplicate of the peer's.
 pub(crate) fn create(capacity: usize) -> Result<(RingEnd, RingEnd), OpenError> {
-    let efd = |e| OpenError::os("eventfd", e);
-    let dup = |e| OpenError::os("dup", e);
+    let bell = |e| OpenError::os("socketpair", e);
     let ab = ShmRing::create(capacity).map_err(ring_open_error)?;
     let ba = ShmRing::create(capacity).map_err(ring_open_error)?;
-    let ab_wake = RingWakeFds::new().map_err(efd)?;
-    let ba_wake = RingWakeFds::new().map_err(efd)?;
+    let (ab_p, ab_c) = Doorbell::pair().map_err(bell)?;
+    let (ba_p, ba_c) = Doorbell::pair().map_err(bell)?;
     let (sa, sb) = socket::socketpair_stream().map_err(|e| OpenError::os("socketpair", e))?;
     let a = RingEnd {
-        tx: (ab.clone(), ab_wake.try_clone().map_err(dup)?),
-        rx: (ba.clone(), ba_wake.try_clone().map_err(dup)?),
+        tx: (ab.clone(), ab_p),
+        rx: (ba.clone(), ba_c),
         sock: sa,
     };
     let b = RingEnd {
-        tx: (ba, ba_wake),
-        rx: (ab, ab_wake),
+        tx: (ba, ba_p),
+        rx: (ab, ab_c),
         sock: sb,
     };
     Ok((a, b))
 }
 
-/// Opens an end received as descriptors: tx memfd, rx memfd, socket, then the tx ring's `data`
-/// and `room` eventfds and the rx ring's (see [`RingTransport::into_fds`]).
+/// Opens an end received as descriptors: tx memfd, rx memfd, socket, then this end's doorbells
+/// of the tx ring and of the rx ring (see [`RingTransport::into_fds`]).
 pub(crate) fn open(fds: Vec<OwnedFd>) -> Result<RingEnd, OpenError> {
     let bad = |reason: String| OpenError::BadFds {
         kind: "ring",
         reason,
     };
     let n = fds.len();
-    let Ok([tx, rx, sock, td, tr, rd, rr]) = <[OwnedFd; 7]>::try_from(fds) else {
+    let Ok([tx, rx, sock, tb, rb]) = <[OwnedFd; 5]>::try_from(fds) else {
         return Err(bad(format!(
-            "expected seven descriptors (tx ring, rx ring, socket, 4 eventfds), got {n}; \
+            "expected five descriptors (tx ring, rx ring, socket, 2 doorbells), got {n}; \
              send every descriptor of `Channel::into_fds`, in order"
         )));
     };
-    let tx_wake = RingWakeFds::from_received(td, tr)?;
-    let rx_wake = RingWakeFds::from_received(rd, rr)?;
+    let tx_bell = Doorbell::from_received(tb)?;
+    let rx_bell = Doorbell::from_received(rb)?;
     let open_err = |e: RingOpenError| bad(e.to_string());
     Ok(RingEnd {
-        tx: (ShmRing::open(tx).map_err(open_err)?, tx_wake),
-        rx: (ShmRing::open(rx).map_err(open_err)?, rx_wake),
+        tx: (ShmRing::open(tx).map_err(open_err)?, tx_bell),
+        rx: (ShmRing::open(rx).map_err(open_err)?, rx_bell),
         sock,
     })
 }
@@ -215,15 +208,15 @@ pub(crate) fn open(fds: Vec<OwnedFd>) -> Result<RingEnd, OpenError> {
 impl RingTransport {
     pub(crate) fn new(end: RingEnd, policy: WaitPolicy, limits: Limits) -> Self {
         let RingEnd {
-            tx: (tx_ring, tx_wake),
-            rx: (rx_ring, rx_wake),
+            tx: (tx_ring, tx_bell),
+            rx: (rx_ring, rx_bell),
             sock,
         } = end;
         RingTransport {
             tx_ring,
             rx_ring,
-            tx_wake,
-            rx_wake,
+            tx_bell,
+            rx_bell,
             tx: None,
             rx: None,
             sock,
@@ -247,8 +240,8 @@ impl RingTransport {
         let dup = |e| OpenError::os("dup", e);
         let sock = flowipc_sys::fd::dup_cloexec(self.sock.as_fd()).map_err(dup)?;
         let end = RingEnd {
-            tx: (self.tx_ring.clone(), self.tx_wake.try_clone().map_err(dup)?),
-            rx: (self.rx_ring.clone(), self.rx_wake.try_clone().map_err(dup)?),
+            tx: (self.tx_ring.clone(), self.tx_bell.try_clone().map_err(dup)?),
+            rx: (self.rx_ring.clone(), self.rx_bell.try_clone().map_err(dup)?),
             sock,
         };
         let mut half = RingTransport::new(end, self.policy, self.limits);
@@ -260,8 +253,8 @@ impl RingTransport {
         self.sock.as_fd()
     }
 
-    /// The descriptors of this end: tx memfd, rx memfd, socket, then (if this end has them) the
-    /// tx ring's `data` and `room` eventfds and the rx ring's. Fails once a ring side was taken
+    /// The descriptors of this end: tx memfd, rx memfd, socket, then its doorbells of the tx ring
+    /// and of the rx ring. Fails once a ring side was taken
     /// (giving it up would close the ring for the peer).
     pub(crate) fn into_fds(self) -> Result<Vec<OwnedFd>, SendError> {
         if self.tx.is_some() || self.rx.is_some() {
@@ -276,46 +269,47 @@ impl RingTransport {
             flowipc_sys::fd::dup_cloexec(fd).map_err(|e| SendError::os("dup", e))
         };
         let mut fds = vec![dup(self.tx_ring.fd())?, dup(self.rx_ring.fd())?, self.sock];
-        let (t, r) = (self.tx_wake, self.rx_wake);
-        fds.extend([t.data, t.room, r.data, r.room]);
+        fds.extend([self.tx_bell.0, self.rx_bell.0]);
         Ok(fds)
     }
 
     #[cfg(feature = "tokio")]
-    /// The eventfd the peer writes when this end armed its receive wake-up (the rx ring's `data`).
-    pub(crate) fn recv_eventfd(&self) -> BorrowedFd<'_> {
-        self.rx_wake.data.as_fd()
+    /// The doorbell the peer rings when this end armed its receive wake-up (this end's of the rx
+    /// ring).
+    pub(crate) fn recv_bell(&self) -> BorrowedFd<'_> {
+        self.rx_bell.0.as_fd()
     }
 
     #[cfg(feature = "tokio")]
-    /// The eventfd the peer writes when this end armed its send wake-up (the tx ring's `room`).
-    pub(crate) fn send_eventfd(&self) -> BorrowedFd<'_> {
-        self.tx_wake.room.as_fd()
+    /// The doorbell the peer rings when this end armed its send wake-up (this end's of the tx
+    /// ring).
+    pub(crate) fn send_bell(&self) -> BorrowedFd<'_> {
+        self.tx_bell.0.as_fd()
     }
 
     #[cfg(feature = "tokio")]
-    /// Arms the receive wake-up (see `RingReceiver::arm_eventfd_wake`): `Ok(true)` if the ring
+    /// Arms the receive wake-up (see `RingReceiver::arm_doorbell_wake`): `Ok(true)` if the ring
     /// has something already (receive again), `Ok(false)` if the peer's next message writes
-    /// [`recv_eventfd`](Self::recv_eventfd).
+    /// [`recv_bell`](Self::recv_bell).
     pub(crate) fn arm_recv(&mut self) -> Result<bool, RecvError> {
         self.receiver()?;
         let Some(rx) = self.rx.as_mut() else {
             return Err(RecvError::Poisoned);
         };
-        rx.arm_eventfd_wake()
+        rx.arm_doorbell_wake()
             .map_err(|_| Corruption::Ring("invalid positions or frame header".into()).into())
     }
 
     #[cfg(feature = "tokio")]
-    /// Arms the send wake-up (see `RingSender::arm_eventfd_wake`): `Ok(true)` if the peer freed
+    /// Arms the send wake-up (see `RingSender::arm_doorbell_wake`): `Ok(true)` if the peer freed
     /// space already (send again), `Ok(false)` if its next read writes
-    /// [`send_eventfd`](Self::send_eventfd).
+    /// [`send_bell`](Self::send_bell).
     pub(crate) fn arm_send(&mut self) -> Result<bool, SendError> {
         self.sender()?;
         let Some(tx) = self.tx.as_mut() else {
             return Err(SendError::Poisoned);
         };
-        tx.arm_eventfd_wake().map_err(map_send)
+        tx.arm_doorbell_wake().map_err(map_send)
     }
 
     #[cfg(feature = "tokio")]
@@ -360,9 +354,9 @@ impl RingTransport {
                 source: io::Error::other(e),
             })?;
             tx.set_policy(self.policy);
-            let fd = flowipc_sys::fd::dup_cloexec(self.tx_wake.data.as_fd())
+            let fd = flowipc_sys::fd::dup_cloexec(self.tx_bell.0.as_fd())
                 .map_err(|e| SendError::os("dup", e))?;
-            tx.set_peer_eventfd(fd);
+            tx.set_peer_doorbell(fd);
             // The process's peer watcher wakes a blocked send when the socket hangs up; without
             // it, sleeps are bounded and the socket is polled every interval.
             if tx.watch_peer_socket(self.sock.as_fd()).is_err() {
@@ -383,9 +377,9 @@ impl RingTransport {
                 source: io::Error::other(e),
             })?;
             rx.set_policy(self.policy);
-            let fd = flowipc_sys::fd::dup_cloexec(self.rx_wake.room.as_fd())
+            let fd = flowipc_sys::fd::dup_cloexec(self.rx_bell.0.as_fd())
                 .map_err(|e| RecvError::os("dup", e))?;
-            rx.set_peer_eventfd(fd);
+            rx.set_peer_doorbell(fd);
             // As for the sender.
             if rx.watch_peer_socket(self.sock.as_fd()).is_err() {
                 rx.set_peer_check(
@@ -831,10 +825,10 @@ fn map_send(e: RingSendError) -> SendError {
     match e {
         RingSendError::Closed | RingSendError::PeerGone => SendError::PeerGone,
         RingSendError::TooLarge { len, max } => SendError::TooLarge { len, max },
-        RingSendError::WouldBlock | RingSendError::Timeout => SendError::WouldBlock,
-        other => SendError::Io {
-            op: "writing the ring",
-            source: io::Error::other(other),
-        },
+        RingSendError::WouldBlock => SendError::WouldBlock,
+        RingSendError::Timeout => SendError::TimedOut,
+        RingSendError::Corrupt => SendError::Corrupt(Corruption::Ring(
+            "the receiver left invalid positions in the send ring".into(),
+        )),
     }
 }

@@ -2,9 +2,10 @@
 //! (`AsyncFd`) instead of `poll`.
 //!
 //! A ring channel has no descriptor that reports its data, so it arms the ring's wake-up instead:
-//! after a receive (send) finds the ring empty (full), it stores "wake me by eventfd" in the ring's
+//! after a receive (send) finds the ring empty (full), it stores "wake me by doorbell" in the ring's
 //! waiting word, re-checks the ring (the Dekker handshake of `flowipc_core::wait`), and only then
-//! awaits its eventfd, which the peer writes after its next publish (release). The companion
+//! awaits its doorbell (`flowipc_sys::wake`), which the peer rings after its next publish
+//! (release). The companion
 //! socket is watched beside it, so a dead peer ends the wait at once.
 //!
 //! Every future is cancellation-safe: a dropped `recv` loses nothing (a half-received message
@@ -31,6 +32,7 @@ use super::{
     Channel, IncomingMessage, Message, MessageWriter, Pending, RecvMeta, SendCursor, Step,
     TransportKind,
 };
+use flowipc_sys::wake::Drained;
 
 /// A channel driven by tokio: `async fn send/recv` on any runtime flavour. `Send`, so it can move
 /// between tasks and worker threads.
@@ -75,12 +77,24 @@ enum Wakeup {
 /// The reactor registrations of a ring channel.
 #[derive(Debug)]
 struct RingWakeup {
-    /// The rx ring's `data` eventfd: written by the peer after a publish when receiving is armed.
+    /// This end's doorbell of the rx ring: rung by the peer after a publish when receiving is
+    /// armed.
     recv: AsyncFd<OwnedFd>,
-    /// The tx ring's `room` eventfd: written by the peer after a read when sending is armed.
+    /// This end's doorbell of the tx ring: rung by the peer after a read when sending is armed.
     send: AsyncFd<OwnedFd>,
     /// The companion socket: hang-up (and descriptor bytes) from the peer.
     peer: AsyncFd<OwnedFd>,
+}
+
+/// What a look at a doorbell found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bell {
+    /// Rung (or a stale readiness): try again.
+    Rung,
+    /// The peer's end is closed or shut down. The caller tries its step once more (a message
+    /// published before the hang-up rang first, so it is in the ring), then reports `PeerGone`:
+    /// a peer that cannot ring any more would otherwise leave the task asleep for ever.
+    HungUp,
 }
 
 /// Which way a ring channel waits.
@@ -93,8 +107,8 @@ enum Dir {
 impl RingWakeup {
     fn new(t: &RingTransport) -> Result<Self, OpenError> {
         Ok(RingWakeup {
-            recv: register(t.recv_eventfd(), Interest::READABLE)?,
-            send: register(t.send_eventfd(), Interest::READABLE)?,
+            recv: register(t.recv_bell(), Interest::READABLE)?,
+            send: register(t.send_bell(), Interest::READABLE)?,
             peer: register(t.sock(), Interest::READABLE)?,
         })
     }
@@ -116,30 +130,32 @@ impl RingWakeup {
     }
 
     /// After a step found nothing to do and arming found the ring unchanged: waits for the
-    /// eventfd of `dir`. `Ready(Ok(()))`: try the step again.
-    fn poll_eventfd(
-        &self,
-        cx: &mut Context<'_>,
-        dir: Dir,
-        peer_seen: bool,
-    ) -> Poll<io::Result<()>> {
-        let efd = match dir {
+    /// doorbell of `dir`. `Ready(Ok(Bell::Rung))`: try the step again; `Ready(Ok(Bell::HungUp))`:
+    /// the peer closed or shut down its end, so nobody will ring again (see [`Bell`]).
+    fn poll_bell(&self, cx: &mut Context<'_>, dir: Dir, peer_seen: bool) -> Poll<io::Result<Bell>> {
+        let bell = match dir {
             Dir::Recv => &self.recv,
             Dir::Send => &self.send,
         };
-        match efd.poll_read_ready(cx) {
+        match bell.poll_read_ready(cx) {
             Poll::Ready(Ok(mut guard)) => {
-                // Drain the counter before clearing the readiness; a write after the drain is a
-                // new event that tokio keeps (its clear is conditional on the tick it saw).
-                // AGAIN: already drained (a stale readiness).
-                let _ = flowipc_sys::eventfd::eventfd_read(guard.get_inner().as_fd());
+                // Drain before clearing the readiness; a ring after the drain is a new event that
+                // tokio keeps (its clear is conditional on the tick it saw). Nothing pending: a
+                // stale readiness. The drain never blocks, whatever the peer did to the socket.
+                match flowipc_sys::wake::drain(guard.get_inner().as_fd()) {
+                    // End-of-stream stays readable: keep the readiness, so the next look sees it
+                    // at once instead of sleeping for a ring that cannot come.
+                    Ok(Drained::HungUp) => return Poll::Ready(Ok(Bell::HungUp)),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                }
                 guard.clear_ready();
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(Bell::Rung))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             // The companion socket was ready and cleared above this call: look at it once more so
             // that its waker is registered too.
-            Poll::Pending if peer_seen => Poll::Ready(Ok(())),
+            Poll::Pending if peer_seen => Poll::Ready(Ok(Bell::Rung)),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -424,6 +440,7 @@ impl AsyncChannel {
         if fds.is_empty() && self.channel.ring_takes_in_place(len)? {
             let mut build = Some(ring_builder(len, build));
             let mut armed = false;
+            let mut hung_up = false;
             let AsyncChannel { wakeup, channel } = self;
             return poll_fn(|cx| {
                 let Wakeup::Ring(r) = wakeup else {
@@ -454,7 +471,14 @@ impl AsyncChannel {
                         continue;
                     }
                     armed = true;
-                    ready!(r.poll_eventfd(cx, Dir::Send, peer_seen)).map_err(io_err)?;
+                    if ready!(r.poll_bell(cx, Dir::Send, peer_seen)).map_err(io_err)?
+                        == Bell::HungUp
+                    {
+                        if hung_up {
+                            return Poll::Ready(Err(SendError::PeerGone));
+                        }
+                        hung_up = true;
+                    }
                 }
             })
             .await;
@@ -475,6 +499,7 @@ impl AsyncChannel {
     ) -> Result<Vec<OwnedFd>, RecvError> {
         let AsyncChannel { wakeup, channel } = self;
         let mut armed = false;
+        let mut hung_up = false;
         poll_fn(|cx| match wakeup {
             Wakeup::Ring(r) => loop {
                 let io_err = |source| RecvError::Io {
@@ -492,7 +517,12 @@ impl AsyncChannel {
                     continue;
                 }
                 armed = true;
-                ready!(r.poll_eventfd(cx, Dir::Recv, peer_seen)).map_err(io_err)?;
+                if ready!(r.poll_bell(cx, Dir::Recv, peer_seen)).map_err(io_err)? == Bell::HungUp {
+                    if hung_up {
+                        return Poll::Ready(Err(RecvError::PeerGone));
+                    }
+                    hung_up = true;
+                }
             },
             Wakeup::Fds { recv, peer, .. } => loop {
                 let seen = [
@@ -540,6 +570,7 @@ impl AsyncChannel {
         &mut self,
         cx: &mut Context<'_>,
         armed: &mut bool,
+        hung_up: &mut bool,
         cursor: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
@@ -562,7 +593,12 @@ impl AsyncChannel {
                     continue;
                 }
                 *armed = true;
-                ready!(r.poll_eventfd(cx, Dir::Send, peer_seen)).map_err(io_err)?;
+                if ready!(r.poll_bell(cx, Dir::Send, peer_seen)).map_err(io_err)? == Bell::HungUp {
+                    if *hung_up {
+                        return Poll::Ready(Err(SendError::PeerGone));
+                    }
+                    *hung_up = true;
+                }
             },
             Wakeup::Fds { recv, send, peer } => loop {
                 let seen = [
@@ -601,6 +637,8 @@ impl AsyncChannel {
             finished: bool,
             /// A ring's send wake-up was armed (withdrawn once the message is out).
             armed: bool,
+            /// The ring's doorbell was seen hung up once (see `Bell::HungUp`).
+            hung_up: bool,
         }
         impl Drop for Guard<'_, '_> {
             fn drop(&mut self) {
@@ -616,12 +654,17 @@ impl AsyncChannel {
             cursor,
             finished: false,
             armed: false,
+            hung_up: false,
         };
         let result = poll_fn(|cx| {
             let Guard {
-                ch, cursor, armed, ..
+                ch,
+                cursor,
+                armed,
+                hung_up,
+                ..
             } = &mut g;
-            ch.poll_step(cx, armed, cursor, data, fds)
+            ch.poll_step(cx, armed, hung_up, cursor, data, fds)
         })
         .await;
         g.finished = true;
