@@ -24,6 +24,9 @@ pub enum Error {
     /// Creating or re-creating a channel failed.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// A structured-channel (Cap'n Proto) operation failed.
+    #[error(transparent)]
+    Structured(#[from] crate::structured::StructuredError),
 }
 
 impl Error {
@@ -32,7 +35,7 @@ impl Error {
         matches!(
             self,
             Error::Send(SendError::PeerGone) | Error::Recv(RecvError::PeerGone)
-        )
+        ) || matches!(self, Error::Structured(e) if e.is_peer_gone())
     }
 
     /// The channel was closed in an orderly way (by the peer for a receive, by this side for a

@@ -18,6 +18,9 @@
 //!   SPSC ring (in-place [`write_chunk`](ring::RingSender::write_chunk), wait policies).
 //! - [`arena`]: shared-memory pools. Objects are allocated in a sealed memfd and cross a channel as a
 //!   32-byte [`ArenaHandle`](arena::ArenaHandle) that the receiver validates before it reads.
+//! - [`structured`]: Cap'n Proto messages of your schema over any channel: notifications,
+//!   requests matched to their responses (sync, callback, async, multi-response), descriptors
+//!   attached ([`StructuredChannel`], [`AsyncStructuredChannel`]).
 //! - [`error`]: per-operation errors that convert into [`Error`]; each says what to do about it.
 //!
 //! ```
@@ -46,6 +49,7 @@ pub mod channel;
 pub mod error;
 pub mod ring;
 pub mod shm;
+pub mod structured;
 pub mod wait;
 mod watch;
 
@@ -53,6 +57,9 @@ mod watch;
 pub use channel::AsyncChannel;
 pub use channel::{Channel, ChannelOptions, Message};
 pub use error::{Error, Result};
+#[cfg(feature = "tokio")]
+pub use structured::AsyncStructuredChannel;
+pub use structured::{MsgIn, MsgOut, StructuredChannel, StructuredError};
 
 /// The README's examples, compiled and run as doctests so that they cannot rot.
 #[cfg(doctest)]

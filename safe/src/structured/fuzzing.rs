@@ -1,0 +1,1 @@
+//! Hooks for the fuzz targets (`cfg(fuzzing)` only): decode and route frames without processes.

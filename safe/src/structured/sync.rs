@@ -1,0 +1,461 @@
+//! The sync face: [`StructuredChannel`], with a reader thread that routes every received frame.
+
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use capnp::traits::Owned;
+
+use super::error::End;
+use super::router::{Router, Shared, Slot};
+use super::wire::{self, BodyLimits, Envelope, MsgKind, OutMessage, WireKind};
+use super::{
+    MsgIn, MsgOut, StructuredError, StructuredOptions, StructuredStats, UnexpectedResponse,
+};
+use crate::channel::{Channel, ChannelSender, RecvError, SendError};
+
+/// How often the reader thread looks up from a blocking receive to see whether it should stop.
+const READER_TICK: Duration = Duration::from_millis(50);
+
+/// The sending half and the id counter, behind one lock so that ids go out in order.
+pub(crate) struct Tx {
+    pub(crate) sender: ChannelSender,
+    pub(crate) next_id: u64,
+}
+
+impl Tx {
+    fn send<M>(
+        &mut self,
+        shared: &Shared<M>,
+        kind: WireKind,
+        originating_id: u64,
+        body: Option<&OutMessage>,
+        fds: &[BorrowedFd<'_>],
+        slot: Option<Slot<M>>,
+    ) -> Result<u64, StructuredError> {
+        self.flush_reports(shared);
+        let id = self.next_id;
+        let fd_count = u16::try_from(fds.len()).map_err(|_| {
+            StructuredError::Send(SendError::TooManyFds {
+                count: fds.len(),
+                max: crate::channel::MAX_FDS_PER_MESSAGE,
+            })
+        })?;
+        if let Some(slot) = slot {
+            shared.lock().register(id, slot)?;
+        }
+        let env = Envelope {
+            id,
+            originating_id,
+            kind,
+            fd_count,
+        };
+        self.next_id += 1;
+        match wire::send_frame(&mut self.sender, &env, body, fds) {
+            Ok(()) => {
+                shared.lock().stats.sent += 1;
+                Ok(id)
+            }
+            Err(e) => {
+                shared.lock().pending.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends queued unexpected-response reports without waiting; keeps what does not fit.
+    pub(crate) fn flush_reports<M>(&mut self, shared: &Shared<M>) {
+        loop {
+            let Some(response_id) = shared.lock().reports.front().copied() else {
+                return;
+            };
+            let env = Envelope {
+                id: self.next_id,
+                originating_id: response_id,
+                kind: WireKind::UnexpectedResponse,
+                fd_count: 0,
+            };
+            let frame = wire::encode_to_vec(&env, None);
+            match self.sender.try_send(&frame) {
+                Ok(()) => {
+                    self.next_id += 1;
+                    let mut st = shared.lock();
+                    st.reports.pop_front();
+                    st.stats.sent += 1;
+                }
+                Err(SendError::WouldBlock) => return,
+                Err(_) => {
+                    let mut st = shared.lock();
+                    st.stats.reports_dropped += st.reports.len() as u64;
+                    st.reports.clear();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A structured channel, sync face: Cap'n Proto messages of root type `M` over a [`Channel`].
+///
+/// Every method takes `&self`, so one channel serves many threads (share it by reference or in
+/// an `Arc`): several threads may wait in [`sync_request`](Self::sync_request) at once. A reader
+/// thread owned by the channel receives and routes; it stops when the channel is dropped.
+pub struct StructuredChannel<M: Owned + 'static> {
+    shared: Arc<Shared<M>>,
+    tx: Arc<Mutex<Tx>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// Identifies a request made with a callback ([`StructuredChannel::request_with`]), to cancel it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The message id of the request.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<M: Owned + 'static> StructuredChannel<M> {
+    /// A structured channel over `channel` with default [`StructuredOptions`].
+    pub fn new(channel: Channel) -> Result<Self, crate::Error> {
+        Self::with_options(channel, &StructuredOptions::default())
+    }
+
+    pub(crate) fn with_options(
+        channel: Channel,
+        options: &StructuredOptions,
+    ) -> Result<Self, crate::Error> {
+        let (sender, receiver) = channel.split()?;
+        let shared = Arc::new(Shared::new(options.inbox_capacity));
+        let tx = Arc::new(Mutex::new(Tx { sender, next_id: 1 }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let limits = options.body_limits();
+        let reader = {
+            let (shared, tx, stop) = (shared.clone(), tx.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("flowipc-structured".into())
+                .spawn(move || reader_loop(receiver, &shared, &tx, &stop, &limits))
+                .map_err(|e| SendError::Io {
+                    op: "spawn the structured channel's reader thread",
+                    source: e,
+                })?
+        };
+        Ok(StructuredChannel {
+            shared,
+            tx,
+            stop,
+            reader: Some(reader),
+        })
+    }
+
+    fn tx(&self) -> MutexGuard<'_, Tx> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new, empty message to build (copy mode: on the heap).
+    pub fn create_msg(&self) -> MsgOut<M> {
+        MsgOut::new(OutMessage::heap())
+    }
+
+    /// Sends `msg` as a notification (no response expected).
+    pub fn send(&self, msg: &MsgOut<M>) -> Result<(), StructuredError> {
+        let (body, fds) = msg.parts();
+        self.tx()
+            .send(
+                &self.shared,
+                WireKind::Msg(MsgKind::Notification),
+                0,
+                Some(body),
+                &fds,
+                None,
+            )
+            .map(drop)
+    }
+
+    /// Sends `msg` as a response to `to` (a message the peer sent).
+    pub fn send_response(&self, msg: &MsgOut<M>, to: &MsgIn<M>) -> Result<(), StructuredError> {
+        let (body, fds) = msg.parts();
+        self.tx()
+            .send(
+                &self.shared,
+                WireKind::Msg(MsgKind::Response),
+                to.id(),
+                Some(body),
+                &fds,
+                None,
+            )
+            .map(drop)
+    }
+
+    fn request(&self, msg: &MsgOut<M>, slot: Slot<M>) -> Result<u64, StructuredError> {
+        let (body, fds) = msg.parts();
+        self.tx().send(
+            &self.shared,
+            WireKind::Msg(MsgKind::Request),
+            0,
+            Some(body),
+            &fds,
+            Some(slot),
+        )
+    }
+
+    /// Sends `msg` as a request and waits at most `timeout` for its response.
+    ///
+    /// [`StructuredError::TimedOut`] if none came (a response after that is dropped and
+    /// counted); [`StructuredError::PeerGone`] / [`Closed`](StructuredError::Closed) at once if
+    /// the peer dies or closes while this waits.
+    pub fn sync_request(
+        &self,
+        msg: &MsgOut<M>,
+        timeout: Duration,
+    ) -> Result<MsgIn<M>, StructuredError> {
+        let deadline = Instant::now() + timeout;
+        let id = self.request(msg, Slot::One(None))?;
+        self.wait(Some(deadline), |st| st.take_one(id))
+            .inspect_err(|e| {
+                if e.is_timed_out() {
+                    self.shared.lock().abandon(id);
+                }
+            })
+    }
+
+    /// Sends `msg` as a request; `on_response` runs once, on the channel's reader thread, with
+    /// the response or the error that ended the wait (peer gone, closed). Keep it short, and
+    /// do not wait in it for another response of this channel.
+    ///
+    /// No timeout applies; [`cancel`](Self::cancel) gives up (a late response is counted).
+    pub fn request_with(
+        &self,
+        msg: &MsgOut<M>,
+        on_response: impl FnOnce(Result<MsgIn<M>, StructuredError>) + Send + 'static,
+    ) -> Result<RequestId, StructuredError> {
+        let mut once = Some(on_response);
+        let f = Box::new(move |r| {
+            if let Some(f) = once.take() {
+                f(r);
+            }
+        });
+        self.request(msg, Slot::Callback { f, multi: false })
+            .map(RequestId)
+    }
+
+    /// Sends `msg` as a request that takes any number of responses: `on_response` runs on the
+    /// reader thread for each, until [`cancel`](Self::cancel) (or once with the error that ended
+    /// the channel).
+    pub fn request_multi_with(
+        &self,
+        msg: &MsgOut<M>,
+        on_response: impl FnMut(Result<MsgIn<M>, StructuredError>) + Send + 'static,
+    ) -> Result<RequestId, StructuredError> {
+        self.request(
+            msg,
+            Slot::Callback {
+                f: Box::new(on_response),
+                multi: true,
+            },
+        )
+        .map(RequestId)
+    }
+
+    /// Stops waiting for responses to a request made with a callback; later responses are
+    /// dropped and counted as late.
+    pub fn cancel(&self, request: RequestId) {
+        self.shared.lock().abandon(request.0);
+    }
+
+    /// Sends `msg` as a request that takes any number of responses; take them from the returned
+    /// [`Responses`], and drop it when no more are expected.
+    pub fn request_multi(&self, msg: &MsgOut<M>) -> Result<Responses<'_, M>, StructuredError> {
+        let id = self.request(
+            msg,
+            Slot::Multi {
+                queue: Default::default(),
+                end: None,
+            },
+        )?;
+        Ok(Responses { channel: self, id })
+    }
+
+    /// The next unsolicited message (notification or request) from the peer, waiting for it.
+    /// After the peer closed or died, the queued messages come first, then the error.
+    pub fn recv(&self) -> Result<MsgIn<M>, StructuredError> {
+        self.wait(None, Router::take_inbox)
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout` ([`StructuredError::TimedOut`]).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<MsgIn<M>, StructuredError> {
+        self.wait(Some(Instant::now() + timeout), Router::take_inbox)
+    }
+
+    /// The next unsolicited message if one is queued, else [`StructuredError::WouldBlock`].
+    pub fn try_recv(&self) -> Result<MsgIn<M>, StructuredError> {
+        let got = self.shared.lock().take_inbox();
+        self.shared.wake();
+        got.unwrap_or(Err(StructuredError::WouldBlock))
+    }
+
+    /// Sets the handler of responses that match nothing (and of the peer's reports that ours
+    /// matched nothing). It runs on the reader thread. Without one they are logged and counted.
+    pub fn on_unexpected_response(
+        &self,
+        handler: impl FnMut(UnexpectedResponse<M>) + Send + 'static,
+    ) {
+        *self
+            .shared
+            .handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+    }
+
+    /// The channel's counters.
+    pub fn stats(&self) -> StructuredStats {
+        self.shared.lock().stats
+    }
+
+    /// Closes this side for sending: the peer's reader ends with [`StructuredError::Closed`]
+    /// after every message sent before. Receiving goes on.
+    pub fn close(&self) -> Result<(), StructuredError> {
+        let mut tx = self.tx();
+        tx.flush_reports(&self.shared);
+        tx.sender.close().map_err(StructuredError::from)
+    }
+
+    fn wait<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut take: impl FnMut(&mut Router<M>) -> Option<Result<T, StructuredError>>,
+    ) -> Result<T, StructuredError> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(got) = take(&mut st) {
+                drop(st);
+                // Room in the inbox may unblock the reader.
+                self.shared.wake();
+                return got;
+            }
+            st = match deadline {
+                None => self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(StructuredError::TimedOut);
+                    }
+                    self.shared
+                        .cond
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl<M: Owned + 'static> Drop for StructuredChannel<M> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.shared.wake();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.shared.finish(End::Local);
+    }
+}
+
+impl<M: Owned + 'static> std::fmt::Debug for StructuredChannel<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StructuredChannel")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The responses of a multi-response request ([`StructuredChannel::request_multi`]); dropping it
+/// stops waiting (later responses are dropped and counted as late).
+pub struct Responses<'a, M: Owned + 'static> {
+    channel: &'a StructuredChannel<M>,
+    id: u64,
+}
+
+impl<M: Owned + 'static> Responses<'_, M> {
+    /// The request's message id.
+    pub fn request_id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next response, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<MsgIn<M>, StructuredError> {
+        let id = self.id;
+        self.channel
+            .wait(Some(Instant::now() + timeout), |st| st.take_multi(id))
+    }
+
+    /// The next response if one is queued, else [`StructuredError::WouldBlock`].
+    pub fn try_recv(&mut self) -> Result<MsgIn<M>, StructuredError> {
+        let got = self.channel.shared.lock().take_multi(self.id);
+        self.channel.shared.wake();
+        got.unwrap_or(Err(StructuredError::WouldBlock))
+    }
+}
+
+impl<M: Owned + 'static> Drop for Responses<'_, M> {
+    fn drop(&mut self) {
+        self.channel.shared.lock().abandon(self.id);
+        self.channel.shared.wake();
+    }
+}
+
+impl<M: Owned + 'static> std::fmt::Debug for Responses<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responses").field("id", &self.id).finish()
+    }
+}
+
+fn reader_loop<M>(
+    mut rx: crate::channel::ChannelReceiver,
+    shared: &Shared<M>,
+    tx: &Mutex<Tx>,
+    stop: &AtomicBool,
+    limits: &BodyLimits,
+) {
+    loop {
+        // Backpressure: stop receiving while the inbox is full.
+        {
+            let mut st = shared.lock();
+            while st.queued >= shared.inbox_capacity && !stop.load(Ordering::Relaxed) {
+                st = shared
+                    .cond
+                    .wait_timeout(st, READER_TICK)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut buf = Vec::new();
+        match rx.recv_timeout(&mut buf, READER_TICK) {
+            Ok(meta) => {
+                if !shared.receive(buf, meta.fds, limits) {
+                    return;
+                }
+            }
+            Err(RecvError::TimedOut) => {}
+            Err(e) => {
+                shared.finish(End::from_recv(e));
+                return;
+            }
+        }
+        // Reports of unexpected responses go out when the sender is free; never wait here.
+        if !shared.lock().reports.is_empty() {
+            if let Ok(mut tx) = tx.try_lock() {
+                tx.flush_reports(shared);
+            }
+        }
+    }
+}
