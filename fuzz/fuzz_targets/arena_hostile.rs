@@ -2,6 +2,11 @@
 //! places, or a region that is nothing but fuzz bytes) followed by alloc/free/attach, and arbitrary
 //! handle bytes. Errors are fine; a panic, an out-of-bounds access (ASan), a hang or a returned block
 //! outside the region is a bug.
+//!
+//! The region is an allocation of exactly `LEN` bytes (no slack after it), and every block the
+//! arena hands out is checked to lie inside it: its pointer is `base + offset`, and its first and
+//! last bytes are read, so a block running past the end is an ASan report, not a silent read of
+//! slack.
 #![no_main]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -46,6 +51,26 @@ impl Drop for Region {
     }
 }
 
+impl Region {
+    /// Asserts that the `len`-byte payload `arena` gives for `off` is `base + off` and lies inside
+    /// the allocation, and touches its first and last byte (ASan checks the access).
+    fn assert_block(&self, p: Option<NonNull<u8>>, off: Offset, len: u64, what: &str) {
+        let p = p.unwrap_or_else(|| panic!("{what}: no payload pointer for {off:?}+{len}"));
+        let start = self.0.as_ptr() as usize;
+        assert_eq!(p.as_ptr() as usize, start + off.get() as usize, "{what}");
+        assert!(
+            off.get() + len.max(1) <= LEN as u64,
+            "{what} outside the region"
+        );
+        // SAFETY: `off .. off + len` lies inside the `LEN`-byte allocation (asserted); the bytes
+        // are read as plain `u8` (single-threaded, like `poke`).
+        unsafe {
+            std::ptr::read_volatile(p.as_ptr());
+            std::ptr::read_volatile(p.as_ptr().add(len.max(1) as usize - 1));
+        }
+    }
+}
+
 fn poke(r: &Region, at: usize, bytes: &[u8]) {
     let at = at.min(LEN - bytes.len()) & !7;
     // SAFETY: in bounds; the fuzz target is single-threaded, so this write races with nothing.
@@ -82,7 +107,7 @@ fuzz_target!(|input: Input| {
                 if let Ok(off) = arena.alloc(size as usize % (LEN * 2), 1 << (align_log % 14)) {
                     let cap = arena.info(off).map(|i| i.capacity).unwrap_or(1);
                     assert!(off.get() + cap <= LEN as u64, "block outside the region");
-                    assert!(arena.payload_ptr(off, cap).is_some());
+                    region.assert_block(arena.payload_ptr(off, cap), off, cap, "block");
                     last = Some(off);
                 }
             }
@@ -106,7 +131,8 @@ fuzz_target!(|input: Input| {
                     assert_eq!(h.to_bytes(), bytes);
                     if let Ok(info) = arena.check_handle(&h) {
                         assert!(h.offset + h.len <= LEN as u64 && h.len <= info.capacity);
-                        assert!(arena.payload_ptr(Offset::new(h.offset), h.len).is_some());
+                        let off = Offset::new(h.offset);
+                        region.assert_block(arena.payload_ptr(off, h.len), off, h.len, "handle");
                     }
                 }
             }
@@ -117,10 +143,8 @@ fuzz_target!(|input: Input| {
                 match *op {
                     Op::CacheAlloc { size } => {
                         if let Ok(off) = cache.alloc(usize::from(size), 16) {
-                            assert!(
-                                arena.payload_ptr(off, 16).is_some(),
-                                "cached block outside the region"
-                            );
+                            let p = arena.payload_ptr(off, 16);
+                            region.assert_block(p, off, 16, "cached block");
                             last = Some(off);
                         }
                     }

@@ -2,7 +2,12 @@
 //! overwritten with them), then producer and consumer operations interleaved with arbitrary writes to
 //! the header (positions, waiting words, config) and to the frame bytes, standing for a peer that
 //! writes anything at any time. Errors are fine; a panic, an out-of-bounds access (ASan), a hang, a
-//! popped frame longer than the largest payload, or a poisoned handle that recovers is a bug.
+//! popped frame longer than the largest payload, a payload or chunk outside the ring buffer, or a
+//! poisoned handle that recovers is a bug.
+//!
+//! Once a ring attaches, the region is moved to an allocation of exactly `region_size(capacity)`
+//! bytes, so the buffer ends flush with the allocation: a read or write even one byte past the
+//! buffer hits ASan's redzone instead of slack that would hide it.
 #![no_main]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -10,7 +15,8 @@ use std::ptr::NonNull;
 
 use arbitrary::Arbitrary;
 use flowipc_core::ring::{
-    max_payload, region_size, PopError, PushError, RawRing, HEADER_SIZE, REGION_ALIGN,
+    max_payload, region_size, Consumer, PopError, Producer, PushError, RawRing, FRAME_HEADER,
+    HEADER_SIZE, REGION_ALIGN,
 };
 use flowipc_core::wait::NoopNotifier;
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +40,15 @@ enum Op {
         len: u32,
         kind: u16,
         tag: u16,
+    },
+    /// The peer publishes a frame where the consumer reads next: writes a frame header at the
+    /// shared `head`'s offset and stores `tail = head + the frame's size + 8 * extra`, so a
+    /// frame whose claimed end lies past the buffer but within what is published is one step away.
+    Publish {
+        len: u16,
+        kind: u16,
+        tag: u16,
+        extra: u8,
     },
     Pop {
         buf: u16,
@@ -70,54 +85,114 @@ struct Region(NonNull<u8>, Layout);
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: allocated in `fuzz_target!` below with this layout.
+        // SAFETY: allocated in `Region::zeroed` with this layout.
         unsafe { dealloc(self.0.as_ptr(), self.1) }
     }
 }
 
 impl Region {
+    /// A zeroed allocation of exactly `len` bytes (at least 8), aligned for a ring.
+    fn zeroed(len: usize) -> Option<Region> {
+        let layout = Layout::from_size_align(len.max(8), REGION_ALIGN).unwrap();
+        // SAFETY: non-zero size.
+        NonNull::new(unsafe { alloc_zeroed(layout) }).map(|p| Region(p, layout))
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+
+    fn len(&self) -> usize {
+        self.1.size()
+    }
+
+    /// A copy of the first `len` bytes (`len <= self.len()`) in an allocation of exactly `len`.
+    fn prefix(&self, len: usize) -> Option<Region> {
+        let r = Region::zeroed(len)?;
+        // SAFETY: both allocations hold at least `len` bytes and are distinct; no handle is alive.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr(), r.ptr(), len) };
+        Some(r)
+    }
+
+    /// The little-endian word at `at`, a header offset (`at + 8 <= HEADER_SIZE <= len` once a
+    /// ring attached).
+    fn read_u64(&self, at: usize) -> u64 {
+        assert!(at + 8 <= HEADER_SIZE && HEADER_SIZE <= self.len());
+        let mut b = [0u8; 8];
+        // SAFETY: in bounds (asserted); plain bytes, single-threaded (stands for the peer's read).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(at), b.as_mut_ptr(), 8) };
+        u64::from_le_bytes(b)
+    }
+
     fn write(&self, at: usize, bytes: &[u8]) {
-        let len = self.1.size();
+        let len = self.len();
         if bytes.len() > len {
             return;
         }
         let at = at.min(len - bytes.len());
         // SAFETY: in bounds; single-threaded, no handle call is running, and the ring accesses the
         // region only through atomics and raw pointers (this stands for the peer's writes).
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.as_ptr().add(at), bytes.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr().add(at), bytes.len()) };
     }
+
+    /// Asserts that `len` bytes at `p` lie inside the ring buffer of capacity `cap` (after the
+    /// header, before the end of the allocation), and that a payload leaves room for its frame
+    /// header before it.
+    fn assert_in_buffer(&self, p: *const u8, len: usize, cap: usize, what: &str) {
+        let start = self.ptr() as usize + HEADER_SIZE;
+        let end = start + cap;
+        assert_eq!(end, self.ptr() as usize + self.len(), "buffer not flush");
+        let p = p as usize;
+        assert!(
+            p >= start + FRAME_HEADER && p + len <= end,
+            "{what} of {len} bytes at buffer offset {} outside the {cap}-byte buffer",
+            p.wrapping_sub(start)
+        );
+    }
+}
+
+type Handles = (usize, Option<Producer>, Option<Consumer>);
+
+/// Attaches over `region`. When the header names a ring smaller than the region, the region is
+/// first replaced by a copy of exactly `region_size(capacity)` bytes, so the buffer ends flush with
+/// its allocation. Returns the capacity and whichever handles the positions allow.
+fn attach(region: &mut Region) -> Option<Handles> {
+    // SAFETY: `region` is valid for its length and outlives every view and handle made here (the
+    // caller drops the handles before it drops or replaces the region); `attach` validates
+    // whatever the bytes hold.
+    let raw = unsafe { RawRing::attach(region.ptr(), region.len()) }.ok()?;
+    let need = region_size(raw.capacity());
+    assert!(need <= region.len());
+    let raw = if need < region.len() {
+        *region = region.prefix(need)?;
+        // SAFETY: as above, over the exact copy; the old view is not used again.
+        unsafe { RawRing::attach(region.ptr(), need) }.expect("same bytes attach again")
+    } else {
+        raw
+    };
+    assert_eq!(region_size(raw.capacity()), region.len());
+    // SAFETY: memory outlives the handles; one producer and one consumer at a time (the old ones
+    // are dropped before `attach` runs again).
+    let tx = unsafe { raw.producer() }.ok();
+    // SAFETY: as above.
+    let rx = unsafe { raw.consumer() }.ok();
+    Some((raw.capacity(), tx, rx))
 }
 
 fuzz_target!(|input: Input| {
     let cap = 32usize << (input.cap_log % 10);
     let len = (region_size(cap) as isize + isize::from(input.slack) * 8).max(8) as usize;
-    let layout = Layout::from_size_align(len, REGION_ALIGN).unwrap();
-    // SAFETY: non-zero size.
-    let Some(base) = NonNull::new(unsafe { alloc_zeroed(layout) }) else {
+    let Some(mut region) = Region::zeroed(len) else {
         return;
     };
-    let region = Region(base, layout);
     if !input.raw {
-        // SAFETY: `region` is valid for `len` bytes and outlives every view and handle below
-        // (declared before them, dropped after).
-        let _ = unsafe { RawRing::init(base.as_ptr(), len, cap) };
+        // SAFETY: `region` is valid for `len` bytes, and no view of it survives a replacement
+        // (`attach` makes new ones).
+        let _ = unsafe { RawRing::init(region.ptr(), len, cap) };
     }
     region.write(usize::from(input.fill_at) & !7, &input.fill);
 
-    let attach = || {
-        // SAFETY: as above; `attach` validates whatever the bytes hold.
-        let raw = unsafe { RawRing::attach(base.as_ptr(), len) }.ok()?;
-        assert!(region_size(raw.capacity()) <= len);
-        // SAFETY: memory outlives the handles; one producer and one consumer at a time (the old
-        // ones are dropped before `attach` runs again).
-        let tx = unsafe { raw.producer() }.ok();
-        // SAFETY: as above.
-        let rx = unsafe { raw.consumer() }.ok();
-        Some((raw.capacity(), tx, rx))
-    };
-    let Some((mut rcap, mut tx, mut rx)) = attach() else {
+    let Some((mut rcap, mut tx, mut rx)) = attach(&mut region) else {
         return;
     };
     let mut buf = vec![0u8; 1 << 16];
@@ -132,14 +207,7 @@ fuzz_target!(|input: Input| {
                 let at = [0usize, 8, 16, 128, 256, 384, 512][usize::from(which) % 7];
                 let value = if near {
                     // Close to the current positions, to reach the subtle checks.
-                    let cur = {
-                        let mut b = [0u8; 8];
-                        // SAFETY: `at + 8 <= HEADER_SIZE <= len` when the ring attached.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(base.as_ptr().add(at), b.as_mut_ptr(), 8)
-                        };
-                        u64::from_le_bytes(b)
-                    };
+                    let cur = region.read_u64(at);
                     cur.wrapping_add(value % 256).wrapping_sub(128)
                 } else {
                     value
@@ -155,6 +223,20 @@ fuzz_target!(|input: Input| {
                 let at = HEADER_SIZE + (usize::from(at) % rcap & !7);
                 let word = u64::from(flen) | u64::from(kind % 4) << 32 | u64::from(tag) << 48;
                 region.write(at, &word.to_le_bytes());
+            }
+            Op::Publish {
+                len: flen,
+                kind,
+                tag,
+                extra,
+            } => {
+                let head = region.read_u64(256);
+                let at = HEADER_SIZE + (head as usize % rcap & !7);
+                let word = u64::from(flen) | u64::from(kind % 4) << 32 | u64::from(tag) << 48;
+                region.write(at, &word.to_le_bytes());
+                let size = (FRAME_HEADER as u64 + u64::from(flen) + 7) & !7;
+                let tail = head.wrapping_add(size + 8 * u64::from(extra % 4));
+                region.write(128, &tail.to_le_bytes());
             }
             Op::Pop { buf: n } => {
                 if let Some(rx) = rx.as_mut() {
@@ -174,6 +256,7 @@ fuzz_target!(|input: Input| {
                         Ok(chunk) => {
                             assert!(!rx_poisoned, "poisoned consumer recovered");
                             assert!(chunk.len() <= max_payload(rcap));
+                            region.assert_in_buffer(chunk.as_ptr(), chunk.len(), rcap, "payload");
                             chunk.read(usize::from(offset), &mut buf);
                         }
                         Err(PopError::Corrupt) => rx_poisoned = true,
@@ -195,6 +278,8 @@ fuzz_target!(|input: Input| {
                     match tx.write_chunk(usize::from(n)) {
                         Ok(mut chunk) => {
                             assert!(!tx_poisoned, "poisoned producer recovered");
+                            let clen = chunk.len();
+                            region.assert_in_buffer(chunk.as_mut_ptr(), clen, rcap, "chunk");
                             chunk.write(0, &buf[..usize::from(n)]);
                             chunk.commit(usize::from(commit) % (usize::from(n) + 1), 1, N);
                         }
@@ -206,7 +291,7 @@ fuzz_target!(|input: Input| {
             Op::Reattach => {
                 drop(tx.take());
                 drop(rx.take());
-                match attach() {
+                match attach(&mut region) {
                     Some((c, t, r)) => {
                         (rcap, tx, rx) = (c, t, r);
                         (tx_poisoned, rx_poisoned) = (false, false);
