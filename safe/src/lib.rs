@@ -42,15 +42,41 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! # Descriptors a peer holds
+//!
+//! A peer attacks through the descriptors it shares as well as through bytes: file status flags
+//! such as `O_NONBLOCK` live in the open file description, which both processes share; a counter
+//! can be saturated; a memfd can be reopened read-write through `/proc/self/fd/N`; a socket can be
+//! shut down from the other end. The process that created a pair may also have kept duplicates
+//! of the end it handed over. No flowipc call depends on state a peer can change through a
+//! descriptor. Every descriptor flowipc hands to a peer, what the peer can do with it, and why
+//! that cannot hang, crash or corrupt this side (later transports and sessions are held to the
+//! same table; `safe/tests/hostile_peer.rs` runs the attacks with real processes):
+//!
+//! | descriptor | what the peer can do | why it is harmless |
+//! | --- | --- | --- |
+//! | ring memfd (both sides map it read-write) | write any bytes; `ftruncate` / grow; punch holes; add seals; flip flags | Sealed `F_SEAL_SHRINK \| F_SEAL_GROW \| F_SEAL_SEAL` at creation and refused without those seals, so the size never changes (no `SIGBUS`) and no seal can be added; holes read as zeros, and every value read from the ring is validated (`Corrupt`, never UB). Flags do not matter to `mmap`. |
+//! | classic arena memfd (both map it read-write) | the same | The same seals; every header, offset and generation read from the arena is validated. |
+//! | lend pool memfd, core or jemalloc (borrowers get a read-only descriptor) | reopen `/proc/self/fd/N` read-write, then `mmap` writable, `write(2)`, punch holes; `ftruncate` | The owner seals `F_SEAL_FUTURE_WRITE \| F_SEAL_SEAL` right after mapping it: every writable route fails with `EPERM`, and the size seals stop resizing. Test: `*_lend_pool_is_read_only_for_borrowers`. |
+//! | lend return ring memfd (borrower produces, owner consumes) | as a ring memfd | As a ring memfd; a returned handle is checked against the owner's record of what it lent (`bogus_returns` counts the rest). |
+//! | ring doorbells (one socket pair per ring, each side holds its own end) | clear `O_NONBLOCK`; fill the buffer; shut down or close its end; shrink buffers; attach descriptors | Rung and drained with `MSG_DONTWAIT` per call: a full buffer means a wake-up is already pending, never a block. A hung-up doorbell ends an async wait with `PeerGone` and makes a sync waiter sleep on the futex instead (no spin). Descriptors attached to doorbell bytes are closed by the kernel (no control buffer). An eventfd could be jammed here (no per-call non-blocking write exists for it), which is why doorbells replaced eventfds. Tests: `ring_wakeup_descriptors_cannot_be_jammed`, `async_ring_survives_jammed_and_hung_up_doorbells`. |
+//! | companion socket of a ring, socket channel | clear `O_NONBLOCK`; stop reading; shut down; send forged bytes or descriptors | Every call passes `MSG_DONTWAIT`; a full socket is backpressure with a deadline; a hang-up is `PeerGone` (the peer watcher raises an alarm that every call reads); forged frames are `Corrupt`, and descriptors beyond what a frame declares are closed. |
+//! | POSIX mq descriptors (the creator may keep duplicates of both queues) | clear `O_NONBLOCK` (`mq_setattr`); fill or drain a queue | No flag is set or relied on: every queue call is `mq_timedsend` / `mq_timedreceive` with a deadline that has passed, so it never blocks; blocking calls wait in `poll` beside the companion socket. Draining our queue equals not sending. Test: `mq_peer_cannot_make_calls_block_by_clearing_nonblock`. |
+//! | (not handed over) the peer watcher's eventfd, pidfds | - | Private to this process. |
+//!
+//! A dead peer is noticed by every call: the watcher's alarm is read on each send and on each
+//! receive that finds nothing (tests `*_send_to_dead_peer_fails_promptly`: the first send after
+//! the peer was reaped fails, tens of microseconds later).
+
 #![deny(unsafe_code)]
 
 pub mod arena;
 pub mod channel;
 pub mod error;
+pub mod raw;
 pub mod ring;
-pub mod shm;
 pub mod structured;
-pub mod wait;
 mod watch;
 
 #[cfg(feature = "tokio")]

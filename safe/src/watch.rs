@@ -30,7 +30,7 @@ use flowipc_sys::eventfd::{eventfd, eventfd_read, eventfd_write, EventfdFlags};
 use flowipc_sys::socket::{poll, PollFd, PollFlags};
 use flowipc_sys::Errno;
 
-use crate::shm::ring::WaitingWord;
+use crate::raw::ring_region::WaitingWord;
 
 /// How long dropping a watch waits for the thread to let go of its socket. Normally a wake-up
 /// and a `poll` (microseconds); the bound only keeps a drop from hanging if the thread is stuck.

@@ -23,8 +23,8 @@ use super::{
     alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend, Pod,
     ScopedObject, Source, Which, MEMFD_NAME,
 };
+use crate::raw::arena::{pod_bytes, MappedArena, MappedReader};
 use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
-use crate::shm::arena::{pod_bytes, MappedArena, MappedReader};
 
 /// Bytes of each return ring; holds about 1500 returned handles before the borrower must wait.
 const RETURN_RING_CAPACITY: usize = 64 << 10;
@@ -130,7 +130,7 @@ impl LendPool {
     #[cfg(feature = "jemalloc")]
     pub fn create_jemalloc(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        let inner = crate::shm::jemalloc::JePool::create(MEMFD_NAME, size, pool_id)?;
+        let inner = crate::raw::jemalloc::JePool::create(MEMFD_NAME, size, pool_id)?;
         let fd = dup(inner.fd())?;
         Ok(Self::with_backend(Backend::je(inner), fd, pool_id))
     }
@@ -590,7 +590,7 @@ mod tests {
 
     /// The jemalloc pool behind `pool`.
     #[cfg(feature = "jemalloc")]
-    fn je(pool: &LendPool) -> &crate::shm::jemalloc::JePool {
+    fn je(pool: &LendPool) -> &crate::raw::jemalloc::JePool {
         match &pool.backend {
             Backend::Je(p, _) => p,
             _ => unreachable!("a jemalloc pool"),

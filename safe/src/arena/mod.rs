@@ -49,10 +49,10 @@ pub use flowipc_core::arena::{
 };
 pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolAllocator, PoolUsage};
 
-pub use crate::shm::arena::Pod;
-use crate::shm::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
+pub use crate::raw::arena::Pod;
+use crate::raw::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
 #[cfg(feature = "jemalloc")]
-use crate::shm::jemalloc::JePool;
+use crate::raw::jemalloc::JePool;
 
 /// Why an arena operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -52,10 +52,11 @@
 //! - Ring: a message that fits a ring frame (up to about half the ring) is one frame; longer ones
 //!   are frames of a quarter ring, the first carrying the total length; the frame tag holds the
 //!   first/last/close flags and the descriptor count. Descriptors go over the companion socket just
-//!   before the first frame. A blocked side checks the socket for the peer's hang-up every 20 ms.
-//!   Each ring also has two eventfds (`data` and `room`), so an end is seven descriptors. The
-//!   async ring arms the ring's eventfd wake-up and awaits the eventfd in the reactor; the sync
-//!   API sleeps on futexes.
+//!   before the first frame. The process's peer watcher raises an alarm when the socket hangs
+//!   up, which every call reads (one load), so no send goes into a dead peer's ring. Each ring
+//!   also has a doorbell pair (a socket pair, rung non-blocking per call) of which each end holds
+//!   its own end, so an end is five descriptors. The async ring arms the ring's wake-up and
+//!   awaits its doorbell in the reactor; the sync API sleeps on futexes.
 //!
 //! # Example
 //!
@@ -100,7 +101,7 @@ pub use self::tokio::{AsyncChannel, AsyncReceiver, AsyncSender};
 use self::mq::MqTransport;
 use self::ring::RingTransport;
 use self::socket::SocketTransport;
-pub use crate::wait::WaitPolicy;
+pub use crate::ring::WaitPolicy;
 
 /// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS_PER_MESSAGE: usize = flowipc_sys::socket::MAX_FDS_PER_MESSAGE;

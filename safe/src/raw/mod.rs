@@ -16,7 +16,7 @@
 pub(crate) mod arena;
 #[cfg(feature = "jemalloc")]
 pub(crate) mod jemalloc;
-pub(crate) mod ring;
+pub(crate) mod ring_region;
 
 use std::fmt;
 

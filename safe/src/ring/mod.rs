@@ -39,13 +39,15 @@ use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
 
 use std::sync::Arc;
 
-use crate::shm::ring::{ConsumerHandle, ProducerHandle, RingRegion, WaitingWord};
-use crate::wait::{DoorbellWaiter, FutexWaiter, PeerWaker, WaitOutcome, WakeKind};
+use crate::raw::ring_region::{ConsumerHandle, ProducerHandle, RingRegion, WaitingWord};
 use crate::watch::{Alarm, Watch};
+use wait::{WaitOutcome, WakeKind};
 
-pub use crate::shm::ring::{RingOpenError, Role};
-pub use crate::wait::WaitPolicy;
+mod wait;
+
+pub use crate::raw::ring_region::{RingOpenError, Role};
 pub use flowipc_core::ring::{max_payload, FrameInfo, MAX_CAPACITY, MIN_CAPACITY};
+pub use wait::{DoorbellWaiter, FutexWaiter, PeerWaker, WaitPolicy, DEFAULT_SPINS};
 
 /// The frame read in place by [`RingReceiver::try_read_chunk`]; freed when dropped.
 pub type RingReadChunk<'a> = flowipc_core::ring::ReadChunk<'a, PeerWaker>;
@@ -228,7 +230,7 @@ impl SideWaiter {
     }
 }
 
-impl crate::wait::Waiter for SideWaiter {
+impl wait::Waiter for SideWaiter {
     fn current_cpu(&self) -> Option<u32> {
         match self {
             // A futex sleeper spins first: tell the core where it runs (see `RingHeader`'s CPU
@@ -1082,7 +1084,7 @@ mod tests {
         flowipc_sys::memfd::set_size(std::os::fd::AsFd::as_fd(&fd), 8192).unwrap();
         assert!(matches!(
             ShmRing::open(fd),
-            Err(RingOpenError::Region(crate::shm::RegionError::NotSealed))
+            Err(RingOpenError::Region(crate::raw::RegionError::NotSealed))
         ));
         // Sealed but not a ring.
         let fd = flowipc_sys::memfd::create_sealed(c"zeros", 8192).unwrap();

@@ -22,10 +22,7 @@ use flowipc_sys::socket::{poll, PollFd, PollFlags};
 use flowipc_sys::wake::Drained;
 use flowipc_sys::{AsFd, BorrowedFd, Errno, OwnedFd};
 
-pub use flowipc_core::wait::{
-    NoopNotifier, SpinWaiter, WaitOutcome, WaitPolicy, WakeKind, DEFAULT_SPINS,
-};
-pub use flowipc_core::wait::{Notifier, Waiter};
+pub use flowipc_core::wait::{Notifier, WaitOutcome, WaitPolicy, Waiter, WakeKind, DEFAULT_SPINS};
 
 /// Sleeps with `futex_wait` on the shared waiting word (the shared, cross-process form).
 #[derive(Debug, Clone, Copy, Default)]
