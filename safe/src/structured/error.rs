@@ -104,3 +104,26 @@ impl End {
         }
     }
 }
+
+/// Reading a body with capnp's own accessors gives `capnp::Error`; `?` takes it to
+/// [`crate::Error`] as a [`StructuredError::Decode`].
+impl From<capnp::Error> for crate::Error {
+    fn from(e: capnp::Error) -> Self {
+        crate::Error::Structured(StructuredError::Decode(e))
+    }
+}
+
+/// A union variant or enum value this side's schema does not know (`which()`), as a
+/// [`StructuredError::Decode`].
+impl From<capnp::NotInSchema> for StructuredError {
+    fn from(e: capnp::NotInSchema) -> Self {
+        StructuredError::Decode(e.into())
+    }
+}
+
+/// As for [`StructuredError`].
+impl From<capnp::NotInSchema> for crate::Error {
+    fn from(e: capnp::NotInSchema) -> Self {
+        crate::Error::Structured(e.into())
+    }
+}
