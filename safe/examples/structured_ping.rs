@@ -47,13 +47,14 @@ fn main() -> Result<(), flowipc::Error> {
         .stdin(Stdio::from(boot_fd))
         .spawn()
         .expect("spawn the child");
-    boot.send_channel(theirs)?;
-    let ch = Chan::new(ours)?;
-    let outcome = ping(&ch, size, rounds);
+    let outcome = boot
+        .send_channel(theirs)
+        .map_err(flowipc::Error::from)
+        .and_then(|()| Chan::new(ours))
+        .and_then(|ch| ping(&ch, size, rounds));
     if outcome.is_err() {
         let _ = child.kill();
     }
-    drop(ch);
     child.wait().expect("child exit");
     let mut rtts = outcome?;
     rtts.sort();
