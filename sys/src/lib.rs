@@ -20,7 +20,8 @@
 //!   drained non-blocking per call, so a peer sharing them cannot make a call block.
 //! - [`eventfd`], [`pipe`]: the other kernel wake-up and byte channels, used by benchmarks and the
 //!   process-private peer watcher.
-//! - [`process`]: `pidfd_open`, pids, CPU affinity and a monotonic clock for benchmarks.
+//! - [`process`]: `pidfd_open`, pids, CPU affinity, fork handlers (`pthread_atfork`) and a
+//!   monotonic clock for benchmarks.
 //! - [`fd`]: close-on-exec and non-blocking flags, `dup`.
 //!
 //! ```
@@ -64,6 +65,7 @@ pub mod mmap;
 pub mod mq;
 pub mod pipe;
 pub mod process;
+pub mod session;
 pub mod socket;
 pub mod wake;
 
