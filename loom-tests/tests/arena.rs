@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use flowipc_core::arena::{Arena, BlockError, Offset};
 use flowipc_core::sync::{AtomicU64, Ordering};
+use flowipc_loom_tests::{explore, Tally};
 use loom::thread;
 
 /// 256-byte spans (10 blocks of 16 B per span), two spans: the smallest region loom can afford.
@@ -23,7 +24,7 @@ fn arena() -> Arc<Arena> {
 /// at the same time, and the lists and counters are consistent afterwards.
 #[test]
 fn alloc_free_race() {
-    loom::model(|| {
+    explore("alloc_free_race", || {
         let a = arena();
         // Carve the span up front so that both threads hit the free list, not the bump pointer.
         let warm = a.alloc(16, 1).unwrap();
@@ -54,7 +55,7 @@ fn alloc_free_race() {
 /// the head makes thread 1's CAS fail, so B is never handed out while thread 2 owns it.
 #[test]
 fn tagged_head_aba() {
-    loom::model(|| {
+    explore("tagged_head_aba", || {
         let a = arena();
         // Free list: A -> B -> rest of the span.
         let x = a.alloc(16, 1).unwrap();
@@ -82,7 +83,7 @@ fn tagged_head_aba() {
 /// Two frees of one block race: exactly one wins, the loser gets an error, the list stays sound.
 #[test]
 fn double_free_race() {
-    loom::model(|| {
+    explore("double_free_race", || {
         let a = arena();
         let x = a.alloc(32, 1).unwrap();
         let t = {
@@ -103,7 +104,7 @@ fn double_free_race() {
 /// (or one of them the other's pushed blocks) and never the same block.
 #[test]
 fn carve_race() {
-    loom::model(|| {
+    explore("carve_race", || {
         let a = arena();
         let t = {
             let a = a.clone();
@@ -120,7 +121,7 @@ fn carve_race() {
 /// once. Exactly one release frees it, and the block is then reusable exactly once.
 #[test]
 fn refcount_last_release_frees_once() {
-    loom::model(|| {
+    explore("refcount_last_release_frees_once", || {
         let a = arena();
         let x = a.alloc(64, 1).unwrap();
         let g = a.info(x).unwrap().generation;
@@ -140,69 +141,242 @@ fn refcount_last_release_frees_once() {
     });
 }
 
-/// A lent object is returned (the owner drains the return ring and releases the borrower's
-/// reference) while the owner also reclaims everything of a borrower it saw die. The lend record
-/// is claimed by a swap, so the borrower's reference is released exactly once and the owner's own
-/// reference keeps the block alive until it drops it.
+/// A lent block is given back through a return ring while the owner drops its own reference on
+/// another thread: the real pieces of `safe`'s lend protocol (`LendPool::lend` retains,
+/// `BorrowedPool::release` pushes the handle's bytes on a ring, `LendPool::drain_returns` pops
+/// them and releases, `ArenaObject`'s drop releases), minus the owner's bookkeeping table, which is
+/// single-threaded. The borrower's check of its handle always succeeds while it holds its
+/// reference, the block is freed exactly once, by whichever release comes last (both happen), and
+/// the borrower's handle is stale afterwards.
 #[test]
-fn returned_handle_reclaimed_once() {
-    loom::model(|| {
+fn lent_handle_returned_through_ring() {
+    use flowipc_core::arena::ArenaHandle;
+    use flowipc_core::ring::{PopError, Ring};
+    use flowipc_core::wait::NoopNotifier;
+    const OUTCOMES: &[&str] = &["freed by the drain", "freed by the owner's drop"];
+    let tally = Tally::new(OUTCOMES);
+    let t = tally.clone();
+    let n = explore("lent_handle_returned_through_ring", move || {
         let a = arena();
         let x = a.alloc(64, 1).unwrap();
         let g = a.info(x).unwrap().generation;
-        // Lend: one reference for the borrower, recorded in the owner's per-peer table.
-        a.retain(x, g).unwrap();
-        let slot = Arc::new(AtomicU64::new(x.get()));
-        let drain = {
-            let (a, slot) = (a.clone(), slot.clone());
+        // `lend`: one reference for the borrower.
+        assert_eq!(a.retain(x, g), Ok(2));
+        let h = ArenaHandle {
+            pool_id: 7,
+            offset: x.get(),
+            len: 64,
+            generation: g,
+            reserved: 0,
+        };
+        // Return ring: 128 bytes, largest payload 56, room for one 40-byte handle frame.
+        let (mut tx, mut rx) = Ring::with_capacity(128);
+        let borrower = {
+            let a = a.clone();
             thread::spawn(move || {
-                // The return ring delivered the handle: claim the record, then release.
-                // AcqRel pairs with the reclaiming swap below: whoever comes second sees 0.
-                let off = slot.swap(0, Ordering::AcqRel);
-                if off != 0 {
-                    a.release(Offset::new(off), g).unwrap();
-                }
-                off != 0
+                // The borrower reads the block, then gives it back.
+                let info = a.check_handle(&h).expect("lent block live while lent");
+                assert_eq!(info.generation, g);
+                tx.try_push(&h.to_bytes(), &NoopNotifier).unwrap();
             })
         };
-        // Peer-death reclaim of the same record (AcqRel pairs with the drain's swap).
-        let off = slot.swap(0, Ordering::AcqRel);
-        let reclaimed = off != 0;
-        if reclaimed {
-            a.release(Offset::new(off), g).unwrap();
-        }
-        let drained = drain.join().unwrap();
-        assert!(reclaimed ^ drained);
-        assert_eq!(
-            a.info(x).unwrap().refcount,
-            1,
-            "borrower's reference released exactly once"
+        let owner_drop = {
+            let a = a.clone();
+            thread::spawn(move || a.release(x, g).unwrap())
+        };
+        // `drain_returns`: pop the handle (waiting for the borrower to push it), decode, release.
+        let mut buf = [0u8; ArenaHandle::ENCODED_LEN];
+        let drained = loop {
+            match rx.try_pop(&mut buf, &NoopNotifier) {
+                Ok(info) => {
+                    assert_eq!(info.len, ArenaHandle::ENCODED_LEN);
+                    let back = ArenaHandle::from_bytes(&buf).unwrap();
+                    assert_eq!(back, h);
+                    break a
+                        .release(Offset::new(back.offset), back.generation)
+                        .unwrap();
+                }
+                Err(PopError::Empty) => thread::yield_now(),
+                Err(e) => panic!("return ring: {e}"),
+            }
+        };
+        let dropped = owner_drop.join().unwrap();
+        borrower.join().unwrap();
+        assert!(
+            drained ^ dropped,
+            "freed {} times",
+            drained as u8 + dropped as u8
         );
-        assert_eq!(a.release(x, g), Ok(true));
+        t.hit(if drained { 0 } else { 1 });
         assert_eq!(a.stats().blocks_in_use(), 0);
+        assert_eq!(a.check_handle(&h), Err(BlockError::StaleGeneration));
+        let y = a.alloc(64, 1).unwrap();
+        assert_eq!(y, x);
+        assert_eq!(a.info(y).unwrap().generation, g.wrapping_add(1));
     });
+    tally.assert_all_seen("lent_handle_returned_through_ring", n);
 }
 
-/// A large run freed by one thread while the other allocates the same order: the allocation
-/// either reuses the run after the free or finds none, and the counters agree.
+/// A holder takes a new reference (`retain`, as `LendPool::lend` does) while another holder drops
+/// its own: the retain sees the count before or after the drop (both happen), no release frees
+/// the block early, and the last of the three releases frees it exactly once.
+#[test]
+fn retain_races_release_of_another_holder() {
+    const OUTCOMES: &[&str] = &["retain before the peer's release", "retain after it"];
+    let tally = Tally::new(OUTCOMES);
+    let t = tally.clone();
+    let n = explore("retain_races_release_of_another_holder", move || {
+        let a = arena();
+        let x = a.alloc(64, 1).unwrap();
+        let g = a.info(x).unwrap().generation;
+        assert_eq!(a.retain(x, g), Ok(2));
+        let peer = {
+            let a = a.clone();
+            thread::spawn(move || a.release(x, g).unwrap())
+        };
+        let count = a.retain(x, g).unwrap();
+        assert!(count == 2 || count == 3, "retain returned {count}");
+        let first = a.release(x, g).unwrap();
+        assert!(!first, "the lent reference still holds the block");
+        let peer_freed = peer.join().unwrap();
+        let last = a.release(x, g).unwrap();
+        assert!(
+            peer_freed ^ last,
+            "freed {} times",
+            peer_freed as u8 + last as u8
+        );
+        t.hit(if count == 3 { 0 } else { 1 });
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        assert_eq!(a.retain(x, g), Err(BlockError::StaleGeneration));
+    });
+    tally.assert_all_seen("retain_races_release_of_another_holder", n);
+}
+
+/// A late `retain` with a handle whose last reference is being dropped (a peer retaining what it
+/// no longer holds): it either lands first and keeps the block alive/// (the later of the two releases frees it), or it finds the block freed and fails with
+/// `StaleGeneration`; it never revives a freed block.
+/// Both outcomes happen, and the block is freed exactly once and reusable afterwards.
+#[test]
+fn late_retain_races_last_release() {
+    const OUTCOMES: &[&str] = &["retain won", "last release won, retain stale"];
+    let tally = Tally::new(OUTCOMES);
+    let t = tally.clone();
+    let n = explore("late_retain_races_last_release", move || {
+        let a = arena();
+        let x = a.alloc(64, 1).unwrap();
+        let g = a.info(x).unwrap().generation;
+        let late = {
+            let a = a.clone();
+            thread::spawn(move || match a.retain(x, g) {
+                Ok(count) => {
+                    assert_eq!(count, 2);
+                    Some(a.release(x, g).unwrap())
+                }
+                Err(e) => {
+                    assert_eq!(e, BlockError::StaleGeneration);
+                    None
+                }
+            })
+        };
+        let mine = a.release(x, g).unwrap();
+        let theirs = late.join().unwrap();
+        match theirs {
+            Some(freed) => {
+                assert!(freed ^ mine, "freed {} times", freed as u8 + mine as u8);
+                t.hit(0);
+            }
+            None => {
+                assert!(mine, "stale retain but the last release did not free");
+                t.hit(1);
+            }
+        }
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        let y = a.alloc(64, 1).unwrap();
+        assert_eq!(y, x);
+        assert_eq!(a.info(y).unwrap().generation, g.wrapping_add(1));
+        assert_ne!(a.alloc(64, 1).unwrap(), x, "block on the free list twice");
+    });
+    tally.assert_all_seen("late_retain_races_last_release", n);
+}
+
+/// The header publish at init: one process initialises the region (`Arena::init`'s header write,
+/// ending in the Release store of the magic) while another attaches (`Arena::attach`'s check:
+/// magic, Acquire fence, version and geometry). The attach either finds no magic yet or a
+/// complete, consistent header and a usable arena; never a torn one (`BadVersion`, `Corrupt`).
+/// Both outcomes happen.
+#[test]
+fn header_publish_at_init() {
+    use flowipc_core::arena::{InitError, ModelRegion};
+    const OUTCOMES: &[&str] = &[
+        "attached to the published header",
+        "magic not yet published",
+    ];
+    let tally = Tally::new(OUTCOMES);
+    let t = tally.clone();
+    let n = explore("header_publish_at_init", move || {
+        let region = ModelRegion::new(LEN);
+        let creator = {
+            let region = region.clone();
+            thread::spawn(move || {
+                let a = Arena::init_model(&region, SHIFT).unwrap();
+                a.alloc(16, 1).unwrap()
+            })
+        };
+        let attached = Arena::attach_model(&region);
+        let theirs = creator.join().unwrap();
+        match attached {
+            Ok(b) => {
+                t.hit(0);
+                assert_eq!(b.span_size(), 1 << SHIFT);
+                let mine = b.alloc(16, 1).unwrap();
+                assert_ne!(mine, theirs, "one block handed to both processes");
+                assert_eq!(b.stats().blocks_in_use(), 2);
+            }
+            Err(e) => {
+                assert_eq!(e, InitError::BadMagic, "attach saw a torn header");
+                t.hit(1);
+                let b = Arena::attach_model(&region).expect("header published after join");
+                assert_eq!(b.stats().blocks_in_use(), 1);
+            }
+        }
+    });
+    tally.assert_all_seen("header_publish_at_init", n);
+}
+
+/// A large run freed by one thread while the other allocates the same order. The region holds
+/// one order-1 run, so the allocation either runs after the free and reuses the run, or before it
+/// and finds none (`OutOfMemory`); both happen, and the counters agree with the outcome.
 #[test]
 fn large_free_alloc_race() {
-    loom::model(|| {
+    const OUTCOMES: &[&str] = &["reused the freed run", "out of memory before the free"];
+    let tally = Tally::new(OUTCOMES);
+    let t = tally.clone();
+    let n = explore("large_free_alloc_race", move || {
         let a = arena();
         let x = a.alloc(300, 1).unwrap();
-        let t = {
+        let freer = {
             let a = a.clone();
             thread::spawn(move || a.free(x).unwrap())
         };
-        let y = a.alloc(300, 1);
-        t.join().unwrap();
-        // The region holds one order-1 run: `y` can only be `x`, reused after the free.
+        let allocator = {
+            let a = a.clone();
+            thread::spawn(move || a.alloc(300, 1))
+        };
+        freer.join().unwrap();
+        let y = allocator.join().unwrap();
         match y {
-            Ok(y) => assert_eq!(y, x),
-            Err(e) => assert_eq!(e, flowipc_core::arena::AllocError::OutOfMemory),
+            Ok(y) => {
+                assert_eq!(y, x, "the only order-1 run is x");
+                t.hit(0);
+            }
+            Err(e) => {
+                assert_eq!(e, flowipc_core::arena::AllocError::OutOfMemory);
+                t.hit(1);
+            }
         }
         assert_eq!(a.stats().large_blocks_in_use, u64::from(y.is_ok()));
     });
+    tally.assert_all_seen("large_free_alloc_race", n);
 }
 
 /// Longer histories: each thread allocates two blocks and frees them in the other order, twice,
@@ -210,7 +384,7 @@ fn large_free_alloc_race() {
 /// table keyed by offset), and the list holds every block exactly once at the end.
 #[test]
 fn two_cycles_each() {
-    loom::model(|| {
+    explore("two_cycles_each", || {
         let a = arena();
         let warm = a.alloc(16, 1).unwrap();
         a.free(warm).unwrap();
@@ -248,7 +422,7 @@ fn two_cycles_each() {
 #[test]
 fn cache_refill_flush_vs_plain() {
     use flowipc_core::arena::ArenaCache;
-    loom::model(|| {
+    explore("cache_refill_flush_vs_plain", || {
         let a = arena();
         let warm = a.alloc(16, 1).unwrap();
         a.free(warm).unwrap();
@@ -304,7 +478,7 @@ fn cache_refill_flush_vs_plain() {
 #[test]
 fn cache_checked_double_free_race() {
     use flowipc_core::arena::ArenaCache;
-    loom::model(|| {
+    explore("cache_checked_double_free_race", || {
         let a = arena();
         let x = a.alloc(16, 1).unwrap();
         let t = {
@@ -333,7 +507,7 @@ fn cache_checked_double_free_race() {
 #[test]
 fn cache_plain_free_own_blocks() {
     use flowipc_core::arena::ArenaCache;
-    loom::model(|| {
+    explore("cache_plain_free_own_blocks", || {
         let a = arena();
         let warm = a.alloc(16, 1).unwrap();
         a.free(warm).unwrap();

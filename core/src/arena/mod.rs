@@ -152,12 +152,33 @@ enum Storage {
         #[cfg(any(feature = "alloc", test))]
         owned: Option<core::alloc::Layout>,
     },
-    /// loom atomics cannot be laid over bytes: the header and every word after it are real objects.
+    /// loom atomics cannot be laid over bytes: the header and every word after it are real objects,
+    /// shared (like a mapping) by every arena built on the same [`ModelRegion`].
     #[cfg(flowipc_loom)]
-    Model {
-        header: alloc::boxed::Box<ArenaHeader>,
-        words: alloc::vec::Vec<AtomicU64>,
-    },
+    Model(alloc::sync::Arc<ModelRegion>),
+}
+
+/// loom-model storage standing for a shared region of `len` bytes: a header and the words after
+/// it as real atomics. [`Arena::init_model`] and [`Arena::attach_model`] build arenas over it
+/// through the same header write and header check as [`Arena::init`] and [`Arena::attach`].
+#[cfg(flowipc_loom)]
+pub struct ModelRegion {
+    header: ArenaHeader,
+    words: alloc::vec::Vec<AtomicU64>,
+    len: usize,
+}
+
+#[cfg(flowipc_loom)]
+impl ModelRegion {
+    /// A zeroed region of `len` bytes (at least the header).
+    pub fn new(len: usize) -> alloc::sync::Arc<Self> {
+        let words = (len as u64).saturating_sub(HEADER_SIZE) / 8;
+        alloc::sync::Arc::new(ModelRegion {
+            header: ArenaHeader::zeroed(),
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            len,
+        })
+    }
 }
 
 /// Kind of a located block.
@@ -211,6 +232,34 @@ impl Drop for Arena {
     }
 }
 
+/// Checks the header of a region of `len` bytes that another process (or an earlier `init`)
+/// published: magic, version, and the geometry against what `len` and the span shift give.
+/// Returns the span shift and the local geometry.
+fn check_header(
+    h: &ArenaHeader,
+    len: u64,
+) -> Result<(u32, u64, u64, [ClassInfo; NUM_CLASSES]), InitError> {
+    // Relaxed load + Acquire fence rather than an Acquire load: the region may be mapped
+    // read-only, where only Relaxed atomic loads are guaranteed not to write.
+    if h.magic.load(Ordering::Relaxed) != MAGIC {
+        return Err(InitError::BadMagic);
+    }
+    // SYNC POINT: pairs with the Release store of `magic` at the end of `write_header`.
+    fence(Ordering::Acquire);
+    if h.version.load(Ordering::Relaxed) != VERSION {
+        return Err(InitError::BadVersion);
+    }
+    let span_shift = h.span_shift.load(Ordering::Relaxed);
+    let (span_count, data_off, classes) = derive(len, span_shift)?;
+    if h.region_len.load(Ordering::Relaxed) != len
+        || h.span_count.load(Ordering::Relaxed) != span_count
+        || h.data_off.load(Ordering::Relaxed) != data_off
+    {
+        return Err(InitError::Corrupt);
+    }
+    Ok((span_shift, span_count, data_off, classes))
+}
+
 /// Local geometry derived from `(len, span_shift)`.
 fn derive(len: u64, span_shift: u32) -> Result<(u64, u64, [ClassInfo; NUM_CLASSES]), InitError> {
     if !(MIN_SPAN_SHIFT..=MAX_SPAN_SHIFT).contains(&span_shift) {
@@ -250,14 +299,20 @@ impl Arena {
     /// Builds an arena in loom-model storage standing for a region of `len` bytes.
     #[cfg(flowipc_loom)]
     pub fn new_owned(len: usize, span_shift: u32) -> Result<Self, InitError> {
+        Self::init_model(&ModelRegion::new(len), span_shift)
+    }
+
+    /// [`Arena::init`] over loom-model storage: the same header write, ending in the Release
+    /// store of the magic that [`Arena::attach_model`] pairs with.
+    #[cfg(flowipc_loom)]
+    pub fn init_model(
+        region: &alloc::sync::Arc<ModelRegion>,
+        span_shift: u32,
+    ) -> Result<Self, InitError> {
+        let len = region.len;
         let (span_count, data_off, classes) = derive(len as u64, span_shift)?;
-        let words = (len as u64 - HEADER_SIZE) / 8;
-        let words = (0..words).map(|_| AtomicU64::new(0)).collect();
         let arena = Arena {
-            storage: Storage::Model {
-                header: alloc::boxed::Box::new(ArenaHeader::zeroed()),
-                words,
-            },
+            storage: Storage::Model(region.clone()),
             span_shift,
             span_count,
             data_off,
@@ -265,6 +320,20 @@ impl Arena {
         };
         arena.write_header(len as u64);
         Ok(arena)
+    }
+
+    /// [`Arena::attach`] over loom-model storage: the same header check.
+    #[cfg(flowipc_loom)]
+    pub fn attach_model(region: &alloc::sync::Arc<ModelRegion>) -> Result<Self, InitError> {
+        let (span_shift, span_count, data_off, classes) =
+            check_header(&region.header, region.len as u64)?;
+        Ok(Arena {
+            storage: Storage::Model(region.clone()),
+            span_shift,
+            span_count,
+            data_off,
+            classes,
+        })
     }
 
     /// Initialises a new arena in `len` bytes at `base`, overwriting the header and span table.
@@ -320,24 +389,7 @@ impl Arena {
         // SAFETY: the region holds at least HEADER_SIZE bytes at a 4096-aligned base, and every
         // header field is atomic, so the peer may write it concurrently.
         let h = unsafe { &*base.as_ptr().cast::<ArenaHeader>() };
-        // Relaxed load + Acquire fence rather than an Acquire load: the region may be mapped
-        // read-only, where only Relaxed atomic loads are guaranteed not to write.
-        if h.magic.load(Ordering::Relaxed) != MAGIC {
-            return Err(InitError::BadMagic);
-        }
-        // SYNC POINT: pairs with the Release store of `magic` at the end of `write_header`.
-        fence(Ordering::Acquire);
-        if h.version.load(Ordering::Relaxed) != VERSION {
-            return Err(InitError::BadVersion);
-        }
-        let span_shift = h.span_shift.load(Ordering::Relaxed);
-        let (span_count, data_off, classes) = derive(len as u64, span_shift)?;
-        if h.region_len.load(Ordering::Relaxed) != len as u64
-            || h.span_count.load(Ordering::Relaxed) != span_count
-            || h.data_off.load(Ordering::Relaxed) != data_off
-        {
-            return Err(InitError::Corrupt);
-        }
+        let (span_shift, span_count, data_off, classes) = check_header(h, len as u64)?;
         Ok(Arena {
             #[cfg(any(feature = "alloc", test))]
             storage: Storage::Raw {
@@ -387,7 +439,7 @@ impl Arena {
             // header is all atomics, so shared access is sound while the peer writes it.
             Storage::Raw { base, .. } => unsafe { &*base.as_ptr().cast::<ArenaHeader>() },
             #[cfg(flowipc_loom)]
-            Storage::Model { header, .. } => header,
+            Storage::Model(region) => &region.header,
         }
     }
 
@@ -405,7 +457,7 @@ impl Arena {
                 unsafe { &*base.as_ptr().add(off as usize).cast::<AtomicU64>() }
             }
             #[cfg(flowipc_loom)]
-            Storage::Model { words, .. } => &words[((off - HEADER_SIZE) / 8) as usize],
+            Storage::Model(region) => &region.words[((off - HEADER_SIZE) / 8) as usize],
         }
     }
 
