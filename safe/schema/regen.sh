@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v capnp >/dev/null || { echo "regen.sh: the capnp tool is missing (apt-get install -y capnproto)" >&2; exit 1; }
-cargo test -p flowipc --test structured_regen -- --ignored --exact regenerate_capnp --nocapture
+cargo test --release -p flowipc --test structured_regen -- --ignored --exact regenerate_capnp --nocapture
