@@ -13,6 +13,7 @@
 
 use flowipc_core::ring::{Consumer, PopError, Producer, PushError, Ring};
 use flowipc_core::wait::NoopNotifier;
+use flowipc_loom_tests::explore;
 use loom::thread;
 
 /// Payload of frame `seq` with length `len`.
@@ -47,7 +48,7 @@ const SIZES: [usize; 5] = [5, 8, 0, 3, 8];
 /// Copying push and pop of frames of several sizes, through a full ring and a wrap with padding.
 #[test]
 fn publish_consume_with_wrap_and_padding() {
-    loom::model(|| {
+    explore("publish_consume_with_wrap_and_padding", || {
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let producer = thread::spawn(move || {
             for (seq, &len) in SIZES.iter().enumerate() {
@@ -70,7 +71,7 @@ fn publish_consume_with_wrap_and_padding() {
 /// dropped without commit, through the wrap.
 #[test]
 fn chunks_in_place_with_wrap() {
-    loom::model(|| {
+    explore("chunks_in_place_with_wrap", || {
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let producer = thread::spawn(move || {
             for (seq, &len) in SIZES.iter().enumerate() {
@@ -118,7 +119,7 @@ fn chunks_in_place_with_wrap() {
 /// `Closed` early.
 #[test]
 fn close_after_data() {
-    loom::model(|| {
+    explore("close_after_data", || {
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let producer = thread::spawn(move || {
             push_spinning(&mut tx, &[1, 2, 3], 7);
@@ -144,7 +145,7 @@ fn close_after_data() {
 /// never corruption, and never blocks forever.
 #[test]
 fn consumer_close_stops_producer() {
-    loom::model(|| {
+    explore("consumer_close_stops_producer", || {
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let producer = thread::spawn(move || {
             for seq in 0..3u16 {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use flowipc_core::ring::{PopError, PushError, Ring};
 use flowipc_core::sync::{AtomicU32, AtomicUsize, Ordering};
 use flowipc_core::wait::{Notifier, WaitOutcome, WaitPolicy, Waiter, WakeKind};
+use flowipc_loom_tests::explore;
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
@@ -78,7 +79,7 @@ fn no_deadline<E>() -> Result<Option<Duration>, E> {
 /// Whatever the interleaving, the consumer is woken for each frame it waits for.
 #[test]
 fn consumer_sleeps_on_empty_and_is_woken() {
-    loom::model(|| {
+    explore("consumer_sleeps_on_empty_and_is_woken", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let f = futex.clone();
@@ -109,7 +110,7 @@ fn consumer_sleeps_on_empty_and_is_woken() {
 /// blocking pops. Both sides may sleep; neither wake-up is lost, order and contents hold.
 #[test]
 fn producer_sleeps_on_full_and_is_woken() {
-    loom::model(|| {
+    explore("producer_sleeps_on_full_and_is_woken", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let f = futex.clone();
@@ -146,7 +147,7 @@ fn producer_sleeps_on_full_and_is_woken() {
 /// A wake call is made only when the peer sleeps: with no sleeper, publishing never calls `wake`.
 #[test]
 fn no_wake_without_sleeper() {
-    loom::model(|| {
+    explore("no_wake_without_sleeper", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let f = futex.clone();
@@ -171,7 +172,7 @@ fn no_wake_without_sleeper() {
 /// close and gets `Closed`.
 #[test]
 fn close_wakes_blocked_consumer() {
-    loom::model(|| {
+    explore("close_wakes_blocked_consumer", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let f = futex.clone();
@@ -207,7 +208,7 @@ fn close_wakes_blocked_consumer() {
 /// Closing the consumer wakes a producer blocked on a full ring, which then gets `Closed`.
 #[test]
 fn close_wakes_blocked_producer() {
-    loom::model(|| {
+    explore("close_wakes_blocked_producer", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         tx.try_push(&[0; 8], &*futex).unwrap();
@@ -232,7 +233,7 @@ fn close_wakes_blocked_producer() {
 /// publisher in every way, still without a lost wake-up.
 #[test]
 fn spin_then_block_handoff() {
-    loom::model(|| {
+    explore("spin_then_block_handoff", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let f = futex.clone();
@@ -258,7 +259,7 @@ fn spin_then_block_handoff() {
 /// of staged frames, waiting for room publishes them first, so neither side sleeps forever.
 #[test]
 fn staged_frames_are_flushed_before_sleeping() {
-    loom::model(|| {
+    explore("staged_frames_are_flushed_before_sleeping", || {
         let futex = LoomFutex::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);
         let f = futex.clone();
@@ -341,7 +342,7 @@ impl Notifier for LoomEventFd {
 /// without a write of the eventfd reaching the waiter (a lost wake-up is a loom deadlock).
 #[test]
 fn armed_consumer_is_woken_through_eventfd() {
-    loom::model(|| {
+    explore("armed_consumer_is_woken_through_eventfd", || {
         let efd = LoomEventFd::new();
         let (mut tx, mut rx) = Ring::with_capacity(64);
         let e = efd.clone();
@@ -377,7 +378,7 @@ fn armed_consumer_is_woken_through_eventfd() {
 /// at once: the consumer also waits through its own eventfd.
 #[test]
 fn armed_producer_is_woken_through_eventfd() {
-    loom::model(|| {
+    explore("armed_producer_is_woken_through_eventfd", || {
         let tx_efd = LoomEventFd::new();
         let rx_efd = LoomEventFd::new();
         let (mut tx, mut rx) = Ring::with_capacity(32);

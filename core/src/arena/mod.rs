@@ -43,6 +43,7 @@ pub mod layout;
 mod tests;
 
 use core::fmt;
+#[cfg(not(flowipc_loom))]
 use core::ptr::NonNull;
 
 pub use cache::ArenaCache;
