@@ -2,6 +2,8 @@
 
 use std::io;
 
+use crate::ring::RingOpenError;
+
 use flowipc_sys::Errno;
 
 /// What was wrong with bytes or descriptors the peer sent.
@@ -119,6 +121,17 @@ pub enum SendError {
          it, and distrust the peer"
     )]
     Corrupt(Corruption),
+    /// [`send_channel`](super::Channel::send_channel) or [`into_fds`](super::Channel::into_fds)
+    /// of a ring channel that was already used: its ring sides belong to this process now, and
+    /// giving them up would close the rings for the peer. Nothing was sent.
+    #[error(
+        "a ring channel can be handed over only before its first send or receive; hand it over \
+         first, or create a new pair for the other process"
+    )]
+    NotTransferable,
+    /// Taking this end's side of the shared-memory ring failed (see the cause).
+    #[error("taking this end's side of the shared-memory ring failed: {0}")]
+    Ring(#[source] RingOpenError),
     /// An earlier error left the channel in an unknown state.
     #[error(
         "the channel is broken by an earlier error (see the first error it returned); drop it and \
@@ -159,6 +172,17 @@ pub enum RecvError {
     /// were closed.
     #[error("the peer sent a corrupt message, the channel is now unusable: {0}")]
     Corrupt(#[from] Corruption),
+    /// The next message carries a channel ([`send_channel`](super::Channel::send_channel)); it
+    /// stays queued: take it with [`recv_channel`](super::Channel::recv_channel).
+    #[error("the next message carries a channel; take it with recv_channel (it is still queued)")]
+    ChannelMessage,
+    /// [`recv_channel`](super::Channel::recv_channel) found an ordinary message; it stays queued:
+    /// the next [`recv`](super::Channel::recv) returns it.
+    #[error("the next message is not a channel; it is still queued for recv")]
+    NotAChannel,
+    /// Taking this end's side of the shared-memory ring failed (see the cause).
+    #[error("taking this end's side of the shared-memory ring failed: {0}")]
+    Ring(#[source] RingOpenError),
     /// An earlier error left the channel in an unknown state.
     #[error(
         "the channel is broken by an earlier error (see the first error it returned); drop it and \
@@ -203,6 +227,15 @@ pub enum OpenError {
     /// The options are not usable.
     #[error("invalid channel options: {0}")]
     BadOptions(String),
+    /// Creating or opening a shared-memory ring failed (see the cause).
+    #[error("setting up the shared-memory ring failed: {0}")]
+    Ring(#[from] RingOpenError),
+    /// An async channel was asked for outside a tokio runtime with IO enabled.
+    #[error(
+        "into_async needs a tokio runtime with IO enabled: call it inside the runtime (from an \
+         async fn it runs, or after `Runtime::enter`), built with `enable_io()` or `enable_all()`"
+    )]
+    NoRuntime,
     /// The operating system refused an operation.
     #[error("{op} failed: {source}")]
     Io {
