@@ -47,14 +47,14 @@ pub fn socket_decode_header(
         max_fds_per_message,
     };
     Ok(match socket::decode_header(bytes, &limits)? {
-        Header::Data { len, nfds } => SocketHeader::Data { len, nfds },
+        Header::Data { len, nfds, .. } => SocketHeader::Data { len, nfds },
         Header::Close => SocketHeader::Close,
     })
 }
 
 /// Encodes a socket frame header as a sender does (`len < 2^48`, `nfds <= 253`).
 pub fn socket_encode_header(close: bool, len: u64, nfds: usize) -> [u8; SOCKET_HEADER_LEN] {
-    socket::encode_header(close, len, nfds)
+    socket::encode_header(close, false, len, nfds)
 }
 
 /// Encodes an mq chunk header from its fields (any values, as a hostile peer may).

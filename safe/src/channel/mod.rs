@@ -127,6 +127,9 @@ pub(crate) struct SendCursor {
     pub(crate) fds_sent: bool,
     /// Whether this is a close marker rather than a message.
     pub(crate) close: bool,
+    /// Whether the message carries a channel ([`Channel::send_channel`]): marked on the wire, so
+    /// that a plain receive never hands out its internal bytes.
+    pub(crate) channel: bool,
 }
 
 impl SendCursor {
@@ -362,8 +365,32 @@ pub struct ChannelFds {
     fds: Vec<OwnedFd>,
 }
 
-/// Marks a message carrying a channel (see [`Channel::send_channel`]).
+/// Marks the body of a message carrying a channel (see [`Channel::send_channel`]); the message
+/// is also flagged as a channel message by the transport's framing.
 const CHANNEL_TAG: &[u8; 8] = b"FIPCchan";
+
+/// The body of a message carrying the channel `fds`: the tag, then the transport's code.
+pub(crate) fn channel_message(fds: &ChannelFds) -> Vec<u8> {
+    let mut msg = CHANNEL_TAG.to_vec();
+    msg.push(fds.kind_code());
+    msg
+}
+
+/// The channel a message flagged as carrying one describes; hostile input, checked.
+pub(crate) fn channel_fds(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<ChannelFds, OpenError> {
+    match bytes.split_last() {
+        Some((&code, tag)) if tag == CHANNEL_TAG => {
+            ChannelFds::from_parts(code, fds).ok_or(OpenError::BadFds {
+                kind: "unknown",
+                reason: format!("unknown transport code {code}; is the peer a newer flowipc?"),
+            })
+        }
+        _ => Err(OpenError::BadFds {
+            kind: "any",
+            reason: "a message flagged as a channel has a malformed body".to_owned(),
+        }),
+    }
+}
 
 impl ChannelFds {
     /// The transport these descriptors belong to.
@@ -497,6 +524,16 @@ impl Transport {
         }
     }
 
+    /// Whether the message the last successful receive step returned carries a channel (mq
+    /// carries no descriptors, hence no channels).
+    fn last_carries_channel(&self) -> bool {
+        match self {
+            Transport::Socket(t) => t.last_carries_channel(),
+            Transport::Mq(_) => false,
+            Transport::Ring(t) => t.last_carries_channel(),
+        }
+    }
+
     fn readiness(&self) -> Readiness<'_> {
         match self {
             Transport::Socket(t) => Readiness {
@@ -526,6 +563,11 @@ impl Transport {
     }
 }
 
+/// Time left until `deadline` (zero once it passed); `None` without a deadline.
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
 /// A message whose sending was interrupted (non-blocking mode or a dropped future): the channel
 /// owns a copy and finishes it before anything else.
 #[derive(Debug)]
@@ -551,6 +593,18 @@ pub struct Channel {
     nonblocking: bool,
     closed: bool,
     poisoned: bool,
+    /// A received message held back for the next receive of the right kind: a channel that a
+    /// plain receive met (for [`Channel::recv_channel`]), or an ordinary message that
+    /// `recv_channel` met (for the next [`Channel::recv`]). Nothing received is ever dropped.
+    held: Option<Held>,
+}
+
+/// A message a receive took off the transport but did not hand out (see `Channel::held`).
+#[derive(Debug)]
+struct Held {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    channel: bool,
 }
 
 impl Channel {
@@ -558,6 +612,7 @@ impl Channel {
         Channel {
             transport: Some(transport),
             limits,
+            held: None,
             pending: None,
             stage: Vec::new(),
             nonblocking: false,
@@ -667,15 +722,62 @@ impl Channel {
         if self.nonblocking {
             return self.try_send_with_fds(data, fds);
         }
+        self.send_until(data, fds, false, None)
+    }
+
+    /// Sends a message, waiting at most `timeout` for room: [`SendError::TimedOut`] then, and
+    /// nothing of the message was sent.
+    pub fn send_timeout(&mut self, data: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.send_with_fds_timeout(data, &[], timeout)
+    }
+
+    /// [`send_with_fds`](Channel::send_with_fds) waiting at most `timeout` for room
+    /// ([`SendError::TimedOut`]: nothing was sent).
+    ///
+    /// A message longer than the transport takes at once may be cut off by the deadline after
+    /// part of it went out; the channel then keeps the rest (as [`try_send`](Channel::try_send)
+    /// does) and sends it before anything else, and the call returns `Ok`.
+    pub fn send_with_fds_timeout(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.send_until(data, fds, false, Some(Instant::now() + timeout))
+    }
+
+    /// Sends a message (`channel`: one that carries a channel), blocking until `deadline`.
+    fn send_until(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        channel: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
         self.check_send(data, fds)?;
-        self.flush_pending_blocking()?;
-        let mut cur = SendCursor::default();
+        self.flush_pending_until(deadline)?;
+        let mut cur = SendCursor {
+            channel,
+            ..SendCursor::default()
+        };
         loop {
-            match self.step_send(&mut cur, data, fds, Some(None))? {
+            match self.step_send(&mut cur, data, fds, Some(deadline))? {
                 Step::Done => return Ok(()),
-                Step::Blocked => self
-                    .wait(true, None)
-                    .map_err(|e| SendError::os("poll", e))?,
+                Step::Blocked => {
+                    let timeout = match remaining(deadline) {
+                        Some(Duration::ZERO) if cur.started() => {
+                            self.pending = Some(Pending {
+                                data: data.to_vec(),
+                                cursor: cur,
+                            });
+                            return Ok(());
+                        }
+                        Some(Duration::ZERO) => return Err(SendError::TimedOut),
+                        t => t,
+                    };
+                    self.wait(true, timeout)
+                        .map_err(|e| SendError::os("poll", e))?
+                }
             }
         }
     }
@@ -802,13 +904,17 @@ impl Channel {
 
     /// Sends another channel's end to the peer, which takes it with
     /// [`recv_channel`](Channel::recv_channel). `self` must carry descriptors (socket or ring);
-    /// `channel` may be of any transport, and a ring channel must not have been used yet.
+    /// `channel` may be of any transport, and a ring channel must not have been used yet
+    /// ([`SendError::NotTransferable`]; `channel` is then dropped).
+    ///
+    /// The message is marked as a channel on the wire: a plain [`recv`](Channel::recv) on the
+    /// other side gets [`RecvError::ChannelMessage`] and the channel stays queued for
+    /// `recv_channel`.
     pub fn send_channel(&mut self, channel: Channel) -> Result<(), SendError> {
         let fds = channel.into_fds()?;
-        let mut msg = CHANNEL_TAG.to_vec();
-        msg.push(fds.kind_code());
+        let msg = channel_message(&fds);
         let borrowed: Vec<BorrowedFd<'_>> = fds.fds.iter().map(AsFd::as_fd).collect();
-        self.send_with_fds(&msg, &borrowed)
+        self.send_until(&msg, &borrowed, true, None)
     }
 
     /// Receives a channel end sent with [`send_channel`](Channel::send_channel), with default
@@ -819,21 +925,37 @@ impl Channel {
 
     /// [`recv_channel`](Channel::recv_channel) re-creating the channel with `options` (limits,
     /// wait policy).
+    ///
+    /// An ordinary message met instead gives [`RecvError::NotAChannel`] and stays queued: the next
+    /// [`recv`](Channel::recv) returns it.
     pub fn recv_channel_with(&mut self, options: &ChannelOptions) -> Result<Channel, crate::Error> {
-        let msg = self.recv_owned()?;
-        match msg.bytes.split_last() {
-            Some((&code, tag)) if tag == CHANNEL_TAG => {
-                let fds = ChannelFds::from_parts(code, msg.fds).ok_or(OpenError::BadFds {
-                    kind: "unknown",
-                    reason: format!("unknown transport code {code}"),
-                })?;
-                Ok(options.from_fds(fds)?)
+        let mut bytes = Vec::new();
+        let got = self.recv(&mut bytes);
+        self.take_channel(got, bytes, options)
+    }
+
+    /// The end of a channel receive (sync and async): a channel message is opened, an ordinary
+    /// one held for the next receive.
+    pub(crate) fn take_channel(
+        &mut self,
+        got: Result<RecvMeta, RecvError>,
+        bytes: Vec<u8>,
+        options: &ChannelOptions,
+    ) -> Result<Channel, crate::Error> {
+        match got {
+            Ok(meta) => {
+                self.held = Some(Held {
+                    bytes,
+                    fds: meta.fds,
+                    channel: false,
+                });
+                Err(RecvError::NotAChannel.into())
             }
-            _ => Err(OpenError::BadFds {
-                kind: "any",
-                reason: "the message received is not a channel".to_owned(),
+            Err(RecvError::ChannelMessage) => {
+                let held = self.held.take().ok_or(RecvError::Poisoned)?;
+                Ok(options.from_fds(channel_fds(&held.bytes, held.fds)?)?)
             }
-            .into()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -942,10 +1064,33 @@ impl Channel {
         if self.poisoned {
             return Err(RecvError::Poisoned);
         }
+        match self.held.take() {
+            Some(h) if h.channel => {
+                self.held = Some(h);
+                return Err(RecvError::ChannelMessage);
+            }
+            Some(h) => {
+                *buf = h.bytes;
+                return Ok(Some(h.fds));
+            }
+            None => {}
+        }
         let result = self.tr_mut().recv_step(buf, block, in_place);
-        if let Err(RecvError::Corrupt(_) | RecvError::Io { .. }) = result {
-            self.poisoned = true;
-            self.tr_mut().discard();
+        match result {
+            Err(RecvError::Corrupt(_) | RecvError::Io { .. }) => {
+                self.poisoned = true;
+                self.tr_mut().discard();
+            }
+            Ok(Some(fds)) if self.tr().last_carries_channel() => {
+                // Never in place: the ring assembles channel messages in `buf`.
+                self.held = Some(Held {
+                    bytes: std::mem::take(buf),
+                    fds,
+                    channel: true,
+                });
+                return Err(RecvError::ChannelMessage);
+            }
+            _ => {}
         }
         result
     }
@@ -966,8 +1111,17 @@ impl Channel {
     }
 
     fn flush_pending_blocking(&mut self) -> Result<(), SendError> {
+        self.flush_pending_until(None)
+    }
+
+    /// Finishes an interrupted send, waiting until `deadline` ([`SendError::TimedOut`]).
+    fn flush_pending_until(&mut self, deadline: Option<Instant>) -> Result<(), SendError> {
         while !self.flush_pending(true)? {
-            self.wait(true, None)
+            let timeout = match remaining(deadline) {
+                Some(Duration::ZERO) => return Err(SendError::TimedOut),
+                t => t,
+            };
+            self.wait(true, timeout)
                 .map_err(|e| SendError::os("poll", e))?;
         }
         Ok(())

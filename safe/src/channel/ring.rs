@@ -11,6 +11,7 @@
 //!                total length (u64 LE), checked against max_message_size before anything is kept
 //! bit 1  LAST    last frame of a message
 //! bit 2  CLOSE   orderly close (alone, empty)
+//! bit 3  CHANNEL the message carries a channel (`send_channel`; FIRST frame only)
 //! bits 8..16     descriptors sent with the message (FIRST frame only)
 //! ```
 //!
@@ -63,6 +64,7 @@ use crate::ring::{
 const FIRST: u16 = 0x01;
 const LAST: u16 = 0x02;
 const CLOSE: u16 = 0x04;
+const CHANNEL: u16 = 0x08;
 const FLAGS: u16 = 0xff;
 
 /// How often a blocked side checks the companion socket for the peer's death.
@@ -74,10 +76,7 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 pub(crate) const DEFAULT_RING_CAPACITY: usize = 1 << 20;
 
 fn ring_open_error(e: RingOpenError) -> OpenError {
-    OpenError::Io {
-        op: "setting up the shared-memory ring",
-        source: io::Error::other(e),
-    }
+    OpenError::Ring(e)
 }
 
 /// Whether the peer's end of stream socket `sock` is gone.
@@ -148,6 +147,8 @@ pub(crate) struct RingTransport {
     in_ring: Option<u16>,
     last_idle_check: Option<Instant>,
     last_send_check: Option<Instant>,
+    /// Whether the message `recv_step` last completed carries a channel.
+    last_channel: bool,
 }
 
 /// One end of a ring channel before it becomes a transport: its tx and rx rings with its
@@ -231,6 +232,7 @@ impl RingTransport {
             in_ring: None,
             last_idle_check: None,
             last_send_check: None,
+            last_channel: false,
         }
     }
 
@@ -258,12 +260,7 @@ impl RingTransport {
     /// (giving it up would close the ring for the peer).
     pub(crate) fn into_fds(self) -> Result<Vec<OwnedFd>, SendError> {
         if self.tx.is_some() || self.rx.is_some() {
-            return Err(SendError::Io {
-                op: "handing over a ring channel",
-                source: io::Error::other(
-                    "a ring channel can be handed over only before its first send or receive",
-                ),
-            });
+            return Err(SendError::NotTransferable);
         }
         let dup = |fd: BorrowedFd<'_>| {
             flowipc_sys::fd::dup_cloexec(fd).map_err(|e| SendError::os("dup", e))
@@ -342,6 +339,11 @@ impl RingTransport {
         self.in_progress
     }
 
+    /// Whether the message the last successful `recv_step` returned carries a channel.
+    pub(crate) fn last_carries_channel(&self) -> bool {
+        self.last_channel
+    }
+
     fn peer_check(&self) -> Result<impl FnMut() -> bool + Send + 'static, Errno> {
         let sock = flowipc_sys::fd::dup_cloexec(self.sock.as_fd())?;
         Ok(move || !hung_up(sock.as_fd()))
@@ -349,10 +351,7 @@ impl RingTransport {
 
     fn sender(&mut self) -> Result<(), SendError> {
         if self.tx.is_none() {
-            let mut tx = self.tx_ring.sender().map_err(|e| SendError::Io {
-                op: "taking the sending side of the ring",
-                source: io::Error::other(e),
-            })?;
+            let mut tx = self.tx_ring.sender().map_err(SendError::Ring)?;
             tx.set_policy(self.policy);
             let fd = flowipc_sys::fd::dup_cloexec(self.tx_bell.0.as_fd())
                 .map_err(|e| SendError::os("dup", e))?;
@@ -372,10 +371,7 @@ impl RingTransport {
 
     fn receiver(&mut self) -> Result<(), RecvError> {
         if self.rx.is_none() {
-            let mut rx = self.rx_ring.receiver().map_err(|e| RecvError::Io {
-                op: "taking the receiving side of the ring",
-                source: io::Error::other(e),
-            })?;
+            let mut rx = self.rx_ring.receiver().map_err(RecvError::Ring)?;
             rx.set_policy(self.policy);
             let fd = flowipc_sys::fd::dup_cloexec(self.rx_bell.0.as_fd())
                 .map_err(|e| RecvError::os("dup", e))?;
@@ -444,7 +440,7 @@ impl RingTransport {
                 Err(e) => return Err(SendError::os("sendmsg on the ring channel's socket", e)),
             }
         }
-        let nfds = (fds.len() as u16) << 8;
+        let nfds = ((fds.len() as u16) << 8) | if cur.channel { CHANNEL } else { 0 };
         let max = tx.max_payload();
         if data.len() <= max {
             // The common case: one frame, one copy, no system call unless the peer sleeps.
@@ -572,7 +568,9 @@ impl RingTransport {
             let len = chunk.len();
             let flags = tag & FLAGS;
             let nfds = usize::from(tag >> 8);
-            if flags & !(FIRST | LAST | CLOSE) != 0 {
+            if flags & !(FIRST | LAST | CLOSE | CHANNEL) != 0
+                || (flags & CHANNEL != 0 && flags & FIRST == 0)
+            {
                 return Err(Corruption::BadHeader(u64::from(tag)).into());
             }
             if flags & CLOSE != 0 {
@@ -584,6 +582,7 @@ impl RingTransport {
                 return Err(RecvError::Closed);
             }
             if flags & FIRST != 0 {
+                self.last_channel = flags & CHANNEL != 0;
                 if self.in_progress {
                     return Err(
                         Corruption::BadChunk("a new message began before the last ended").into(),
@@ -612,7 +611,7 @@ impl RingTransport {
                         Corruption::BadChunk("chunks longer than the announced total").into(),
                     );
                 }
-                if in_place && flags & LAST != 0 {
+                if in_place && flags & LAST != 0 && flags & CHANNEL == 0 {
                     // Stays in the ring for the caller; descriptors first, as on the copy path.
                     let fds = take_fds(&self.sock, &mut self.fdbuf, &self.limits, nfds)?;
                     chunk.keep();

@@ -7,7 +7,8 @@
 //! ```text
 //! bits  0..48  payload length in bytes (checked against max_message_size)
 //! bits 48..56  number of descriptors attached (0..=253, checked against max_fds_per_message)
-//! bits 56..64  kind: 0xD1 data, 0xC1 close (any other value: the stream is corrupt)
+//! bits 56..64  kind: 0xD1 data, 0xD2 data carrying a channel (`send_channel`), 0xC1 close
+//!              (any other value: the stream is corrupt)
 //! ```
 //!
 //! Descriptors ride the `sendmsg` that carries the first byte of their message's header; nothing
@@ -55,6 +56,8 @@ use super::{Limits, SendCursor, Step};
 pub(crate) const HEADER_LEN: usize = 8;
 const LEN_MASK: u64 = (1 << 48) - 1;
 const KIND_DATA: u64 = 0xD1;
+/// A data message that carries a channel's descriptors ([`SendCursor::channel`]).
+const KIND_CHANNEL: u64 = 0xD2;
 const KIND_CLOSE: u64 = 0xC1;
 
 /// Size of the read buffer.
@@ -73,16 +76,25 @@ const MAX_BATCHES: usize = 4;
 const KEEP_CAPACITY: usize = 8 * 1024 * 1024;
 
 /// Encodes a frame header.
-pub(crate) fn encode_header(close: bool, len: u64, nfds: usize) -> [u8; HEADER_LEN] {
+pub(crate) fn encode_header(close: bool, channel: bool, len: u64, nfds: usize) -> [u8; HEADER_LEN] {
     debug_assert!(len <= LEN_MASK && nfds <= socket::MAX_FDS_PER_MESSAGE);
-    let kind = if close { KIND_CLOSE } else { KIND_DATA };
+    let kind = match (close, channel) {
+        (true, _) => KIND_CLOSE,
+        (false, true) => KIND_CHANNEL,
+        (false, false) => KIND_DATA,
+    };
     ((kind << 56) | ((nfds as u64) << 48) | (len & LEN_MASK)).to_le_bytes()
 }
 
 /// A decoded, validated frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Header {
-    Data { len: u64, nfds: usize },
+    Data {
+        len: u64,
+        nfds: usize,
+        /// The message carries a channel.
+        channel: bool,
+    },
     Close,
 }
 
@@ -95,7 +107,7 @@ pub(crate) fn decode_header(
     let len = word & LEN_MASK;
     let nfds = ((word >> 48) & 0xff) as usize;
     match word >> 56 {
-        KIND_DATA => {
+        kind @ (KIND_DATA | KIND_CHANNEL) => {
             if len > limits.max_message_size as u64 {
                 return Err(Corruption::TooLarge {
                     claimed: len,
@@ -108,7 +120,11 @@ pub(crate) fn decode_header(
                     max: limits.max_fds_per_message,
                 });
             }
-            Ok(Header::Data { len, nfds })
+            Ok(Header::Data {
+                len,
+                nfds,
+                channel: kind == KIND_CHANNEL,
+            })
         }
         KIND_CLOSE if len == 0 && nfds == 0 => Ok(Header::Close),
         _ => Err(Corruption::BadHeader(word)),
@@ -157,6 +173,8 @@ pub(crate) struct SocketTransport {
     prefilled: usize,
     peer_closed: bool,
     eof: bool,
+    /// Whether the message `recv_step` last completed carries a channel.
+    last_channel: bool,
 }
 
 impl SocketTransport {
@@ -177,6 +195,7 @@ impl SocketTransport {
             prefilled: 0,
             peer_closed: false,
             eof: false,
+            last_channel: false,
         }
     }
 
@@ -204,6 +223,11 @@ impl SocketTransport {
         self.fdbuf.clear();
     }
 
+    /// Whether the message the last successful `recv_step` returned carries a channel.
+    pub(crate) fn last_carries_channel(&self) -> bool {
+        self.last_channel
+    }
+
     /// Whether bytes of the peer were read but not yet handed out as a message.
     pub(crate) fn has_buffered_input(&self) -> bool {
         self.rend > self.rstart || self.incoming.is_some() || !self.batches.is_empty()
@@ -223,7 +247,7 @@ impl SocketTransport {
         } else {
             (data, fds)
         };
-        let header = encode_header(cur.close, data.len() as u64, fds.len());
+        let header = encode_header(cur.close, cur.channel, data.len() as u64, fds.len());
         let total = HEADER_LEN + data.len();
         let flags = if block {
             SendFlags::empty()
@@ -343,7 +367,10 @@ impl SocketTransport {
                 self.batches.clear();
                 return Err(RecvError::Closed);
             }
-            Header::Data { len, nfds } => (len, nfds),
+            Header::Data { len, nfds, channel } => {
+                self.last_channel = channel;
+                (len, nfds)
+            }
         };
         let fds = match self.batches.front() {
             Some(batch) if batch.end <= at => return Err(Corruption::UnexpectedFds.into()),
@@ -473,7 +500,7 @@ impl SocketTransport {
         );
         // Only a data header has payload; its length is checked against the limits when the
         // header is parsed, and only bytes that arrived are counted here.
-        let claimed = if word >> 56 == KIND_DATA {
+        let claimed = if matches!(word >> 56, KIND_DATA | KIND_CHANNEL) {
             (word & LEN_MASK).min(in_msg as u64) as usize
         } else {
             0
@@ -562,28 +589,38 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = encode_header(false, 12345, 7);
+        let h = encode_header(false, false, 12345, 7);
         assert_eq!(
             decode_header(h, &limits()),
             Ok(Header::Data {
                 len: 12345,
-                nfds: 7
+                nfds: 7,
+                channel: false,
+            })
+        );
+        let h = encode_header(false, true, 10, 1);
+        assert_eq!(
+            decode_header(h, &limits()),
+            Ok(Header::Data {
+                len: 10,
+                nfds: 1,
+                channel: true,
             })
         );
         assert_eq!(
-            decode_header(encode_header(true, 0, 0), &limits()),
+            decode_header(encode_header(true, false, 0, 0), &limits()),
             Ok(Header::Close)
         );
     }
 
     #[test]
     fn header_rejects_hostile_values() {
-        let big = encode_header(false, (1 << 20) + 1, 0);
+        let big = encode_header(false, false, (1 << 20) + 1, 0);
         assert!(matches!(
             decode_header(big, &limits()),
             Err(Corruption::TooLarge { .. })
         ));
-        let fds = encode_header(false, 1, 9);
+        let fds = encode_header(false, false, 1, 9);
         assert!(matches!(
             decode_header(fds, &limits()),
             Err(Corruption::TooManyFds {

@@ -21,6 +21,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -172,17 +173,29 @@ fn ring_of(channel: &mut Channel) -> &mut RingTransport {
 #[allow(unsafe_code)]
 fn register(fd: BorrowedFd<'_>, interest: Interest) -> Result<AsyncFd<OwnedFd>, OpenError> {
     let dup = flowipc_sys::fd::dup_cloexec(fd).map_err(|e| OpenError::os("dup", e))?;
-    // SAFETY: the AsyncFd owns `dup`, so the descriptor stays open and refers to the same open
-    // file until the AsyncFd is dropped, and `OwnedFd::as_raw_fd` always returns the same number.
-    unsafe { AsyncFd::register_with_interest(dup, interest) }.map_err(|e| OpenError::Io {
-        op: "registering the channel with the tokio reactor (inside a runtime?)",
-        source: e.into(),
-    })
+    // tokio panics (rather than failing) outside a runtime and in one without IO: check the
+    // first, and turn the second's panic into the same error.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(OpenError::NoRuntime);
+    }
+    let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the AsyncFd owns `dup`, so the descriptor stays open and refers to the same
+        // open file until the AsyncFd is dropped, and `OwnedFd::as_raw_fd` always returns the
+        // same number.
+        unsafe { AsyncFd::register_with_interest(dup, interest) }
+    }));
+    match registered {
+        Ok(r) => r.map_err(|e| OpenError::Io {
+            op: "registering the channel with the tokio reactor",
+            source: e.into(),
+        }),
+        Err(_) => Err(OpenError::NoRuntime),
+    }
 }
 
 impl Channel {
     /// Turns this channel into an [`AsyncChannel`]. Must be called inside a tokio runtime with IO
-    /// enabled.
+    /// enabled; elsewhere it fails with [`OpenError::NoRuntime`] (and the channel is dropped).
     pub fn into_async(self) -> Result<AsyncChannel, OpenError> {
         AsyncChannel::new(self)
     }
@@ -374,6 +387,80 @@ impl AsyncChannel {
         self.channel.check_send(data, fds)?;
         self.flush().await?;
         self.send_cursor(data, fds, SendCursor::default()).await
+    }
+
+    /// Sends a message, waiting at most `timeout`; see [`Channel::send_timeout`].
+    pub async fn send_timeout(&mut self, data: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.send_with_fds_timeout(data, &[], timeout).await
+    }
+
+    /// Sends a message with descriptors, waiting at most `timeout`; see
+    /// [`Channel::send_with_fds_timeout`]: [`SendError::TimedOut`] means nothing of it was sent,
+    /// `Ok` that it was sent or (cut off by the deadline) that the channel keeps the rest and
+    /// sends it before anything else.
+    pub async fn send_with_fds_timeout(
+        &mut self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.channel.check_send(data, fds)?;
+        tokio::time::timeout_at(deadline, self.flush())
+            .await
+            .map_err(|_| SendError::TimedOut)??;
+        // Nothing is pending now, so a pending message after the deadline is this one, begun.
+        match tokio::time::timeout_at(deadline, self.send_cursor(data, fds, SendCursor::default()))
+            .await
+        {
+            Ok(sent) => sent,
+            Err(_) if self.channel.pending.is_some() => Ok(()),
+            Err(_) => Err(SendError::TimedOut),
+        }
+    }
+
+    /// Sends another channel's end to the peer; see [`Channel::send_channel`].
+    pub async fn send_channel(&mut self, channel: Channel) -> Result<(), SendError> {
+        let fds = channel.into_fds()?;
+        let msg = super::channel_message(&fds);
+        let borrowed: Vec<BorrowedFd<'_>> = fds.fds().iter().map(AsFd::as_fd).collect();
+        self.channel.check_send(&msg, &borrowed)?;
+        self.flush().await?;
+        let cursor = SendCursor {
+            channel: true,
+            ..SendCursor::default()
+        };
+        self.send_cursor(&msg, &borrowed, cursor).await
+    }
+
+    /// Receives a channel end sent with `send_channel`, with default options; see
+    /// [`Channel::recv_channel`].
+    pub async fn recv_channel(&mut self) -> Result<Channel, crate::Error> {
+        self.recv_channel_with(&super::ChannelOptions::default())
+            .await
+    }
+
+    /// [`recv_channel`](Self::recv_channel) re-creating the channel with `options`; see
+    /// [`Channel::recv_channel_with`] (an ordinary message met instead stays queued).
+    pub async fn recv_channel_with(
+        &mut self,
+        options: &super::ChannelOptions,
+    ) -> Result<Channel, crate::Error> {
+        let mut bytes = Vec::new();
+        let got = self.recv(&mut bytes).await;
+        self.channel.take_channel(got, bytes, options)
+    }
+
+    /// Receives the next message, waiting at most `timeout` ([`RecvError::TimedOut`]; nothing is
+    /// lost, a message half received stays in the channel); see [`Channel::recv_timeout`].
+    pub async fn recv_timeout(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<RecvMeta, RecvError> {
+        tokio::time::timeout(timeout, self.recv(buf))
+            .await
+            .unwrap_or(Err(RecvError::TimedOut))
     }
 
     /// Closes this side for sending; see [`Channel::close`].
