@@ -5,20 +5,28 @@
 //! popped frame longer than the largest payload, a payload or chunk outside the ring buffer, or a
 //! poisoned handle that recovers is a bug.
 //!
+//! Blocking waits (`pop_wait`, `push_wait`, `arm_wake`) run with every policy against a waiter
+//! that stands for a sleep during which the peer writes anything into the sleeper's waiting word
+//! and into its own CPU hint; the caller's deadline (a bounded number of `check` calls) must end
+//! every wait, and no sleep may happen without a `check` before it.
+//!
 //! Once a ring attaches, the region is moved to an allocation of exactly `region_size(capacity)`
 //! bytes, so the buffer ends flush with the allocation: a read or write even one byte past the
 //! buffer hits ASan's redzone instead of slack that would hide it.
 #![no_main]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::Cell;
 use std::ptr::NonNull;
+use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use flowipc_core::ring::{
     max_payload, region_size, Consumer, PopError, Producer, PushError, RawRing, FRAME_HEADER,
     HEADER_SIZE, REGION_ALIGN,
 };
-use flowipc_core::wait::NoopNotifier;
+use flowipc_core::sync::{AtomicU32, Ordering};
+use flowipc_core::wait::{NoopNotifier, Notifier, WaitOutcome, WaitPolicy, Waiter, WakeKind};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -63,8 +71,141 @@ enum Op {
         len: u16,
         commit: u16,
     },
+    /// A blocking `pop_wait`, ended by the caller's deadline if no frame comes.
+    PopWait {
+        buf: u16,
+        wait: Wait,
+    },
+    /// A blocking `push_wait`, ended by the caller's deadline if no room comes.
+    PushWait {
+        len: u16,
+        wait: Wait,
+    },
+    /// `arm_wake` on one side (the async path's announcement), then `disarm`.
+    Arm {
+        consumer: bool,
+        eventfd: bool,
+        disarm: bool,
+    },
     /// Attaches again and makes new handles (drops the old ones first).
     Reattach,
+}
+
+/// How a blocking wait meets the hostile peer: the policy, what this side says about its CPU,
+/// what the peer writes into the waiting word and its CPU hint while this side sleeps, and how
+/// many `check` calls the caller allows before its deadline ends the wait.
+#[derive(Arbitrary, Debug)]
+struct Wait {
+    /// 0: busy-poll, 1: spin-then-block, else block.
+    policy: u8,
+    spins: u8,
+    cpu: Option<u8>,
+    eventfd: bool,
+    peer_word: u32,
+    peer_cpu: u32,
+    timed_out: bool,
+    checks: u8,
+}
+
+impl Wait {
+    fn policy(&self) -> WaitPolicy {
+        match self.policy % 3 {
+            0 => WaitPolicy::BusyPoll,
+            1 => WaitPolicy::SpinThenBlock {
+                spins: u32::from(self.spins),
+            },
+            _ => WaitPolicy::Block,
+        }
+    }
+}
+
+/// A waiter that never sleeps: each `wait` stands for a sleep during which the peer writes its
+/// chosen values into the sleeper's waiting word and into the peer's own CPU hint.
+struct HostileWaiter<'a> {
+    region: &'a Region,
+    wait: &'a Wait,
+    /// Header offset of the peer's CPU hint (the one this side reads before spinning).
+    peer_hint_at: usize,
+    sleeps: Cell<u32>,
+}
+
+impl Waiter for HostileWaiter<'_> {
+    fn wake_kind(&self) -> WakeKind {
+        if self.wait.eventfd {
+            WakeKind::EventFd
+        } else {
+            WakeKind::Futex
+        }
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) -> WaitOutcome {
+        self.sleeps.set(self.sleeps.get() + 1);
+        // Futex semantics: no sleep unless the word still holds `expected`.
+        if word.load(Ordering::Relaxed) != expected {
+            return WaitOutcome::Woken;
+        }
+        word.store(self.wait.peer_word, Ordering::Relaxed);
+        self.region
+            .write(self.peer_hint_at, &self.wait.peer_cpu.to_le_bytes());
+        if self.wait.timed_out {
+            WaitOutcome::TimedOut
+        } else {
+            WaitOutcome::Woken
+        }
+    }
+
+    fn current_cpu(&self) -> Option<u32> {
+        self.wait.cpu.map(u32::from)
+    }
+}
+
+/// A notifier that wakes nobody and reports a CPU (recorded in this side's hint).
+struct CpuNotifier(Option<u32>);
+
+impl Notifier for CpuNotifier {
+    fn wake(&self, _word: &AtomicU32, _kind: WakeKind) {}
+
+    fn current_cpu(&self) -> Option<u32> {
+        self.0
+    }
+}
+
+/// Why a blocking call in this target ended.
+#[derive(Debug)]
+enum WaitError {
+    Pop(PopError),
+    Push(PushError),
+    /// The caller's deadline: `check` was called more often than the input allows.
+    Deadline,
+}
+
+impl From<PopError> for WaitError {
+    fn from(e: PopError) -> Self {
+        WaitError::Pop(e)
+    }
+}
+
+impl From<PushError> for WaitError {
+    fn from(e: PushError) -> Self {
+        WaitError::Push(e)
+    }
+}
+
+/// The caller's `check` callback: a short timeout per sleep, and a deadline after `wait.checks`
+/// (at most 4) calls; `calls` counts the calls.
+fn deadline<'a>(
+    wait: &Wait,
+    calls: &'a Cell<u32>,
+) -> impl FnMut() -> Result<Option<Duration>, WaitError> + 'a {
+    let limit = u32::from(wait.checks % 4) + 1;
+    move || {
+        calls.set(calls.get() + 1);
+        if calls.get() > limit {
+            Err(WaitError::Deadline)
+        } else {
+            Ok(Some(Duration::from_millis(1)))
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -285,6 +426,94 @@ fuzz_target!(|input: Input| {
                         }
                         Err(PushError::Corrupt) => tx_poisoned = true,
                         Err(_) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                    }
+                }
+            }
+            Op::PopWait { buf: n, wait } => {
+                if let Some(rx) = rx.as_mut() {
+                    // The consumer reads the producer's CPU hint (producer line, offset 512 + 4).
+                    let waiter = HostileWaiter {
+                        region: &region,
+                        wait: &wait,
+                        peer_hint_at: 516,
+                        sleeps: Cell::new(0),
+                    };
+                    let calls = Cell::new(0);
+                    let notifier = CpuNotifier(wait.cpu.map(u32::from));
+                    let r = rx.pop_wait(
+                        &mut buf[..usize::from(n)],
+                        &notifier,
+                        &waiter,
+                        wait.policy(),
+                        deadline(&wait, &calls),
+                    );
+                    assert!(waiter.sleeps.get() <= calls.get(), "slept without a check");
+                    match r {
+                        Ok(info) => {
+                            assert!(!rx_poisoned, "poisoned consumer recovered");
+                            assert!(info.len <= max_payload(rcap));
+                        }
+                        Err(WaitError::Pop(PopError::Corrupt)) => rx_poisoned = true,
+                        Err(_) => assert!(!rx_poisoned, "poisoned consumer recovered"),
+                    }
+                }
+            }
+            Op::PushWait { len: n, wait } => {
+                if let Some(tx) = tx.as_mut() {
+                    // The producer reads the consumer's CPU hint (consumer line, offset 384 + 4).
+                    let waiter = HostileWaiter {
+                        region: &region,
+                        wait: &wait,
+                        peer_hint_at: 388,
+                        sleeps: Cell::new(0),
+                    };
+                    let calls = Cell::new(0);
+                    let notifier = CpuNotifier(wait.cpu.map(u32::from));
+                    let r = tx.push_wait(
+                        &buf[..usize::from(n)],
+                        2,
+                        &notifier,
+                        &waiter,
+                        wait.policy(),
+                        deadline(&wait, &calls),
+                    );
+                    assert!(waiter.sleeps.get() <= calls.get(), "slept without a check");
+                    match r {
+                        Ok(()) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                        Err(WaitError::Push(PushError::Corrupt)) => tx_poisoned = true,
+                        Err(_) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                    }
+                }
+            }
+            Op::Arm {
+                consumer,
+                eventfd,
+                disarm,
+            } => {
+                let kind = if eventfd {
+                    WakeKind::EventFd
+                } else {
+                    WakeKind::Futex
+                };
+                if consumer {
+                    if let Some(rx) = rx.as_mut() {
+                        match rx.arm_wake(kind) {
+                            Ok(_) => assert!(!rx_poisoned, "poisoned consumer recovered"),
+                            Err(PopError::Corrupt) => rx_poisoned = true,
+                            Err(_) => assert!(!rx_poisoned, "poisoned consumer recovered"),
+                        }
+                        if disarm {
+                            rx.disarm();
+                        }
+                    }
+                } else if let Some(tx) = tx.as_mut() {
+                    match tx.arm_wake(kind) {
+                        Ok(_) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                        Err(PushError::Corrupt) => tx_poisoned = true,
+                        Err(_) => assert!(!tx_poisoned, "poisoned producer recovered"),
+                    }
+                    if disarm {
+                        tx.disarm();
                     }
                 }
             }
