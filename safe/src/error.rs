@@ -45,6 +45,9 @@ pub enum Error {
     /// Creating or mapping a shared-memory region failed.
     #[error(transparent)]
     Region(#[from] RegionError),
+    /// A session operation failed.
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
 }
 
 /// The core allocator's errors arrive wrapped as an [`ArenaError`].

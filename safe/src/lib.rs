@@ -76,6 +76,7 @@ pub mod channel;
 pub mod error;
 pub mod raw;
 pub mod ring;
+pub mod session;
 pub mod structured;
 mod watch;
 
@@ -83,6 +84,7 @@ mod watch;
 pub use channel::AsyncChannel;
 pub use channel::{Channel, ChannelOptions, Message};
 pub use error::{Error, Result};
+pub use session::{Session, SessionError, SessionServer};
 #[cfg(feature = "tokio")]
 pub use structured::AsyncStructuredChannel;
 pub use structured::{MsgIn, MsgOut, StructuredChannel, StructuredError};

@@ -65,7 +65,10 @@ pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Result<Pid> {
     let prefix = b"/proc/self/fdinfo/";
     path[..prefix.len()].copy_from_slice(prefix);
     let mut len = prefix.len();
-    len += write_decimal(&mut path[len..], u64::try_from(fd).map_err(|_| Errno::BADF)?);
+    len += write_decimal(
+        &mut path[len..],
+        u64::try_from(fd).map_err(|_| Errno::BADF)?,
+    );
     // path[len] is already 0: the buffer is larger than any prefix plus a u64.
     let cpath = core::ffi::CStr::from_bytes_until_nul(&path[..=len]).map_err(|_| Errno::INVAL)?;
     let file = rustix::fs::open(cpath, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
@@ -158,6 +161,69 @@ fn write_decimal(out: &mut [u8], mut v: u64) -> usize {
 #[doc(alias = "flock")]
 pub fn flock_exclusive_nonblocking(fd: impl AsFd) -> Result<()> {
     rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive)
+}
+
+/// `geteuid()`—the effective user id of the calling process.
+///
+/// # References
+///  - [Linux `geteuid(2)`]
+///
+/// [Linux `geteuid(2)`]: https://man7.org/linux/man-pages/man2/geteuid.2.html
+pub fn geteuid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// `getegid()`—the effective group id of the calling process.
+///
+/// # References
+///  - [Linux `getegid(2)`]
+///
+/// [Linux `getegid(2)`]: https://man7.org/linux/man-pages/man2/getegid.2.html
+pub fn getegid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
+/// The inode number of the file `fd` refers to (`fstat`'s `st_ino`).
+///
+/// # References
+///  - [Linux `fstat(2)`]
+///
+/// [Linux `fstat(2)`]: https://man7.org/linux/man-pages/man2/fstat.2.html
+pub fn inode(fd: BorrowedFd<'_>) -> Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_ino)
+}
+
+/// Takes ownership of descriptor `raw`, inherited from the parent process (its number handed
+/// over in the environment), after checking that it is an open socket with inode number
+/// `expected_ino` (which the parent handed over too, so that a stale number naming some other
+/// descriptor is not adopted); marks it close-on-exec so that it is not passed on further.
+///
+/// Fails with [`Errno::BADF`] if `raw` is not open, [`Errno::NOTSOCK`] if it is not a socket and
+/// [`Errno::STALE`] if it is another socket than the parent meant.
+///
+/// # Safety
+///
+/// Nothing else in this process may own or use descriptor `raw` (the caller adopts it exactly
+/// once, as the parent intended, and no other code in the process refers to that number).
+pub unsafe fn adopt_inherited_socket(raw: i32, expected_ino: u64) -> Result<OwnedFd> {
+    if raw < 0 {
+        return Err(Errno::BADF);
+    }
+    // SAFETY: the caller guarantees nobody else owns `raw`; the borrow ends before we adopt it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    rustix::io::fcntl_getfd(borrowed)?;
+    let stat = rustix::fs::fstat(borrowed)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(Errno::NOTSOCK);
+    }
+    if stat.st_ino != expected_ino {
+        return Err(Errno::STALE);
+    }
+    // SAFETY: `raw` is open (checked above) and the caller guarantees that this process hands its
+    // ownership to us alone.
+    let owned = unsafe { <OwnedFd as rustix::fd::FromRawFd>::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
 }
 
 mod raw {

@@ -1,0 +1,270 @@
+//! [`SessionServer`]: the rendezvous socket, its lock, and authentication of each client.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flowipc_sys::socket::{PollFd, PollFlags};
+use flowipc_sys::Errno;
+
+use super::auth::{self, IdentifyError, PeerIdentity};
+use super::conn::{control_options, recv_control, send_control, Offer};
+use super::wire::{self, ControlMessage, HandshakeError};
+use super::{
+    lock_path, rendezvous, settings_to_options, App, ServerApp, Session, SessionError,
+    SessionOptions,
+};
+
+/// A server's end of the rendezvous: accepts clients, one [`Session`] each.
+///
+/// Holds an exclusive `flock` on `<dir>/<name>.lock` for its whole life, so a second server of
+/// the same name fails to bind with [`SessionError::AlreadyRunning`]; the lock dies with the
+/// process, so the socket a killed server left behind is simply replaced by the next one.
+/// Dropping the server removes its socket (the lock file stays: deleting it would let two later
+/// servers lock two different files of the same name).
+#[derive(Debug)]
+pub struct SessionServer {
+    app: ServerApp,
+    /// The clients' executables with symlinks resolved, beside their descriptions.
+    clients: Vec<(App, PathBuf)>,
+    options: SessionOptions,
+    listener: UnixListener,
+    path: PathBuf,
+    _lock: File,
+}
+
+/// Why one client did not get a session; the server logs it and goes on.
+enum Rejection {
+    /// Refused by a check; the client was told.
+    Refused(String),
+    /// The client failed during the handshake (died, timed out, broke the protocol).
+    Failed(SessionError),
+}
+
+impl SessionServer {
+    /// Binds the rendezvous socket of `server` (see the [module docs](super)).
+    pub fn bind(server: &ServerApp, options: SessionOptions) -> Result<Self, SessionError> {
+        server.app.check_name()?;
+        for c in &server.clients {
+            c.check_name()?;
+        }
+        options.check()?;
+        let dir = rendezvous::dir(server, &options);
+        rendezvous::prepare_server_dir(&dir, server)?;
+        let lock_file = lock_path(&dir, &server.app.name);
+        let lock = rendezvous::open_lock(&lock_file)?;
+        match flowipc_sys::session::flock_exclusive_nonblocking(&lock) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                return Err(SessionError::AlreadyRunning {
+                    server: server.app.name.clone(),
+                    lock: lock_file,
+                })
+            }
+            Err(e) => return Err(SessionError::os("flock", e)),
+        }
+        let path = dir.join(format!("{}.sock", server.app.name));
+        // We hold the lock: whatever socket is there was left by a server that died.
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "replaced a stale rendezvous socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SessionError::io(
+                    format!("removing stale socket {}", path.display()),
+                    e,
+                ))
+            }
+        }
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| SessionError::io(format!("binding {}", path.display()), e))?;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(server.permission.socket_mode()),
+        )
+        .map_err(|e| SessionError::io(format!("setting the mode of {}", path.display()), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| SessionError::io("making the listener non-blocking", e))?;
+        let clients = server
+            .clients
+            .iter()
+            .map(|c| (c.clone(), c.canonical_exe()))
+            .collect();
+        Ok(SessionServer {
+            app: server.clone(),
+            clients,
+            options,
+            listener,
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The rendezvous socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The listening socket (readable when a client is waiting), for event loops.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    /// Waits for the next client that passes the checks and completes the handshake. Clients
+    /// that are refused or fail mid-handshake are logged (`tracing`) and skipped.
+    pub fn accept(&self) -> Result<Session, SessionError> {
+        self.accept_timeout(None)
+    }
+
+    /// [`accept`](Self::accept) waiting at most `timeout` (`None`: forever) for a client.
+    pub fn accept_timeout(&self, timeout: Option<Duration>) -> Result<Session, SessionError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let left = match deadline {
+                        None => None,
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                return Err(SessionError::TimedOut("accept"));
+                            }
+                            Some(d - now)
+                        }
+                    };
+                    let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
+                    match flowipc_sys::socket::poll(&mut fds, left) {
+                        Ok(_) | Err(Errno::INTR) => {}
+                        Err(e) => return Err(SessionError::os("poll(listener)", e)),
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => return Err(SessionError::io("accept", e)),
+            };
+            match self.handshake(stream) {
+                Ok(session) => return Ok(session),
+                Err(Rejection::Refused(reason)) => {
+                    tracing::warn!(server = %self.app.app.name, %reason, "refused a client");
+                }
+                Err(Rejection::Failed(e)) => {
+                    tracing::warn!(server = %self.app.app.name, error = %e, "a client failed during the handshake");
+                }
+            }
+        }
+    }
+
+    /// Matches the peer's kernel facts against the registered clients; `Err` is the refusal
+    /// reason sent to the client.
+    fn check_client(&self, id: &PeerIdentity, claimed: &str) -> Result<&App, String> {
+        let Some(exe) = &id.exe else {
+            return Err(format!(
+                "the executable of pid {} cannot be read (/proc/{}/exe); run the client as a \
+                 user the server may inspect",
+                id.pid, id.pid
+            ));
+        };
+        let Some((app, _)) = self
+            .clients
+            .iter()
+            .find(|(a, canon)| canon == exe && a.name == claimed)
+            .or_else(|| self.clients.iter().find(|(_, canon)| canon == exe))
+        else {
+            return Err(format!(
+                "executable {} is not a registered client",
+                exe.display()
+            ));
+        };
+        if app.uid != id.uid {
+            return Err(format!(
+                "client '{}' runs as uid {}, but is registered to run as uid {}",
+                app.name, id.uid, app.uid
+            ));
+        }
+        if app.gid != id.gid {
+            return Err(format!(
+                "client '{}' runs as gid {}, but is registered to run as gid {}",
+                app.name, id.gid, app.gid
+            ));
+        }
+        if app.name != claimed {
+            return Err(format!(
+                "the client calls itself '{claimed}', but runs the executable of '{}'",
+                app.name
+            ));
+        }
+        Ok(app)
+    }
+
+    fn handshake(&self, stream: UnixStream) -> Result<Session, Rejection> {
+        let failed = Rejection::Failed;
+        stream
+            .set_nonblocking(false)
+            .map_err(|e| failed(SessionError::io("fcntl", e)))?;
+        let identity = match auth::identify(stream.as_fd()) {
+            Ok(id) => id,
+            Err(IdentifyError::Gone) => return Err(failed(SessionError::PeerGone)),
+            Err(IdentifyError::Os(op, e)) => return Err(failed(SessionError::os(op, e))),
+        };
+        let mut control = control_options().from_socket(OwnedFd::from(stream));
+        let deadline = Instant::now() + self.options.handshake_timeout;
+        let r = recv_control(&mut control, Some(deadline), "the handshake").map_err(failed)?;
+        let (claimed, settings, init, metadata) = match wire::parse(&r.bytes, r.fds.len()) {
+            Ok(ControlMessage::Hello {
+                name,
+                settings,
+                init,
+                metadata,
+            }) => (name.to_owned(), settings, init, metadata.to_vec()),
+            Ok(_) => return Err(failed(HandshakeError::Unexpected("expected hello").into())),
+            Err(e) => return Err(failed(e.into())),
+        };
+        let app = match self.check_client(&identity, &claimed) {
+            Ok(app) => app.clone(),
+            Err(reason) => {
+                let _ = send_control(
+                    &mut control,
+                    &ControlMessage::Refused { reason: &reason },
+                    &[],
+                );
+                let _ = control.close();
+                return Err(Rejection::Refused(format!(
+                    "pid {} uid {}: {reason}",
+                    identity.pid, identity.uid
+                )));
+            }
+        };
+        // The client's channels with its settings, but never larger rings than this server's
+        // own setting (or 1 MiB) allows: the client does not choose how much memory we map.
+        let mut client_settings = settings;
+        client_settings.ring_capacity = client_settings
+            .ring_capacity
+            .min(self.options.settings.ring_capacity.max(1 << 20));
+        let requested_options = settings_to_options(&client_settings);
+        Session::offer(
+            control,
+            Offer {
+                local_name: &self.app.app.name,
+                requested: &init,
+                requested_options: &requested_options,
+                options: &self.options,
+                peer_name: app.name,
+                peer: Some(identity),
+                peer_metadata: metadata,
+            },
+        )
+        .map_err(failed)
+    }
+}
+
+impl Drop for SessionServer {
+    fn drop(&mut self) {
+        // The lock is still held here (fields drop after this), so no new server has bound.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
