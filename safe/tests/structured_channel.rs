@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use channel_util::{child_channel, retry_mq, role, serial, spawn_child};
 use flowipc::channel::{Channel, ChannelOptions};
-use flowipc::structured::{StructuredError, UnexpectedResponse};
+use flowipc::structured::{StructuredError, StructuredOptions, UnexpectedResponse};
 use structured_util::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -45,10 +45,32 @@ fn memfd_with(contents: &[u8]) -> OwnedFd {
     OwnedFd::from(f)
 }
 
+/// Waits for a callback's report, driving the channel meanwhile (needed when the channel
+/// receives in the caller).
+fn await_cb<T>(ch: &Chan, rx: &mpsc::Receiver<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(v) = rx.try_recv() {
+            return v;
+        }
+        assert!(t0.elapsed() < WAIT, "no callback within {WAIT:?}");
+        ch.process_incoming(Duration::from_millis(5)).unwrap();
+    }
+}
+
 /// The whole conversation with a serving child over one transport.
 fn conversation(test: &str, (ours, theirs): (Channel, Channel), with_fds: bool) {
+    conversation_with(test, (ours, theirs), with_fds, &StructuredOptions::new());
+}
+
+fn conversation_with(
+    test: &str,
+    (ours, theirs): (Channel, Channel),
+    with_fds: bool,
+    options: &StructuredOptions,
+) {
     let mut child = spawn_child(test, "serve", theirs, &[]);
-    let ch = Chan::new(ours).unwrap();
+    let ch: Chan = options.open(ours).unwrap();
 
     // A sync request and its response.
     let r = ch.sync_request(&ping(&ch, 1, 100, 1), WAIT).unwrap();
@@ -75,23 +97,20 @@ fn conversation(test: &str, (ours, theirs): (Channel, Channel), with_fds: bool) 
     // The callback form.
     let (tx, rx) = mpsc::channel();
     ch.request_with(&ping(&ch, 20, 4, 1), move |r| {
-        tx.send(r.map(|m| pong_of(&m))).unwrap();
+        let _ = tx.send(r.map(|m| pong_of(&m)));
     })
     .unwrap();
-    assert_eq!(
-        rx.recv_timeout(WAIT).unwrap().unwrap(),
-        (20, pong_payload(20, 4))
-    );
+    assert_eq!(await_cb(&ch, &rx).unwrap(), (20, pong_payload(20, 4)));
 
     // Multi-response with a callback, then cancelled.
     let (tx, rx) = mpsc::channel();
     let id = ch
         .request_multi_with(&ping(&ch, 30, 1, 2), move |r| {
-            tx.send(r.map(|m| pong_of(&m).0)).unwrap();
+            let _ = tx.send(r.map(|m| pong_of(&m).0));
         })
         .unwrap();
-    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), 30);
-    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), 31);
+    assert_eq!(await_cb(&ch, &rx).unwrap(), 30);
+    assert_eq!(await_cb(&ch, &rx).unwrap(), 31);
     ch.cancel(id);
 
     // Notifications both ways.
@@ -110,7 +129,7 @@ fn conversation(test: &str, (ours, theirs): (Channel, Channel), with_fds: bool) 
     assert!(t0.elapsed() < SLOW_DELAY);
     let t0 = Instant::now();
     while ch.stats().late_responses == late_before && t0.elapsed() < WAIT {
-        std::thread::sleep(Duration::from_millis(5));
+        ch.process_incoming(Duration::from_millis(5)).unwrap();
     }
     assert_eq!(ch.stats().late_responses, late_before + 1);
     // The channel goes on after it.
@@ -121,11 +140,11 @@ fn conversation(test: &str, (ours, theirs): (Channel, Channel), with_fds: bool) 
     let (tx, rx) = mpsc::channel();
     ch.on_unexpected_response(move |u| {
         if let UnexpectedResponse::Received(m) = u {
-            tx.send(pong_of(&m)).unwrap();
+            let _ = tx.send(pong_of(&m));
         }
     });
     ch.send(&note(&ch, "respond-to-me")).unwrap();
-    assert_eq!(rx.recv_timeout(WAIT).unwrap(), (99, b"unasked".to_vec()));
+    assert_eq!(await_cb(&ch, &rx), (99, b"unasked".to_vec()));
     assert_eq!(ch.stats().unexpected_responses, 1);
     assert_eq!(note_of(&ch.recv_timeout(WAIT).unwrap()), "reported 1");
 
@@ -160,8 +179,16 @@ fn conversation(test: &str, (ours, theirs): (Channel, Channel), with_fds: bool) 
 /// Several requests wait (sync, from threads, and a callback) when the child is SIGKILLed: each
 /// gets PeerGone, promptly.
 fn killed_mid_request(test: &str, (ours, theirs): (Channel, Channel)) {
+    killed_mid_request_with(test, (ours, theirs), &StructuredOptions::new());
+}
+
+fn killed_mid_request_with(
+    test: &str,
+    (ours, theirs): (Channel, Channel),
+    options: &StructuredOptions,
+) {
     let mut child = spawn_child(test, "serve", theirs, &[]);
-    let ch = Chan::new(ours).unwrap();
+    let ch: Chan = options.open(ours).unwrap();
     // The child is up and serving.
     ch.sync_request(&ping(&ch, 1, 0, 1), WAIT).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -258,4 +285,45 @@ fn structured_mq_killed() {
     let _g = serial();
     let pair = retry_mq(|| ChannelOptions::new().mq_pair());
     killed_mid_request("structured_mq_killed", pair);
+}
+
+/// Receiving in the caller (no reader thread): the same conversation, and the same kill.
+#[test]
+fn structured_ring_caller() {
+    if child_entry() {
+        return;
+    }
+    let options = StructuredOptions::new().receive_in_caller(true);
+    conversation_with(
+        "structured_ring_caller",
+        Channel::ring_pair().unwrap(),
+        true,
+        &options,
+    );
+}
+
+#[test]
+fn structured_socket_caller_killed() {
+    if child_entry() {
+        return;
+    }
+    let options = StructuredOptions::new().receive_in_caller(true);
+    killed_mid_request_with(
+        "structured_socket_caller_killed",
+        Channel::socket_pair().unwrap(),
+        &options,
+    );
+}
+
+#[test]
+fn structured_ring_caller_killed() {
+    if child_entry() {
+        return;
+    }
+    let options = StructuredOptions::new().receive_in_caller(true);
+    killed_mid_request_with(
+        "structured_ring_caller_killed",
+        Channel::ring_pair().unwrap(),
+        &options,
+    );
 }

@@ -57,6 +57,8 @@
 //!   interleave with notifications as they were sent. The reader stops receiving while
 //!   [`StructuredOptions::inbox_capacity`] unsolicited messages wait to be taken (backpressure to
 //!   the peer, bounded memory); a request waiting behind a full inbox times out, so drain it.
+//!   [`StructuredOptions::receive_in_caller`] drops the reader thread on the sync face: the
+//!   waiting threads receive themselves, which saves a thread hand-off per message.
 //! - A response that matches nothing pending goes to the unexpected-response handler
 //!   ([`StructuredChannel::on_unexpected_response`]) and is reported to its sender, whose handler
 //!   gets [`UnexpectedResponse::ReportedByPeer`]. A response to a request that timed out or was
@@ -139,6 +141,7 @@ pub struct StructuredOptions {
     amplification: usize,
     nesting_limit: i32,
     inbox_capacity: usize,
+    receive_in_caller: bool,
 }
 
 impl Default for StructuredOptions {
@@ -149,6 +152,7 @@ impl Default for StructuredOptions {
             amplification: 8,
             nesting_limit: 64,
             inbox_capacity: 4096,
+            receive_in_caller: false,
         }
     }
 }
@@ -196,7 +200,22 @@ impl StructuredOptions {
         self
     }
 
-    /// Builds a [`StructuredChannel`] over `channel`; starts its reader thread.
+    /// Sync face only: no reader thread; the threads that wait ([`sync_request`], [`recv`],
+    /// [`Responses::recv_timeout`], ...) receive and route frames themselves, one at a time.
+    /// This saves a thread hand-off per message (the lowest latency), but nothing is received
+    /// while no thread waits: callbacks of [`request_with`] run in whichever waiting thread
+    /// receives their response, and the peer's death is seen by the next wait. Default off.
+    ///
+    /// [`sync_request`]: StructuredChannel::sync_request
+    /// [`recv`]: StructuredChannel::recv
+    /// [`request_with`]: StructuredChannel::request_with
+    pub fn receive_in_caller(mut self, yes: bool) -> Self {
+        self.receive_in_caller = yes;
+        self
+    }
+
+    /// Builds a [`StructuredChannel`] over `channel`; starts its reader thread (unless
+    /// [`receive_in_caller`](Self::receive_in_caller)).
     pub fn open<M: Owned + 'static>(
         &self,
         channel: crate::channel::Channel,

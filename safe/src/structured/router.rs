@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::error::End;
 use super::wire::{Decoded, MsgKind};
@@ -305,7 +307,11 @@ impl<M> Router<M> {
 /// What the faces share with their reader: the state, and the two ways to wake waiters.
 pub(crate) struct Shared<M> {
     pub(crate) state: Mutex<Router<M>>,
-    pub(crate) cond: Condvar,
+    /// Waited on only through [`Shared::wait_for`], which counts the sleepers in `sleepers`.
+    cond: Condvar,
+    /// Threads asleep on `cond` (or about to be: counted under the state lock), so that a wake
+    /// with nobody asleep costs no system call.
+    sleepers: AtomicUsize,
     #[cfg(feature = "tokio")]
     pub(crate) notify: ::tokio::sync::Notify,
     pub(crate) handler: Mutex<Option<UnexpectedHandler<M>>>,
@@ -317,6 +323,7 @@ impl<M> Shared<M> {
         Shared {
             state: Mutex::new(Router::new()),
             cond: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
             notify: ::tokio::sync::Notify::new(),
             handler: Mutex::new(None),
@@ -329,9 +336,36 @@ impl<M> Shared<M> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes every waiter, sync and async.
+    /// Sleeps on the condition variable for at most `timeout` (`None`: until woken), giving up
+    /// the state lock meanwhile.
+    pub(crate) fn wait_for<'a>(
+        &self,
+        st: MutexGuard<'a, Router<M>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Router<M>> {
+        // Counted while the state lock is held: a waker changes the state under that lock and
+        // reads the count after releasing it, so it either sees this sleeper or the sleeper sees
+        // the change before sleeping.
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let st = match timeout {
+            None => self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+            Some(t) => {
+                self.cond
+                    .wait_timeout(st, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        st
+    }
+
+    /// Wakes every waiter, sync and async. Call it after releasing the state lock.
     pub(crate) fn wake(&self) {
-        self.cond.notify_all();
+        // Pairs with the increment in `wait_for` (see there).
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.cond.notify_all();
+        }
         #[cfg(feature = "tokio")]
         self.notify.notify_waiters();
     }

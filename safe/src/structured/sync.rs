@@ -14,7 +14,7 @@ use super::wire::{self, BodyLimits, Envelope, MsgKind, OutMessage, WireKind};
 use super::{
     MsgIn, MsgOut, StructuredError, StructuredOptions, StructuredStats, UnexpectedResponse,
 };
-use crate::channel::{Channel, ChannelSender, RecvError, SendError};
+use crate::channel::{Channel, ChannelReceiver, ChannelSender, RecvError, SendError};
 
 /// How often the reader thread looks up from a blocking receive to see whether it should stop.
 const READER_TICK: Duration = Duration::from_millis(50);
@@ -106,7 +106,15 @@ pub struct StructuredChannel<M: Owned + 'static> {
     shared: Arc<Shared<M>>,
     tx: Arc<Mutex<Tx>>,
     stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
+    reader: Reader,
+    limits: BodyLimits,
+}
+
+/// Who receives: the channel's reader thread, or the threads that wait.
+enum Reader {
+    Thread(Option<JoinHandle<()>>),
+    /// Boxed: a receiver is a few hundred bytes.
+    Caller(Box<Mutex<ChannelReceiver>>),
 }
 
 /// Identifies a request made with a callback ([`StructuredChannel::request_with`]), to cancel it.
@@ -135,21 +143,25 @@ impl<M: Owned + 'static> StructuredChannel<M> {
         let tx = Arc::new(Mutex::new(Tx { sender, next_id: 1 }));
         let stop = Arc::new(AtomicBool::new(false));
         let limits = options.body_limits();
-        let reader = {
+        let reader = if options.receive_in_caller {
+            Reader::Caller(Box::new(Mutex::new(receiver)))
+        } else {
             let (shared, tx, stop) = (shared.clone(), tx.clone(), stop.clone());
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("flowipc-structured".into())
                 .spawn(move || reader_loop(receiver, &shared, &tx, &stop, &limits))
                 .map_err(|e| SendError::Io {
                     op: "spawn the structured channel's reader thread",
                     source: e,
-                })?
+                })?;
+            Reader::Thread(Some(thread))
         };
         Ok(StructuredChannel {
             shared,
             tx,
             stop,
-            reader: Some(reader),
+            reader,
+            limits,
         })
     }
 
@@ -292,11 +304,31 @@ impl<M: Owned + 'static> StructuredChannel<M> {
         self.wait(Some(Instant::now() + timeout), Router::take_inbox)
     }
 
-    /// The next unsolicited message if one is queued, else [`StructuredError::WouldBlock`].
+    /// The next unsolicited message if one is queued (or, receiving in the caller, arrives
+    /// without waiting), else [`StructuredError::WouldBlock`].
     pub fn try_recv(&self) -> Result<MsgIn<M>, StructuredError> {
-        let got = self.shared.lock().take_inbox();
-        self.shared.wake();
-        got.unwrap_or(Err(StructuredError::WouldBlock))
+        match self.wait(Some(Instant::now()), Router::take_inbox) {
+            Err(StructuredError::TimedOut) => Err(StructuredError::WouldBlock),
+            other => other,
+        }
+    }
+
+    /// Receives and routes incoming frames for up to `timeout` without taking anything: with
+    /// [`receive_in_caller`](StructuredOptions::receive_in_caller), the way to run callbacks
+    /// and the unexpected-response handler while no other call waits. With a reader thread it
+    /// returns at once. `Err` once the channel ended.
+    pub fn process_incoming(&self, timeout: Duration) -> Result<(), StructuredError> {
+        if let Reader::Thread(_) = &self.reader {
+            return match &self.shared.lock().end {
+                Some(end) => Err(end.to_error()),
+                None => Ok(()),
+            };
+        }
+        let until = Some(Instant::now() + timeout);
+        match self.wait(until, |st| st.end.as_ref().map(|e| Err(e.to_error()))) {
+            Err(StructuredError::TimedOut) => Ok(()),
+            other => other,
+        }
     }
 
     /// Sets the handler of responses that match nothing (and of the peer's reports that ours
@@ -330,6 +362,9 @@ impl<M: Owned + 'static> StructuredChannel<M> {
         deadline: Option<Instant>,
         mut take: impl FnMut(&mut Router<M>) -> Option<Result<T, StructuredError>>,
     ) -> Result<T, StructuredError> {
+        if let Reader::Caller(rx) = &self.reader {
+            return self.drive(rx, deadline, take);
+        }
         let mut st = self.shared.lock();
         loop {
             if let Some(got) = take(&mut st) {
@@ -339,19 +374,74 @@ impl<M: Owned + 'static> StructuredChannel<M> {
                 return got;
             }
             st = match deadline {
-                None => self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                None => self.shared.wait_for(st, None),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return Err(StructuredError::TimedOut);
                     }
-                    self.shared
-                        .cond
-                        .wait_timeout(st, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+                    self.shared.wait_for(st, Some(deadline - now))
                 }
             };
+        }
+    }
+}
+
+impl<M: Owned + 'static> StructuredChannel<M> {
+    /// Receiving in the caller: waits until `take` finds something, receiving and routing frames
+    /// in this thread while no other thread does (the others wait for its routing).
+    fn drive<T>(
+        &self,
+        rx: &Mutex<ChannelReceiver>,
+        deadline: Option<Instant>,
+        mut take: impl FnMut(&mut Router<M>) -> Option<Result<T, StructuredError>>,
+    ) -> Result<T, StructuredError> {
+        let mut attempted = false;
+        loop {
+            let now = Instant::now();
+            let slice = match deadline {
+                Some(deadline) if attempted && now >= deadline => {
+                    return Err(StructuredError::TimedOut);
+                }
+                Some(deadline) => deadline.saturating_duration_since(now).min(READER_TICK),
+                None => READER_TICK,
+            };
+            attempted = true;
+            let mut st = self.shared.lock();
+            if let Some(got) = take(&mut st) {
+                drop(st);
+                self.shared.wake();
+                return got;
+            }
+            let full = st.queued >= self.shared.inbox_capacity;
+            let ended = st.end.is_some();
+            let receiver = if full || ended {
+                None
+            } else {
+                rx.try_lock().ok()
+            };
+            let Some(mut receiver) = receiver else {
+                // Another thread receives (it wakes us after routing), or the inbox is full
+                // (a taker wakes us), or the channel ended (`take` reports it next round).
+                drop(self.shared.wait_for(st, Some(slice)));
+                continue;
+            };
+            drop(st);
+            // Routed while the receiver is held, so frames are routed in the order they came.
+            let mut buf = Vec::new();
+            match receiver.recv_timeout(&mut buf, slice) {
+                Ok(meta) => {
+                    self.shared.receive(buf, meta.fds, &self.limits);
+                }
+                Err(RecvError::TimedOut) => {}
+                Err(e) => self.shared.finish(End::from_recv(e)),
+            }
+            drop(receiver);
+            if !self.shared.lock().reports.is_empty() {
+                if let Ok(mut tx) = self.tx.try_lock() {
+                    tx.flush_reports(&self.shared);
+                }
+            }
         }
     }
 }
@@ -360,8 +450,10 @@ impl<M: Owned + 'static> Drop for StructuredChannel<M> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.shared.wake();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+        if let Reader::Thread(reader) = &mut self.reader {
+            if let Some(reader) = reader.take() {
+                let _ = reader.join();
+            }
         }
         self.shared.finish(End::Local);
     }
@@ -417,7 +509,7 @@ impl<M: Owned + 'static> std::fmt::Debug for Responses<'_, M> {
 }
 
 fn reader_loop<M>(
-    mut rx: crate::channel::ChannelReceiver,
+    mut rx: ChannelReceiver,
     shared: &Shared<M>,
     tx: &Mutex<Tx>,
     stop: &AtomicBool,
@@ -428,11 +520,7 @@ fn reader_loop<M>(
         {
             let mut st = shared.lock();
             while st.queued >= shared.inbox_capacity && !stop.load(Ordering::Relaxed) {
-                st = shared
-                    .cond
-                    .wait_timeout(st, READER_TICK)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                st = shared.wait_for(st, Some(READER_TICK));
             }
         }
         if stop.load(Ordering::Relaxed) {
