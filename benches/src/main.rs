@@ -16,6 +16,12 @@ mod plot;
 mod raw;
 mod report;
 mod ring;
+mod structured;
+/// The structured rows' schema, `safe/schema/ping.capnp` (generated Rust, checked in there).
+#[path = "../../safe/schema/ping_capnp.rs"]
+#[allow(missing_docs, unused, clippy::all, clippy::undocumented_unsafe_blocks)]
+#[rustfmt::skip]
+mod ping_capnp;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -72,6 +78,8 @@ fn systems() -> Vec<&'static dyn System> {
         &channel::ChannelSystem::RING_ZERO_COPY,
         &channel::ChannelSystem::SOCKET,
         &channel::ChannelSystem::MQ,
+        &structured::StructuredSystem::RING,
+        &structured::StructuredSystem::SOCKET,
         &raw::Slot::SPIN,
         &raw::Slot::FUTEX,
         &raw::Slot::EVENTFD,
@@ -355,6 +363,7 @@ fn check_targets(rows: &[Row]) {
     check_channel_targets(rows);
     #[cfg(feature = "peers")]
     peers::check_ipc_channel(rows);
+    structured::check_targets(rows);
 }
 
 /// Prints one latency ratio target: `row`'s p50 over the p50 of `reference` (same kind and size,

@@ -19,6 +19,8 @@ struct Ping {
   # How many bytes of payload the response should carry.
   responses @2 :UInt32;
   # How many responses the sender expects (multi-response requests).
+  last @3 :Bool;
+  # The last request of a benchmark run (flowipc-bench's structured rows).
 }
 
 struct Pong {

@@ -7,6 +7,8 @@
 //!   sleeps in `Listener::blocking_wait` when nothing is there).
 //! - `ipc-channel`: ipc-channel 0.23 `IpcBytesSender`/`IpcBytesReceiver` pairs, `block` mode only
 //!   (its receivers sleep in the kernel).
+//! - `ipc-channel-serde`: ipc-channel's typed channels with serde structs shaped like the
+//!   structured rows' request and response (`rtt`, `block`): the peer of the structured rows.
 //!
 //! Both send by copying the message in (iceoryx2 into a loaned sample, ipc-channel into the socket)
 //! and receive without a further copy, as their applications would read: iceoryx2 in place in the
@@ -27,10 +29,15 @@ use crate::report::Row;
 
 mod iceoryx2;
 mod ipc_channel;
+mod ipc_channel_serde;
 
 /// The peer systems, in the order they are measured.
-pub fn systems() -> [&'static dyn System; 2] {
-    [&self::iceoryx2::Iceoryx2, &self::ipc_channel::IpcChannel]
+pub fn systems() -> [&'static dyn System; 3] {
+    [
+        &self::iceoryx2::Iceoryx2,
+        &self::ipc_channel::IpcChannel,
+        &self::ipc_channel_serde::IpcChannelSerde,
+    ]
 }
 
 /// A pipe's read end from which the server reads `name` (the write end is already closed, so the
