@@ -5,8 +5,8 @@
 //! Each function is a thin wrapper that calls the production code unchanged, so that a target
 //! exercises exactly what a receiving channel runs on the peer's bytes.
 
-use super::chunk::{self, ChunkHeader, Reassembler};
-use super::socket::{self, Header};
+use super::framing::{self as chunk, ChunkHeader, Reassembler};
+use super::transport::socket::{self, Header};
 use super::{Corruption, Limits};
 
 /// Length of a socket frame header.

@@ -14,9 +14,8 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::time::Instant;
 
-use super::{Channel, RecvError, SendError, Transport};
+use super::{Blocking, Channel, RecvError, SendError, Transport};
 use crate::ring::{RingReadChunk, RingWriteChunk};
 
 /// A message being built by [`Channel::send_in_place`]: `len` bytes, in the ring's shared memory
@@ -189,7 +188,7 @@ impl io::Read for IncomingMessage<'_> {
 /// Wraps a message builder for [`RingTransport::send_in_place`], which lends it the reserved
 /// frame and takes it back to publish it.
 ///
-/// [`RingTransport::send_in_place`]: super::ring::RingTransport::send_in_place
+/// [`RingTransport::send_in_place`]: super::transport::ring::RingTransport::send_in_place
 pub(crate) fn ring_builder<R>(
     len: usize,
     build: impl FnOnce(&mut MessageWriter<'_>) -> R,
@@ -256,7 +255,11 @@ impl Channel {
         } else {
             self.flush_pending_blocking()?;
         }
-        let block = (!self.nonblocking).then_some(None::<Instant>);
+        let block = if self.nonblocking {
+            Blocking::Never
+        } else {
+            Blocking::Forever
+        };
         if self.ring_takes_in_place(len)? {
             if let Some(Transport::Ring(t)) = self.transport.as_mut() {
                 // Nothing is published before the frame is complete, so an error here leaves
@@ -316,7 +319,7 @@ impl Channel {
     /// [`RecvError::WouldBlock`].
     pub fn try_recv_in_place(&mut self) -> Result<IncomingMessage<'_>, RecvError> {
         let mut stage = std::mem::take(&mut self.stage);
-        let got = self.step_recv(&mut stage, None, true);
+        let got = self.step_recv(&mut stage, Blocking::Never, true);
         self.stage = stage;
         match got? {
             Some(fds) => self.incoming(fds),

@@ -77,17 +77,15 @@
 //! [`Channel::send_channel`] (or take them with [`Channel::into_fds`] and rebuild with
 //! [`Channel::from_fds`]).
 
-mod chunk;
 mod error;
+mod framing;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
 mod in_place;
-mod mq;
-mod ring;
-mod socket;
 #[cfg(feature = "tokio")]
 mod tokio;
+mod transport;
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -98,9 +96,9 @@ pub use self::in_place::{IncomingMessage, MessageWriter};
 #[cfg(feature = "tokio")]
 pub use self::tokio::{AsyncChannel, AsyncReceiver, AsyncSender};
 
-use self::mq::MqTransport;
-use self::ring::RingTransport;
-use self::socket::SocketTransport;
+use self::transport::mq::{self, MqTransport};
+use self::transport::ring::{self, RingTransport};
+use self::transport::socket::SocketTransport;
 pub use crate::ring::WaitPolicy;
 
 /// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`).
@@ -135,6 +133,44 @@ pub(crate) struct SendCursor {
 impl SendCursor {
     fn started(&self) -> bool {
         self.pos > 0 || self.chunk > 0 || self.fds_sent
+    }
+}
+
+/// How long a transport step may wait: the one blocking mode every transport takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocking {
+    /// Return at once (`Step::Blocked` / nothing received).
+    Never,
+    /// Wait as long as it takes.
+    Forever,
+    /// Wait until this instant.
+    Until(Instant),
+}
+
+impl Blocking {
+    /// `Forever` without a deadline, `Until` with one.
+    pub(crate) fn until(deadline: Option<Instant>) -> Self {
+        deadline.map_or(Blocking::Forever, Blocking::Until)
+    }
+
+    /// Whether the step may wait at all.
+    pub(crate) fn is_blocking(self) -> bool {
+        self != Blocking::Never
+    }
+
+    /// For a blocking step, how long it may still wait (`Some(None)`: without limit; zero once
+    /// the deadline passed); `None` for a non-blocking one.
+    pub(crate) fn timeout(self) -> Option<Option<Duration>> {
+        match self {
+            Blocking::Never => None,
+            Blocking::Forever => Some(None),
+            Blocking::Until(d) => Some(Some(d.saturating_duration_since(Instant::now()))),
+        }
+    }
+
+    /// Whether the deadline has passed (never without one).
+    pub(crate) fn expired(self) -> bool {
+        matches!(self, Blocking::Until(d) if Instant::now() >= d)
     }
 }
 
@@ -467,7 +503,7 @@ enum Transport {
 }
 
 impl Transport {
-    /// One send step. `block`: the ring waits inside (until the deadline, if any) rather than
+    /// One send step. Blocking: the ring waits inside (until the deadline, if any) rather than
     /// returning `Blocked` at once; the socket blocks in its system calls when there is no
     /// deadline; the others wait in [`Transport::wait`].
     fn send_step(
@@ -475,11 +511,11 @@ impl Transport {
         cur: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
-        block: Option<Option<Instant>>,
+        block: Blocking,
     ) -> Result<Step, SendError> {
         match self {
-            Transport::Socket(t) => t.send_step(cur, data, fds, block == Some(None)),
-            Transport::Mq(t) => t.send_step(cur, data, fds, block.is_some()),
+            Transport::Socket(t) => t.send_step(cur, data, fds, block == Blocking::Forever),
+            Transport::Mq(t) => t.send_step(cur, data, fds, block.is_blocking()),
             Transport::Ring(t) => t.send_step(cur, data, fds, block),
         }
     }
@@ -489,12 +525,12 @@ impl Transport {
     fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
-        block: Option<Option<Instant>>,
+        block: Blocking,
         in_place: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         match self {
-            Transport::Socket(t) => t.recv_step(out, block == Some(None)),
-            Transport::Mq(t) => t.recv_step(out, block.is_some()),
+            Transport::Socket(t) => t.recv_step(out, block == Blocking::Forever),
+            Transport::Mq(t) => t.recv_step(out, block.is_blocking()),
             Transport::Ring(t) => t.recv_step(out, block, in_place),
         }
     }
@@ -761,7 +797,7 @@ impl Channel {
             ..SendCursor::default()
         };
         loop {
-            match self.step_send(&mut cur, data, fds, Some(deadline))? {
+            match self.step_send(&mut cur, data, fds, Blocking::until(deadline))? {
                 Step::Done => return Ok(()),
                 Step::Blocked => {
                     let timeout = match remaining(deadline) {
@@ -802,7 +838,7 @@ impl Channel {
             return Err(SendError::WouldBlock);
         }
         let mut cur = SendCursor::default();
-        match self.step_send(&mut cur, data, fds, None)? {
+        match self.step_send(&mut cur, data, fds, Blocking::Never)? {
             Step::Done => Ok(()),
             Step::Blocked if cur.started() => {
                 self.pending = Some(Pending {
@@ -857,7 +893,7 @@ impl Channel {
 
     /// Receives a message if one is complete without waiting, else [`RecvError::WouldBlock`].
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
-        match self.step_recv(buf, None, false)? {
+        match self.step_recv(buf, Blocking::Never, false)? {
             Some(fds) => Ok(RecvMeta {
                 len: buf.len(),
                 fds,
@@ -891,7 +927,7 @@ impl Channel {
             ..SendCursor::default()
         };
         loop {
-            match self.step_send(&mut cur, &[], &[], Some(None))? {
+            match self.step_send(&mut cur, &[], &[], Blocking::Forever)? {
                 Step::Done => break,
                 Step::Blocked => self
                     .wait(true, None)
@@ -987,7 +1023,7 @@ impl Channel {
         in_place: bool,
     ) -> Result<RecvMeta, RecvError> {
         loop {
-            if let Some(fds) = self.step_recv(buf, Some(deadline), in_place)? {
+            if let Some(fds) = self.step_recv(buf, Blocking::until(deadline), in_place)? {
                 return Ok(RecvMeta {
                     len: buf.len(),
                     fds,
@@ -1044,7 +1080,7 @@ impl Channel {
         cur: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
-        block: Option<Option<Instant>>,
+        block: Blocking,
     ) -> Result<Step, SendError> {
         let result = self.tr_mut().send_step(cur, data, fds, block);
         if let Err(e) = &result {
@@ -1058,7 +1094,7 @@ impl Channel {
     fn step_recv(
         &mut self,
         buf: &mut Vec<u8>,
-        block: Option<Option<Instant>>,
+        block: Blocking,
         in_place: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         if self.poisoned {
@@ -1100,7 +1136,12 @@ impl Channel {
         let Some(mut p) = self.pending.take() else {
             return Ok(true);
         };
-        match self.step_send(&mut p.cursor, &p.data, &[], block.then_some(None)) {
+        let mode = if block {
+            Blocking::Forever
+        } else {
+            Blocking::Never
+        };
+        match self.step_send(&mut p.cursor, &p.data, &[], mode) {
             Ok(Step::Done) => Ok(true),
             Ok(Step::Blocked) => {
                 self.pending = Some(p);
@@ -1329,7 +1370,7 @@ impl Drop for Channel {
             ..SendCursor::default()
         };
         if let Some(t) = self.transport.as_mut() {
-            let _ = t.send_step(&mut cur, &[], &[], None);
+            let _ = t.send_step(&mut cur, &[], &[], Blocking::Never);
         }
     }
 }

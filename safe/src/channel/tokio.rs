@@ -28,10 +28,10 @@ use tokio::io::Interest;
 
 use super::error::{OpenError, RecvError, SendError};
 use super::in_place::ring_builder;
-use super::ring::RingTransport;
+use super::transport::ring::RingTransport;
 use super::{
-    Channel, IncomingMessage, Message, MessageWriter, Pending, RecvMeta, SendCursor, Step,
-    TransportKind,
+    Blocking, Channel, IncomingMessage, Message, MessageWriter, Pending, RecvMeta, SendCursor,
+    Step, TransportKind,
 };
 use flowipc_sys::wake::Drained;
 
@@ -544,7 +544,7 @@ impl AsyncChannel {
                     let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
                     // Without descriptors nothing can fail after `build` ran, so `WouldBlock`
                     // means it did not run and can be tried again.
-                    match ring_of(channel).send_in_place(len, &[], None, &mut build) {
+                    match ring_of(channel).send_in_place(len, &[], Blocking::Never, &mut build) {
                         Ok(out) => {
                             if armed {
                                 ring_of(channel).disarm(false);
@@ -594,7 +594,7 @@ impl AsyncChannel {
                     source,
                 };
                 let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
-                if let Some(fds) = channel.step_recv(buf, None, in_place)? {
+                if let Some(fds) = channel.step_recv(buf, Blocking::Never, in_place)? {
                     if armed {
                         ring_of(channel).disarm(true);
                     }
@@ -616,7 +616,7 @@ impl AsyncChannel {
                     Some(recv.poll_read_ready(cx)),
                     peer.as_ref().map(|p| p.poll_read_ready(cx)),
                 ];
-                if let Some(fds) = channel.step_recv(buf, None, in_place)? {
+                if let Some(fds) = channel.step_recv(buf, Blocking::Never, in_place)? {
                     return Poll::Ready(Ok(fds));
                 }
                 match settle(seen) {
@@ -670,7 +670,7 @@ impl AsyncChannel {
                     source,
                 };
                 let peer_seen = r.poll_peer(cx, ring_of(channel)).map_err(io_err)?;
-                if channel.step_send(cursor, data, fds, None)? == Step::Done {
+                if channel.step_send(cursor, data, fds, Blocking::Never)? == Step::Done {
                     if *armed {
                         ring_of(channel).disarm(false);
                     }
@@ -692,7 +692,7 @@ impl AsyncChannel {
                     Some(send.as_ref().unwrap_or(recv).poll_write_ready(cx)),
                     peer.as_ref().map(|p| p.poll_read_ready(cx)),
                 ];
-                if channel.step_send(cursor, data, fds, None)? == Step::Done {
+                if channel.step_send(cursor, data, fds, Blocking::Never)? == Step::Done {
                     return Poll::Ready(Ok(()));
                 }
                 match settle(seen) {

@@ -327,6 +327,11 @@ impl PeerCheck {
         }
     }
 
+    /// Makes the next [`gone_now`](Self::gone_now) run the fallback check whatever the interval.
+    fn soon(&mut self) {
+        self.last = None;
+    }
+
     /// Runs `check` if `interval` has passed since it last ran; whether the peer is gone.
     #[cold]
     fn run_check_if_due(&mut self) -> bool {
@@ -700,6 +705,11 @@ impl RingSender {
     pub fn disarm(&self) {
         self.handle.disarm();
     }
+
+    /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
+    pub(crate) fn check_peer_soon(&mut self) {
+        self.peer.soon();
+    }
 }
 
 impl Drop for RingSender {
@@ -864,20 +874,13 @@ impl RingReceiver {
     /// `Corrupt`.
     #[inline]
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<FrameInfo, RingRecvError> {
+        // Checked before the pop, not after: a frame published before the peer died is then
+        // visible to the pop (the alarm's store follows the death, which follows the publish),
+        // so `PeerGone` never hides a frame.
+        let gone = self.peer.gone_now();
         match self.handle.try_pop(buf, &self.waker) {
-            Err(PopError::Empty) => Err(self.empty()),
+            Err(PopError::Empty) if gone => Err(RingRecvError::PeerGone),
             other => other.map_err(RingRecvError::from),
-        }
-    }
-
-    /// The error for an empty ring: `PeerGone` once the peer is known gone (everything it sent
-    /// has been read), else `WouldBlock`.
-    #[inline]
-    fn empty(&mut self) -> RingRecvError {
-        if self.peer.gone_now() {
-            RingRecvError::PeerGone
-        } else {
-            RingRecvError::WouldBlock
         }
     }
 
@@ -914,7 +917,11 @@ impl RingReceiver {
             Err(PopError::Empty) => {}
             other => return other.map_err(RingRecvError::from),
         }
-        self.wait_message(deadline)?;
+        match self.wait_message(deadline) {
+            // A last look: frames published before the death are still delivered.
+            Ok(()) | Err(RingRecvError::PeerGone) => {}
+            Err(e) => return Err(e),
+        }
         self.try_recv(buf)
     }
 
@@ -935,8 +942,10 @@ impl RingReceiver {
     /// [`RingRecvError::WouldBlock`] when empty, `Closed`, `Corrupt`.
     #[inline]
     pub fn try_read_chunk(&mut self) -> Result<RingReadChunk<'_>, RingRecvError> {
+        // Before the read, as in `try_recv`.
+        let gone = self.peer.gone_now();
         match self.handle.read_chunk(&self.waker) {
-            Err(PopError::Empty) if self.peer.gone_now() => Err(RingRecvError::PeerGone),
+            Err(PopError::Empty) if gone => Err(RingRecvError::PeerGone),
             other => other.map_err(RingRecvError::from),
         }
     }
@@ -951,8 +960,17 @@ impl RingReceiver {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<RingReadChunk<'_>, RingRecvError> {
-        self.wait_message(timeout.map(|t| Instant::now() + t))?;
+        match self.wait_message(timeout.map(|t| Instant::now() + t)) {
+            // A last look, as in `recv`.
+            Ok(()) | Err(RingRecvError::PeerGone) => {}
+            Err(e) => return Err(e),
+        }
         self.try_read_chunk()
+    }
+
+    /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
+    pub(crate) fn check_peer_soon(&mut self) {
+        self.peer.soon();
     }
 
     /// Closes the ring and wakes the sender (also done on drop).

@@ -49,13 +49,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowipc_sys::socket::{self, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags};
 use flowipc_sys::Errno;
 
-use super::error::{Corruption, OpenError, RecvError, SendError};
-use super::{Limits, SendCursor, Step};
+use crate::channel::error::{Corruption, OpenError, RecvError, SendError};
+use crate::channel::{Blocking, Limits, SendCursor, Step};
 use crate::ring::{
     RingOpenError, RingReadChunk, RingReceiver, RingRecvError, RingSendError, RingSender,
     RingWriteChunk, ShmRing, WaitPolicy,
@@ -69,8 +69,6 @@ const FLAGS: u16 = 0xff;
 
 /// How often a blocked side checks the companion socket for the peer's death.
 const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(20);
-/// How often a non-blocking receive that finds nothing checks it.
-const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Default ring capacity per direction.
 pub(crate) const DEFAULT_RING_CAPACITY: usize = 1 << 20;
@@ -145,8 +143,6 @@ pub(crate) struct RingTransport {
     /// The tag of a one-frame message that an in-place receive validated and left in the ring
     /// (its descriptors already taken), to be handed out by [`RingTransport::take_in_place`].
     in_ring: Option<u16>,
-    last_idle_check: Option<Instant>,
-    last_send_check: Option<Instant>,
     /// Whether the message `recv_step` last completed carries a channel.
     last_channel: bool,
 }
@@ -230,8 +226,6 @@ impl RingTransport {
             assembling: Vec::new(),
             peer_closed: false,
             in_ring: None,
-            last_idle_check: None,
-            last_send_check: None,
             last_channel: false,
         }
     }
@@ -320,11 +314,16 @@ impl RingTransport {
     }
 
     #[cfg(feature = "tokio")]
-    /// Makes the next idle receive or send check the companion socket for a hang-up at once (the
-    /// reactor reported activity on it).
+    /// Makes the next idle receive or send check for the peer's death at once (the reactor
+    /// reported activity on the companion socket). With the peer watcher that check is already
+    /// a load on every call; this matters for the fallback check (a fork child).
     pub(crate) fn check_peer_soon(&mut self) {
-        self.last_idle_check = None;
-        self.last_send_check = None;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.check_peer_soon();
+        }
+        if let Some(rx) = self.rx.as_mut() {
+            rx.check_peer_soon();
+        }
     }
 
     pub(crate) fn discard(&mut self) {
@@ -388,83 +387,58 @@ impl RingTransport {
         Ok(())
     }
 
-    /// Sends frames until done or the ring is full. With `block`, waits for room (until the
-    /// deadline, if any) instead of returning `Blocked` at once.
+    /// Sends frames until done or the ring is full: per `block`, returns `Blocked` at once or
+    /// waits for room (until the deadline, if any; `Blocked` then too).
     pub(crate) fn send_step(
         &mut self,
         cur: &mut SendCursor,
         data: &[u8],
         fds: &[BorrowedFd<'_>],
-        block: Option<Option<Instant>>,
+        block: Blocking,
     ) -> Result<Step, SendError> {
         self.sender()?;
         let Some(tx) = self.tx.as_mut() else {
             return Err(SendError::Poisoned);
         };
-        let idle = &mut self.last_send_check;
-        let sock = &self.sock;
         if cur.close {
-            return match tx.try_send_tagged(&[], CLOSE) {
-                Ok(()) => {
-                    cur.chunk = 1;
-                    Ok(Step::Done)
-                }
-                Err(RingSendError::WouldBlock) => match block {
-                    Some(deadline) => {
-                        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        match tx.write_chunk(0, timeout) {
-                            Ok(_) | Err(RingSendError::Timeout) => Ok(Step::Blocked),
-                            Err(e) => Err(map_send(e)),
-                        }
-                    }
-                    None => blocked(sock, idle),
-                },
-                Err(e) => Err(map_send(e)),
+            if tx
+                .try_send_tagged(&[], CLOSE)
+                .map_or_else(full, |()| Ok(true))?
+            {
+                cur.chunk = 1;
+                return Ok(Step::Done);
+            }
+            let Some(chunk) = reserve(tx, 0, block)? else {
+                return Ok(Step::Blocked);
             };
+            chunk.commit_tagged(0, CLOSE);
+            cur.chunk = 1;
+            return Ok(Step::Done);
         }
         if !fds.is_empty() && !cur.fds_sent {
-            match socket::send_with_fds(sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
-                Ok(_) => cur.fds_sent = true,
-                Err(Errno::AGAIN) => {
-                    if let Some(deadline) = block {
-                        let mut pfd = [PollFd::new(sock, PollFlags::OUT)];
-                        let slice = deadline
-                            .map(|d| d.saturating_duration_since(Instant::now()))
-                            .map_or(PEER_CHECK_INTERVAL, |t| t.min(PEER_CHECK_INTERVAL));
-                        let _ = socket::poll(&mut pfd, Some(slice));
-                        return Ok(Step::Blocked);
-                    }
-                    return blocked(sock, idle);
-                }
-                Err(Errno::INTR) => return Ok(Step::Blocked),
-                Err(e) => return Err(SendError::os("sendmsg on the ring channel's socket", e)),
+            if !send_fds(&self.sock, fds, block)? {
+                return Ok(Step::Blocked);
             }
+            cur.fds_sent = true;
         }
         let nfds = ((fds.len() as u16) << 8) | if cur.channel { CHANNEL } else { 0 };
         let max = tx.max_payload();
         if data.len() <= max {
             // The common case: one frame, one copy, no system call unless the peer sleeps.
-            loop {
-                match tx.try_send_tagged(data, FIRST | LAST | nfds) {
-                    Ok(()) => {
-                        cur.chunk = 1;
-                        cur.pos = data.len().max(1);
-                        return Ok(Step::Done);
-                    }
-                    Err(RingSendError::WouldBlock) => {
-                        let Some(deadline) = block else {
-                            return blocked(sock, idle);
-                        };
-                        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        match tx.write_chunk(data.len(), timeout) {
-                            Ok(_) => {}
-                            Err(RingSendError::Timeout) => return Ok(Step::Blocked),
-                            Err(e) => return Err(map_send(e)),
-                        }
-                    }
-                    Err(e) => return Err(map_send(e)),
-                }
+            let tag = FIRST | LAST | nfds;
+            if !tx
+                .try_send_tagged(data, tag)
+                .map_or_else(full, |()| Ok(true))?
+            {
+                let Some(mut chunk) = reserve(tx, data.len(), block)? else {
+                    return Ok(Step::Blocked);
+                };
+                chunk.write(0, data);
+                chunk.commit_tagged(data.len(), tag);
             }
+            cur.chunk = 1;
+            cur.pos = data.len().max(1);
+            return Ok(Step::Done);
         }
         // Several frames of a quarter ring each, so that copying in and out overlap.
         let room = (tx.capacity() / 4).min(max);
@@ -474,20 +448,8 @@ impl RingTransport {
             let take = (room - head).min(data.len() - cur.pos);
             let last = cur.pos + take == data.len();
             let tag = if first { FIRST | nfds } else { 0 } | if last { LAST } else { 0 };
-            let mut chunk = match tx.try_write_chunk(head + take) {
-                Ok(c) => c,
-                Err(RingSendError::WouldBlock) => {
-                    let Some(deadline) = block else {
-                        return blocked(sock, idle);
-                    };
-                    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    match tx.write_chunk(head + take, timeout) {
-                        Ok(c) => c,
-                        Err(RingSendError::Timeout) => return Ok(Step::Blocked),
-                        Err(e) => return Err(map_send(e)),
-                    }
-                }
-                Err(e) => return Err(map_send(e)),
+            let Some(mut chunk) = reserve(tx, head + take, block)? else {
+                return Ok(Step::Blocked);
             };
             if first {
                 chunk.write(0, &(data.len() as u64).to_le_bytes());
@@ -509,7 +471,7 @@ impl RingTransport {
     pub(crate) fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
-        block: Option<Option<Instant>>,
+        block: Blocking,
         in_place: bool,
     ) -> Result<Option<Vec<OwnedFd>>, RecvError> {
         debug_assert!(self.in_ring.is_none(), "an in-place frame was not taken");
@@ -517,40 +479,20 @@ impl RingTransport {
             return Err(RecvError::Closed);
         }
         self.receiver()?;
-        let mut checked_dead = false;
         loop {
             let Some(rx) = self.rx.as_mut() else {
                 return Err(RecvError::Poisoned);
             };
-            let got = match block {
+            // The receiver reports `PeerGone` only once the ring is empty and the peer watcher
+            // (or the fallback check) has seen the peer go, so frames published before the death
+            // are all delivered first.
+            let got = match block.timeout() {
                 None => rx.try_read_chunk(),
-                Some(deadline) => {
-                    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    rx.read_chunk(timeout)
-                }
+                Some(timeout) => rx.read_chunk(timeout),
             };
             let chunk = match got {
                 Ok(chunk) => chunk,
-                Err(RingRecvError::WouldBlock) => {
-                    if checked_dead {
-                        return Err(RecvError::PeerGone);
-                    }
-                    let now = Instant::now();
-                    if self
-                        .last_idle_check
-                        .is_none_or(|t| now.duration_since(t) >= IDLE_CHECK_INTERVAL)
-                    {
-                        self.last_idle_check = Some(now);
-                        if hung_up(self.sock.as_fd()) {
-                            // Frames published before the death are still delivered: look once
-                            // more, after seeing the hang-up.
-                            checked_dead = true;
-                            continue;
-                        }
-                    }
-                    return Ok(None);
-                }
-                Err(RingRecvError::Timeout) => return Ok(None),
+                Err(RingRecvError::WouldBlock | RingRecvError::Timeout) => return Ok(None),
                 Err(RingRecvError::PeerGone | RingRecvError::Closed) => {
                     return Err(RecvError::PeerGone)
                 }
@@ -692,7 +634,7 @@ impl RingTransport {
         &mut self,
         len: usize,
         fds: &[BorrowedFd<'_>],
-        block: Option<Option<Instant>>,
+        block: Blocking,
         build: &mut Option<
             impl for<'c> FnOnce(RingWriteChunk<'c>) -> (Option<RingWriteChunk<'c>>, R),
         >,
@@ -701,23 +643,8 @@ impl RingTransport {
         let Some(tx) = self.tx.as_mut() else {
             return Err(SendError::Poisoned);
         };
-        let sock = &self.sock;
-        let idle = &mut self.last_send_check;
-        let chunk = match tx.try_write_chunk(len) {
-            Ok(c) => c,
-            Err(RingSendError::WouldBlock) => {
-                let Some(deadline) = block else {
-                    blocked(sock, idle)?;
-                    return Err(SendError::WouldBlock);
-                };
-                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                match tx.write_chunk(len, timeout) {
-                    Ok(c) => c,
-                    Err(RingSendError::Timeout) => return Err(SendError::WouldBlock),
-                    Err(e) => return Err(map_send(e)),
-                }
-            }
-            Err(e) => return Err(map_send(e)),
+        let Some(chunk) = reserve(tx, len, block)? else {
+            return Err(SendError::WouldBlock);
         };
         // `build` runs only once room is reserved, so a caller may retry after `WouldBlock`
         // (the async face does). It hands the chunk back to be published (always: it is the only
@@ -732,32 +659,64 @@ impl RingTransport {
         let (Some(chunk), out) = build(chunk) else {
             return Err(internal("the builder did not return the ring frame"));
         };
-        if !fds.is_empty() {
-            // Before the frame is published: the receiver takes them when it sees the frame.
-            loop {
-                match socket::send_with_fds(sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
-                    Ok(_) => break,
-                    Err(Errno::AGAIN) => {
-                        let Some(deadline) = block else {
-                            return Err(SendError::WouldBlock);
-                        };
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Err(SendError::WouldBlock);
-                        }
-                        let mut pfd = [PollFd::new(sock, PollFlags::OUT)];
-                        let _ = socket::poll(&mut pfd, Some(PEER_CHECK_INTERVAL));
-                        if hung_up(sock.as_fd()) {
-                            return Err(SendError::PeerGone);
-                        }
-                    }
-                    Err(Errno::INTR) => {}
-                    Err(e) => return Err(SendError::os("sendmsg on the ring channel's socket", e)),
-                }
+        // Before the frame is published: the receiver takes them when it sees the frame.
+        while !fds.is_empty() && !send_fds(&self.sock, fds, block)? {
+            if !block.is_blocking() || block.expired() {
+                return Err(SendError::WouldBlock);
             }
         }
         let nfds = (fds.len() as u16) << 8;
         chunk.commit_tagged(len, FIRST | LAST | nfds);
         Ok(out)
+    }
+}
+
+/// `Ok(false)` for a full ring, the mapped error otherwise (the `Err` arm of a try-push).
+fn full(e: RingSendError) -> Result<bool, SendError> {
+    match e {
+        RingSendError::WouldBlock => Ok(false),
+        e => Err(map_send(e)),
+    }
+}
+
+/// Room for a frame of `len` bytes: reserved at once, or, per `block`, after waiting for the
+/// receiver to free some. `Ok(None)`: no room yet (non-blocking) or by the deadline. The one
+/// place where the ring transport turns a full ring into a wait and maps its errors.
+fn reserve(
+    tx: &mut RingSender,
+    len: usize,
+    block: Blocking,
+) -> Result<Option<RingWriteChunk<'_>>, SendError> {
+    let got = match block.timeout() {
+        None => tx.try_write_chunk(len),
+        Some(timeout) => tx.write_chunk(len, timeout),
+    };
+    match got {
+        Ok(chunk) => Ok(Some(chunk)),
+        Err(RingSendError::WouldBlock | RingSendError::Timeout) => Ok(None),
+        Err(e) => Err(map_send(e)),
+    }
+}
+
+/// Puts the descriptors of the next message on the companion socket as one byte. `Ok(false)`:
+/// the socket is full (blocking: after waiting for it per `block`, at most a peer-check
+/// interval, so the caller re-checks the peer).
+fn send_fds(sock: &OwnedFd, fds: &[BorrowedFd<'_>], block: Blocking) -> Result<bool, SendError> {
+    match socket::send_with_fds(sock.as_fd(), &[0], fds, SendFlags::DONTWAIT) {
+        Ok(_) => Ok(true),
+        Err(Errno::AGAIN) => {
+            if let Some(timeout) = block.timeout() {
+                let slice = timeout.map_or(PEER_CHECK_INTERVAL, |t| t.min(PEER_CHECK_INTERVAL));
+                let mut pfd = [PollFd::new(sock, PollFlags::OUT)];
+                let _ = socket::poll(&mut pfd, Some(slice));
+                if hung_up(sock.as_fd()) {
+                    return Err(SendError::PeerGone);
+                }
+            }
+            Ok(false)
+        }
+        Err(Errno::INTR) => Ok(false),
+        Err(e) => Err(SendError::os("sendmsg on the ring channel's socket", e)),
     }
 }
 
@@ -806,18 +765,6 @@ fn take_fds(
         .into());
     }
     Ok(fds)
-}
-/// A non-blocking send found the ring full: `Blocked`, or `PeerGone` if a check (at most every
-/// [`IDLE_CHECK_INTERVAL`], so the fast path stays free of system calls) finds the peer gone.
-fn blocked(sock: &OwnedFd, last_check: &mut Option<Instant>) -> Result<Step, SendError> {
-    let now = Instant::now();
-    if last_check.is_none_or(|t| now.duration_since(t) >= IDLE_CHECK_INTERVAL) {
-        *last_check = Some(now);
-        if hung_up(sock.as_fd()) {
-            return Err(SendError::PeerGone);
-        }
-    }
-    Ok(Step::Blocked)
 }
 
 fn map_send(e: RingSendError) -> SendError {

@@ -49,8 +49,8 @@ use flowipc_sys::socket::{
 };
 use flowipc_sys::Errno;
 
-use super::error::{Corruption, RecvError, SendError};
-use super::{Limits, SendCursor, Step};
+use crate::channel::error::{Corruption, RecvError, SendError};
+use crate::channel::{Limits, SendCursor, Step};
 
 /// Header length in bytes.
 pub(crate) const HEADER_LEN: usize = 8;

@@ -11,7 +11,7 @@
 //! description, which the process that created the queues may share, and a peer that cleared it
 //! could otherwise make `try_recv` block for ever.
 //!
-//! Messages longer than a queue message are split into chunks ([`super::chunk`]). This transport
+//! Messages longer than a queue message are split into chunks ([`crate::channel::framing`]). This transport
 //! carries blobs only: descriptors are refused with [`SendError::FdsUnsupported`] (use the socket or
 //! ring transport for them).
 //!
@@ -29,9 +29,9 @@ use flowipc_sys::mq::{self, Mode, MqAttr, OFlags};
 use flowipc_sys::socket::{self, PollFd, PollFlags};
 use flowipc_sys::Errno;
 
-use super::chunk::{self, ChunkHeader, Fed, Reassembler, CHUNK_HEADER_LEN};
-use super::error::{io, Corruption, OpenError, RecvError, SendError};
-use super::{Limits, SendCursor, Step};
+use crate::channel::error::{io, Corruption, OpenError, RecvError, SendError};
+use crate::channel::framing::{self as chunk, ChunkHeader, Fed, Reassembler, CHUNK_HEADER_LEN};
+use crate::channel::{Limits, SendCursor, Step};
 use crate::watch::Watch;
 
 /// Smallest queue message size that leaves room for a useful chunk.
