@@ -89,6 +89,7 @@ impl Error {
                 | Error::Recv(RecvError::Closed)
                 | Error::RingSend(RingSendError::Closed)
                 | Error::RingRecv(RingRecvError::Closed)
+                | Error::Structured(crate::structured::StructuredError::Closed)
         )
     }
 
@@ -100,6 +101,7 @@ impl Error {
                 | Error::Recv(RecvError::WouldBlock)
                 | Error::RingSend(RingSendError::WouldBlock)
                 | Error::RingRecv(RingRecvError::WouldBlock)
+                | Error::Structured(crate::structured::StructuredError::WouldBlock)
         )
     }
 
@@ -112,6 +114,7 @@ impl Error {
                 | Error::Recv(RecvError::Corrupt(_))
                 | Error::RingSend(RingSendError::Corrupt)
                 | Error::RingRecv(RingRecvError::Corrupt)
+                | Error::Structured(crate::structured::StructuredError::Corrupt { .. })
         )
     }
 
@@ -123,6 +126,7 @@ impl Error {
                 | Error::Recv(RecvError::TimedOut)
                 | Error::RingSend(RingSendError::Timeout)
                 | Error::RingRecv(RingRecvError::Timeout)
+                | Error::Structured(crate::structured::StructuredError::TimedOut)
         )
     }
 }

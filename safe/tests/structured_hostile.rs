@@ -87,6 +87,7 @@ fn poisons(bad: Vec<u8>, fds: usize, expect: &str) {
     assert!(matches!(e, StructuredError::Corrupt { .. }), "{e}");
     let e: flowipc::Error = e.into();
     assert!(e.to_string().contains("invalid structured message"), "{e}");
+    assert!(e.is_corrupt());
 }
 
 #[test]
