@@ -521,6 +521,18 @@ impl Session {
         kind: TransportKind,
         metadata: &[u8],
     ) -> Result<Channel, SessionError> {
+        let (id, ours) = self.begin_open(kind, metadata)?;
+        let deadline = Instant::now() + self.timeout;
+        self.wait_answer(id, Some(deadline))?;
+        Ok(ours)
+    }
+
+    /// Sends an open request; returns its id and this side's end.
+    pub(super) fn begin_open(
+        &mut self,
+        kind: TransportKind,
+        metadata: &[u8],
+    ) -> Result<(u64, Channel), SessionError> {
         self.check_live()?;
         if metadata.len() > wire::MAX_METADATA {
             return Err(SessionError::BadOptions(format!(
@@ -540,14 +552,20 @@ impl Session {
             &borrowed,
         )
         .inspect_err(|e| self.end_on(e))?;
-        drop(borrowed);
-        drop(fds);
-        let deadline = Instant::now() + self.timeout;
+        Ok((id, ours))
+    }
+
+    /// Waits until `deadline` for the answer to request `id` (`Ok`: accepted).
+    pub(super) fn wait_answer(
+        &mut self,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), SessionError> {
         loop {
-            match self.next_event(Some(deadline), "an answer to open_channel")? {
+            match self.next_event(deadline, "an answer to open_channel")? {
                 Event::Answer { id: got, refused } if got == id => {
                     return match refused {
-                        None => Ok(ours),
+                        None => Ok(()),
                         Some(reason) => Err(SessionError::OpenRefused { reason }),
                     }
                 }
@@ -559,6 +577,11 @@ impl Session {
                 Event::Request => {}
             }
         }
+    }
+
+    /// The handshake timeout, which also bounds the wait for an answer to `open_channel`.
+    pub(super) fn answer_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Waits for the peer to ask for a channel (at most `timeout`; `None`: forever). Take the

@@ -46,6 +46,8 @@ mod conn;
 mod inherit;
 mod rendezvous;
 mod server;
+#[cfg(feature = "tokio")]
+mod tokio;
 pub mod wire;
 
 use std::io;
@@ -58,6 +60,8 @@ use crate::channel::{ChannelOptions, OpenError, RecvError, SendError, TransportK
 pub use self::auth::PeerIdentity;
 pub use self::conn::{ChannelRequest, Session};
 pub use self::server::SessionServer;
+#[cfg(feature = "tokio")]
+pub use self::tokio::{AsyncSession, AsyncSessionServer};
 pub use self::wire::HandshakeError;
 
 /// The environment variable through which [`Session::spawn`] tells the child which inherited

@@ -1,0 +1,132 @@
+//! The tokio face of sessions between real processes: async accept and connect, init channels
+//! as `AsyncChannel`s, channels opened from either side with `.await`, peer death.
+
+mod session_util;
+
+use std::time::Duration;
+
+use flowipc::channel::TransportKind;
+use flowipc::session::{AsyncSession, AsyncSessionServer, SessionError};
+use session_util::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn async_client() {
+    let (dir, server_name) = child_env();
+    let (server, client) = apps(&server_name);
+    let opts = options(&dir).init_channel(TransportKind::Ring);
+    rt().block_on(async {
+        let mut s = tokio::time::timeout(T, AsyncSession::connect(&client, &server, &opts))
+            .await
+            .unwrap()
+            .expect("connect");
+        let mut init = s.take_init_channels().unwrap();
+        let m = init[0].recv_owned().await.unwrap();
+        assert_eq!(m.bytes, b"over the init ring");
+        init[0].send(b"init ring back").await.unwrap();
+        let mut c = s
+            .open_channel(TransportKind::Socket, b"async-from-client")
+            .await
+            .expect("open");
+        c.send(b"hello over an opened channel").await.unwrap();
+        let req = tokio::time::timeout(T, s.accept_channel())
+            .await
+            .unwrap()
+            .expect("request from the server");
+        assert_eq!(req.metadata(), b"async-from-server");
+        let mut c2 = s.grant(req).unwrap();
+        let m = c2.recv_owned().await.unwrap();
+        c2.send(&m.bytes).await.unwrap();
+        match tokio::time::timeout(T, s.wait_end()).await.unwrap() {
+            Ok(()) => {}
+            other => panic!("expected an orderly end, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn async_sessions_between_processes() {
+    if role().is_some() {
+        return async_client();
+    }
+    let _g = serial();
+    let dir = fresh_dir("async");
+    let (server, _) = apps("async-srv");
+    rt().block_on(async {
+        let srv = AsyncSessionServer::bind(&server, options(&dir)).unwrap();
+        let mut child = spawn_role(
+            None,
+            "async_sessions_between_processes",
+            "client",
+            &dir,
+            "async-srv",
+        );
+        let mut s = tokio::time::timeout(T, srv.accept())
+            .await
+            .unwrap()
+            .expect("accept");
+        let mut init = s.take_init_channels().unwrap();
+        assert_eq!(init.len(), 1);
+        init[0].send(b"over the init ring").await.unwrap();
+        assert_eq!(init[0].recv_owned().await.unwrap().bytes, b"init ring back");
+        let req = tokio::time::timeout(T, s.accept_channel())
+            .await
+            .unwrap()
+            .expect("request");
+        assert_eq!(req.metadata(), b"async-from-client");
+        let mut c = s.grant(req).unwrap();
+        assert_eq!(
+            c.recv_owned().await.unwrap().bytes,
+            b"hello over an opened channel"
+        );
+        let mut c2 =
+            tokio::time::timeout(T, s.open_channel(TransportKind::Ring, b"async-from-server"))
+                .await
+                .unwrap()
+                .expect("open from the server");
+        c2.send(b"ping").await.unwrap();
+        assert_eq!(c2.recv_owned().await.unwrap().bytes, b"ping");
+        s.close().unwrap();
+        assert!(wait_bounded(&mut child, T).success());
+    });
+}
+
+#[test]
+fn async_session_sees_peer_death() {
+    if role().is_some() {
+        let (dir, server_name) = child_env();
+        let (server, client) = apps(&server_name);
+        let _s = flowipc::session::Session::connect(&client, &server, &options(&dir)).unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    let _g = serial();
+    let dir = fresh_dir("async-death");
+    let (server, _) = apps("async-death-srv");
+    rt().block_on(async {
+        let srv = AsyncSessionServer::bind(&server, options(&dir)).unwrap();
+        let mut child = spawn_role(
+            None,
+            "async_session_sees_peer_death",
+            "client",
+            &dir,
+            "async-death-srv",
+        );
+        let mut s = tokio::time::timeout(T, srv.accept())
+            .await
+            .unwrap()
+            .expect("accept");
+        kill9(&mut child);
+        match tokio::time::timeout(Duration::from_secs(2), s.accept_channel()).await {
+            Ok(Err(SessionError::PeerGone)) => {}
+            other => panic!("expected PeerGone promptly, got {other:?}"),
+        }
+    });
+}
