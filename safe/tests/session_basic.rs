@@ -101,6 +101,26 @@ fn child(role: &str) {
             echo_once(&mut c);
             s.wait_end(Some(T)).expect("server closes");
         }
+        "die_mid_handshake" => {
+            // Half a control message, then SIGKILL to ourselves: the server is mid-read.
+            let mut raw = UnixStream::connect(dir.join(format!("{server_name}.sock"))).unwrap();
+            raw.write_all(&[0x40, 0, 0, 0, 0, 0, 0, 0, b'F', b'I'])
+                .unwrap();
+            let me = std::process::id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &me])
+                .status();
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        "garbage_hello" => {
+            // A well-framed message that is not a session hello, via a raw socket channel.
+            let raw = UnixStream::connect(dir.join(format!("{server_name}.sock"))).unwrap();
+            let mut c = flowipc::channel::ChannelOptions::new().from_socket(OwnedFd::from(raw));
+            c.send(b"FIPS\x01\x63 not a hello").unwrap();
+            let mut buf = Vec::new();
+            // The server hangs up without a word.
+            assert!(c.recv_timeout(&mut buf, T).is_err());
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -559,5 +579,41 @@ fn spawned_child() {
         Err(SessionError::ForeignHandle { .. })
     ));
     chans[0].send(b"child done").unwrap();
-    let _unused: Option<OwnedFd> = None;
+}
+
+#[test]
+fn a_client_killed_or_lying_mid_handshake_leaves_the_server_serving_without_fd_growth() {
+    if let Some(r) = role() {
+        return child(&r);
+    }
+    let _g = serial();
+    let dir = fresh_dir("mid");
+    let (server, _) = apps("mid-srv");
+    let srv = SessionServer::bind(&server, options(&dir)).unwrap();
+    let test = "a_client_killed_or_lying_mid_handshake_leaves_the_server_serving_without_fd_growth";
+    let baseline = open_fds();
+    for role in ["die_mid_handshake", "garbage_hello"] {
+        let mut bad = spawn_role(None, test, role, &dir, "mid-srv");
+        match srv.accept_timeout(Some(Duration::from_millis(1500))) {
+            Err(SessionError::TimedOut(_)) => {}
+            other => panic!("{role}: expected no session, got {other:?}"),
+        }
+        let st = wait_bounded(&mut bad, T);
+        if role == "garbage_hello" {
+            assert!(st.success(), "the lying client saw the hang-up");
+        }
+    }
+    assert_eq!(
+        fds_settle(baseline),
+        baseline,
+        "nothing kept from the failed handshakes"
+    );
+    let mut good = spawn_role(None, test, "one_and_wait", &dir, "mid-srv");
+    let mut s = srv.accept_timeout(Some(T)).expect("accept");
+    check_echo(
+        &mut s.take_init_channels()[0],
+        b"after the failed handshakes",
+    );
+    drop(s);
+    assert!(wait_bounded(&mut good, T).success());
 }
