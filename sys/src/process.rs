@@ -1,4 +1,4 @@
-//! Process identity, pidfds, CPU placement and a monotonic clock.
+//! Process identity, pidfds, CPU placement, fork handlers and a monotonic clock.
 
 use rustix::fd::OwnedFd;
 use rustix::process::PidfdFlags;
@@ -98,6 +98,55 @@ pub fn current_cpu_hint() -> Option<u32> {
     u32::try_from(cpu).ok()
 }
 
+/// A handler [`pthread_atfork`] runs around `fork`: a plain C function of no arguments.
+pub type ForkHandler = extern "C" fn();
+
+/// `pthread_atfork(prepare, parent, child)`—registers handlers the C library runs around every
+/// `fork` in this process: `prepare` in the forking thread before the fork, `parent` in it after,
+/// and `child` in the child's only thread.
+///
+/// Handlers run in registration order for `parent` and `child` and in reverse order for
+/// `prepare`, so a component registering after another (jemalloc registers its own when it
+/// initialises) has its `prepare` run first. A registration lasts for the life of the process.
+/// Fails with [`Errno::NOMEM`] if the C library cannot record the handlers.
+///
+/// # Safety
+///
+/// Each handler runs inside `fork`, wherever in the program that is called: it must not take a
+/// lock the forking thread may already hold, nor unwind. `child` runs in a copy of the process
+/// with one thread; after a fork of a multi-threaded process it may only make async-signal-safe
+/// calls and touch state it knows no other thread of the parent held (e.g. release locks its
+/// own `prepare` took).
+///
+/// # References
+///  - [POSIX `pthread_atfork`]
+///  - [Linux `pthread_atfork(3)`]
+///
+/// [POSIX `pthread_atfork`]: https://pubs.opengroup.org/onlinepubs/9799919799/functions/pthread_atfork.html
+/// [Linux `pthread_atfork(3)`]: https://man7.org/linux/man-pages/man3/pthread_atfork.3.html
+#[cfg(feature = "std")]
+#[doc(alias = "atfork")]
+pub unsafe fn pthread_atfork(
+    prepare: Option<ForkHandler>,
+    parent: Option<ForkHandler>,
+    child: Option<ForkHandler>,
+) -> Result<()> {
+    extern "C" {
+        #[link_name = "pthread_atfork"]
+        fn c_pthread_atfork(
+            prepare: Option<ForkHandler>,
+            parent: Option<ForkHandler>,
+            child: Option<ForkHandler>,
+        ) -> core::ffi::c_int;
+    }
+    // SAFETY: the arguments are null or C functions of no arguments, as the C declaration
+    // expects (std links the C library); what the handlers do is the caller's contract.
+    match unsafe { c_pthread_atfork(prepare, parent, child) } {
+        0 => Ok(()),
+        errno => Err(Errno::from_raw_os_error(errno)),
+    }
+}
+
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds—a clock that never jumps, for measuring.
 ///
 /// # References
@@ -158,6 +207,13 @@ mod tests {
             assert_eq!(current_cpu(), cpu);
             assert_eq!(current_cpu_hint(), Some(cpu as u32));
         }
+    }
+
+    /// Registering no handlers succeeds and changes nothing.
+    #[test]
+    fn atfork_registers() {
+        // SAFETY: no handlers, so nothing runs at fork time.
+        assert_eq!(unsafe { pthread_atfork(None, None, None) }, Ok(()));
     }
 
     #[test]
