@@ -24,6 +24,7 @@ use super::{
     ScopedObject, Source, Which, MEMFD_NAME,
 };
 use crate::raw::arena::{pod_bytes, MappedArena, MappedReader};
+use crate::raw::{sys as region_sys, Sharing};
 use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
 
 /// Bytes of each return ring; holds about 1500 returned handles before the borrower must wait.
@@ -39,7 +40,7 @@ pub struct PoolUsage {
 }
 
 fn dup(fd: flowipc_sys::BorrowedFd<'_>) -> Result<OwnedFd, ArenaError> {
-    flowipc_sys::fd::dup_cloexec(fd).map_err(|errno| ArenaError::Sys { call: "dup", errno })
+    Ok(flowipc_sys::fd::dup_cloexec(fd).map_err(region_sys("dup"))?)
 }
 
 /// Allocates in a [`LendPool`] from any thread of the owning process; see
@@ -120,7 +121,12 @@ impl LendPool {
     /// read-write here only).
     pub fn create(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id, true)?);
+        let inner = Arc::new(MappedArena::create(
+            MEMFD_NAME,
+            size,
+            pool_id,
+            Sharing::OwnerOnly,
+        )?);
         let fd = dup(inner.fd())?;
         Ok(Self::with_backend(Backend::core(inner), fd, pool_id))
     }
@@ -172,12 +178,8 @@ impl LendPool {
 
     /// Registers a borrower: creates its return ring and the descriptors to send it.
     pub fn add_borrower(&mut self) -> Result<(BorrowerId, BorrowerSetup), ArenaError> {
-        let pool_fd = flowipc_sys::memfd::reopen_read_only(self.fd.as_fd()).map_err(|errno| {
-            ArenaError::Sys {
-                call: "open(/proc/self/fd)",
-                errno,
-            }
-        })?;
+        let pool_fd = flowipc_sys::memfd::reopen_read_only(self.fd.as_fd())
+            .map_err(region_sys("open(/proc/self/fd)"))?;
         let ring = ShmRing::create(RETURN_RING_CAPACITY)?;
         let return_ring_fd = dup(ring.fd())?;
         let returns = ring.receiver()?;

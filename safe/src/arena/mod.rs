@@ -42,7 +42,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use flowipc_core::arena::{Offset, MAX_ALIGN};
-use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
+use flowipc_sys::{BorrowedFd, OwnedFd};
 
 pub use flowipc_core::arena::{
     AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
@@ -53,28 +53,16 @@ pub use crate::raw::arena::Pod;
 use crate::raw::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
 #[cfg(feature = "jemalloc")]
 use crate::raw::jemalloc::JePool;
+use crate::raw::{PoolError, RegionError, Sharing};
 
 /// Why an arena operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArenaError {
-    /// A system call failed.
-    #[error("{call} failed: {errno}")]
-    Sys {
-        /// The call.
-        call: &'static str,
-        /// What the kernel said.
-        errno: Errno,
-    },
-    /// The descriptor is not a memfd sealed against shrinking and growing.
-    #[error(
-        "arena descriptor lacks the F_SEAL_SHRINK | F_SEAL_GROW seals; \
-         the peer must create arenas with flowipc"
-    )]
-    NotSealed,
-    /// The region's size is unusable.
-    #[error("arena region has unusable size {0}")]
-    BadSize(u64),
+    /// The arena's shared-memory region could not be created, accepted (a descriptor not sealed
+    /// against resizing, an unusable size) or mapped, or a system call on it failed.
+    #[error("arena region: {0}")]
+    Region(#[from] RegionError),
     /// The region does not hold a valid arena.
     #[error("arena region rejected: {0}")]
     Init(#[from] InitError),
@@ -114,6 +102,19 @@ pub enum ArenaError {
     RingRecv(#[from] crate::ring::RingRecvError),
 }
 
+impl From<PoolError> for ArenaError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Region(e) => ArenaError::Region(e),
+            PoolError::Init(e) => ArenaError::Init(e),
+            PoolError::Alloc(e) => ArenaError::Alloc(e),
+            PoolError::Block(e) => ArenaError::Block(e),
+            #[cfg(feature = "jemalloc")]
+            PoolError::NotOwner => ArenaError::NotOwner,
+        }
+    }
+}
+
 /// A fresh pool id: random per pool (from the process's hash seed and a counter).
 fn new_pool_id() -> u64 {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -151,7 +152,12 @@ impl ShmArena {
     /// takes memory in 256 KiB spans, so give small arenas at least a few MiB.
     pub fn create_classic(size: usize) -> Result<Self, ArenaError> {
         let pool_id = new_pool_id();
-        let inner = Arc::new(MappedArena::create(MEMFD_NAME, size, pool_id, false)?);
+        let inner = Arc::new(MappedArena::create(
+            MEMFD_NAME,
+            size,
+            pool_id,
+            Sharing::Shared,
+        )?);
         Ok(ShmArena {
             backend: Backend::core(inner.clone()),
             inner,
@@ -374,23 +380,23 @@ impl Backend {
                 Ok((off.get(), m.arena().info(off)?.generation))
             }
             #[cfg(feature = "jemalloc")]
-            Which::Je(p) => p.alloc(len),
+            Which::Je(p) => Ok(p.alloc(len)?),
         }
     }
 
     fn write(&self, off: u64, gen: u32, at: u64, data: &[u8]) -> Result<(), ArenaError> {
         match self.which() {
-            Which::Core(m) => m.write(Offset::new(off), gen, at, data),
+            Which::Core(m) => Ok(m.write(Offset::new(off), gen, at, data)?),
             #[cfg(feature = "jemalloc")]
-            Which::Je(p) => p.write(off, gen, at, data),
+            Which::Je(p) => Ok(p.write(off, gen, at, data)?),
         }
     }
 
     fn read(&self, off: u64, gen: u32, at: u64, buf: &mut [u8]) -> Result<(), ArenaError> {
         match self.which() {
-            Which::Core(m) => m.read(Offset::new(off), gen, at, buf),
+            Which::Core(m) => Ok(m.read(Offset::new(off), gen, at, buf)?),
             #[cfg(feature = "jemalloc")]
-            Which::Je(p) => p.read(off, gen, at, buf),
+            Which::Je(p) => Ok(p.read(off, gen, at, buf)?),
         }
     }
 
@@ -402,7 +408,7 @@ impl Backend {
                 .map(drop)
                 .map_err(Into::into),
             #[cfg(feature = "jemalloc")]
-            Which::Je(p) => p.retain(off, gen),
+            Which::Je(p) => Ok(p.retain(off, gen)?),
         }
     }
 
@@ -411,7 +417,7 @@ impl Backend {
         match self.which() {
             Which::Core(m) => Ok(m.arena().release(Offset::new(off), gen)?),
             #[cfg(feature = "jemalloc")]
-            Which::Je(p) => p.release(off, gen),
+            Which::Je(p) => Ok(p.release(off, gen)?),
         }
     }
 
@@ -484,7 +490,7 @@ impl Backend {
                 self.release(off, gen)
             }
             #[cfg(feature = "jemalloc")]
-            Which::Je(p) => p.release_own(id),
+            Which::Je(p) => Ok(p.release_own(id)?),
         }
     }
 

@@ -9,17 +9,21 @@
 //!
 //! Every region is a sealed memfd (`F_SEAL_SHRINK | F_SEAL_GROW`): a region received from a peer is
 //! accepted only with those seals, so its size, checked with `fstat`, can never change under a
-//! reader (no `SIGBUS`).
+//! reader (no `SIGBUS`). [`SharedRegion`] is the one place that creates such a region
+//! ([`SharedRegion::create`], for rings, arenas and jemalloc pools alike) and the one place that
+//! checks a received one ([`SharedRegion::from_fd`]); every structure below maps its memory
+//! through it. This layer owns its errors ([`RegionError`]); the arena wraps them, and nothing
+//! here imports from the layers above.
 
 #![allow(unsafe_code)]
 
 pub(crate) mod arena;
-#[cfg(feature = "jemalloc")]
 pub(crate) mod jemalloc;
 pub(crate) mod ring_region;
 
 use std::fmt;
 
+use flowipc_core::arena::{AllocError, BlockError, InitError};
 use flowipc_sys::memfd::{self, SealFlags};
 use flowipc_sys::mmap::{Access, Mapping};
 use flowipc_sys::{AsFd, BorrowedFd, Errno, OwnedFd};
@@ -48,7 +52,41 @@ pub enum RegionError {
     BadSize(u64),
 }
 
-fn sys(call: &'static str) -> impl Fn(Errno) -> RegionError {
+/// Why an operation on a pool laid out in a region (a core arena or a jemalloc pool) failed: the
+/// raw layer's own error, which the arena layer converts into its public error.
+#[derive(Debug)]
+pub(crate) enum PoolError {
+    /// The region could not be created, accepted or mapped.
+    Region(RegionError),
+    /// The region does not hold a valid pool.
+    Init(InitError),
+    /// Allocation failed.
+    Alloc(AllocError),
+    /// The block or handle is not (or no longer) valid, or a range is outside it.
+    Block(BlockError),
+    /// The pool belongs to another process (a jemalloc pool used in a fork child).
+    #[cfg(feature = "jemalloc")]
+    NotOwner,
+}
+
+macro_rules! pool_error_from {
+    ($($variant:ident($t:ty)),*) => { $(
+        impl From<$t> for PoolError {
+            fn from(e: $t) -> Self {
+                PoolError::$variant(e)
+            }
+        }
+    )* };
+}
+pool_error_from!(
+    Region(RegionError),
+    Init(InitError),
+    Alloc(AllocError),
+    Block(BlockError)
+);
+
+/// Maps the `errno` of system call `call` to a [`RegionError::Sys`].
+pub(crate) fn sys(call: &'static str) -> impl Fn(Errno) -> RegionError {
     move |errno| RegionError::Sys { call, errno }
 }
 
@@ -70,19 +108,45 @@ impl fmt::Debug for SharedRegion {
     }
 }
 
+/// Who may write a region [`SharedRegion::create`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every holder of the descriptor may map it read-write (rings, classic arenas). Sealed
+    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` at creation ([`memfd::create_sealed`]).
+    Shared,
+    /// Only the creator's own mapping can write (lend pools): sealed `F_SEAL_SHRINK |
+    /// F_SEAL_GROW` at creation and `F_SEAL_FUTURE_WRITE | F_SEAL_SEAL` right after the creator has
+    /// mapped it ([`memfd::create_sized`], then [`memfd::seal_owner_only`]), so no other process
+    /// can ever map it writable, whatever descriptor it gets (a read-only one reopened read-write
+    /// through `/proc/self/fd` included).
+    OwnerOnly,
+}
+
 impl SharedRegion {
-    /// Creates a zero-filled region of `len` bytes (a memfd sized once and sealed) mapped
-    /// read-write.
+    /// Creates a zero-filled region of `len` bytes (a memfd sized once and sealed as `sharing`
+    /// says) mapped read-write.
     ///
     /// # Errors
     ///
     /// [`RegionError::BadSize`] for `len == 0`, or the failing system call.
-    pub fn create(name: &std::ffi::CStr, len: usize) -> Result<Self, RegionError> {
+    pub fn create(
+        name: &std::ffi::CStr,
+        len: usize,
+        sharing: Sharing,
+    ) -> Result<Self, RegionError> {
         if len == 0 {
             return Err(RegionError::BadSize(0));
         }
-        let fd = memfd::create_sealed(name, len as u64).map_err(sys("memfd_create"))?;
+        let fd = match sharing {
+            Sharing::Shared => memfd::create_sealed(name, len as u64),
+            Sharing::OwnerOnly => memfd::create_sized(name, len as u64),
+        }
+        .map_err(sys("memfd_create"))?;
         let map = Mapping::map(fd.as_fd(), 0, len, Access::ReadWrite).map_err(sys("mmap"))?;
+        if sharing == Sharing::OwnerOnly {
+            // After our mapping, before anyone else can have the descriptor.
+            memfd::seal_owner_only(fd.as_fd()).map_err(sys("fcntl(F_ADD_SEALS)"))?;
+        }
         Ok(SharedRegion { map, fd })
     }
 
@@ -113,6 +177,7 @@ impl SharedRegion {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -133,13 +198,22 @@ impl SharedRegion {
     }
 
     /// First byte, valid for [`len`](Self::len) bytes of reads while `self` lives.
+    #[inline]
     pub fn as_ptr(&self) -> *const u8 {
         self.map.as_ptr()
     }
 
     /// First byte for writing, or `None` if mapped read-only.
+    #[inline]
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
         self.map.as_mut_ptr()
+    }
+
+    /// The mapping and the memfd, for an owner that must unmap or leak them apart (a jemalloc
+    /// pool whose arena could not be destroyed leaks its mapping but still closes the memfd).
+    #[cfg(feature = "jemalloc")]
+    pub(crate) fn into_parts(self) -> (Mapping, OwnedFd) {
+        (self.map, self.fd)
     }
 
     /// `(st_dev, st_ino)` of the memfd: identifies the region across mappings in this process.

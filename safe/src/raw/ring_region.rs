@@ -25,7 +25,7 @@ use flowipc_core::wait::{Notifier, WaitPolicy, Waiter, WakeKind};
 use flowipc_sys::mmap::Access;
 use flowipc_sys::{BorrowedFd, OwnedFd};
 
-use super::{RegionError, SharedRegion};
+use super::{RegionError, SharedRegion, Sharing};
 
 /// Which side of a ring a handle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +97,11 @@ impl RingRegion {
         if !core_ring::is_valid_capacity(capacity) {
             return Err(AttachError::BadCapacity(capacity as u64).into());
         }
-        let region = SharedRegion::create(c"flowipc-ring", core_ring::region_size(capacity))?;
+        let region = SharedRegion::create(
+            c"flowipc-ring",
+            core_ring::region_size(capacity),
+            Sharing::Shared,
+        )?;
         let ptr = region
             .as_mut_ptr()
             .ok_or(RegionError::BadSize(region.len() as u64))?;

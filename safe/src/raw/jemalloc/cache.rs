@@ -47,8 +47,9 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crossbeam_utils::CachePadded;
+use flowipc_core::CachePadded;
 
+use super::hooks::FORKED;
 use super::JePool;
 
 /// Largest block (header included) the cache holds; larger ones go to jemalloc every time.
@@ -513,7 +514,7 @@ pub(super) fn with<R>(pool: &JePool, f: impl FnOnce(&mut Owned<'_>) -> R) -> Opt
 /// Points `LAST` at this thread's cache in `pool`, claimed if it has none yet.
 #[cold]
 fn find_or_claim(pool: &JePool) -> Option<*const ThreadCache> {
-    if GONE.get() || (super::FORKED.load(Ordering::Relaxed) && pool.pid != std::process::id()) {
+    if GONE.get() || (FORKED.load(Ordering::Relaxed) && pool.pid != std::process::id()) {
         return None;
     }
     let key = pool.shared.key;
@@ -553,7 +554,7 @@ impl Drop for Entries {
         let _ = GONE.try_with(|g| g.set(true));
         let _ = LAST.try_with(|l| l.set((0, ptr::null())));
         let entries = self.0.get_mut();
-        if super::FORKED.load(Ordering::Relaxed) {
+        if FORKED.load(Ordering::Relaxed) {
             let me = std::process::id();
             entries.retain(|e| e.pid == me);
         }

@@ -1,82 +1,60 @@
-//! The jemalloc lend provider: a jemalloc arena whose extents come from one sealed memfd.
+//! The owner's side of a jemalloc lend pool: allocation and free, on a fast path through the
+//! per-thread front cache and a slow path through jemalloc.
 //!
-//! The owner creates a jemalloc arena (`arenas.create`) with extent hooks that carve extents from
-//! its mapping of the memfd with a bump pointer; extents are never given back to the hooks
-//! (`dalloc` opts out, so jemalloc keeps them and reuses them itself), never decommitted, and may be
-//! split and merged freely because they all lie in one mapping. Every `mallocx` / `sdallocx`
-//! passes `MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE`, so heap and pool pointers never mix in a
-//! jemalloc thread cache. Those calls are jemalloc's slow path (under the arena's lock), so small
-//! blocks go through a front cache of our own, per thread and per pool ([`cache`]): the
-//! steady-state alloc + free pair makes no jemalloc call and no atomic read-modify-write. jemalloc
-//! keeps the arena's metadata in the pool as well, so only the owner process may allocate or free,
-//! and never a fork child ([`JePool`] records the owner's pid and refuses to work elsewhere).
+//! # Algorithm
 //!
-//! Each object is preceded by a 16-byte header the borrower can check through its read-only mapping:
-//! a state word with the layout of the core arena's (`generation:32 | refcount:31 | allocated:1`),
-//! the object's length and a tag (a magic, the header's colour and the block's size class, so a
-//! free finds its block and bin without recomputing the class). Small objects' headers start
-//! their blocks; larger ones may sit a few cache lines in ([`colour`]). Only the owner
-//! writes headers, so its own objects ([`ScopedObject`](crate::arena::ScopedObject)) carry just
-//! the offset and read generation and length back from the header. The region starts with a pool header (magic, version, pool id,
-//! length) so that a borrower can tell a jemalloc pool from a core arena.
+//! [`JePool::create`] makes an owner-only region, writes its pool header and creates a jemalloc
+//! arena over it with the [extent hooks](super::hooks). Every `mallocx` / `sdallocx` passes
+//! `MALLOCX_ARENA(ind) | MALLOCX_TCACHE_NONE`, so heap and pool pointers never mix in a jemalloc
+//! thread cache. Those calls are jemalloc's slow path (under the arena's lock), so small blocks
+//! go through a front cache of our own, per thread and per pool ([`cache`]): the steady-state
+//! alloc + free pair ([`JePool::alloc`], [`JePool::release`] / [`JePool::release_own`], each an
+//! inlined fast path with a `#[cold]` rest) makes no jemalloc call and no atomic
+//! read-modify-write. Blocks of 1 KiB and up put their header a few cache lines in (slab
+//! colouring, [`colour`]), so that a thread's live headers do not share a few L1 sets.
 //!
-//! Part of `shm`, the module that may use `unsafe`: the hooks are C callbacks over raw memory.
+//! # Invariants
+//!
+//! - Only this process writes headers (borrowers map the pool read-only): the owner trusts what
+//!   it wrote (generation, length, class) on its own objects, but still checks an offset's range
+//!   and its header's tag, so a wrong offset cannot send a block to the wrong bin or outside the
+//!   mapping.
+//! - jemalloc keeps the arena's metadata in the pool, so only the owner process may allocate or
+//!   free, never a fork child: [`JePool`] records the owner's pid, and with
+//!   [`FORKED`] every slow path refuses another process
+//!   ([`PoolError::NotOwner`]); the fast path is never reached there (the fork handler cleared
+//!   the thread's cache pointer).
+//! - Reference counts: the last reference is dropped with a load and a store (only the holder of
+//!   the one reference can change the word, as in `Arc::get_mut`); a count above 1 takes an
+//!   AcqRel CAS loop as the core arena's `release` does. SYNC POINTs below pair the Acquire loads
+//!   in `release` / `release_own` with those CASes, and the pool header's Release magic store
+//!   with the reader's Acquire fence.
+//! - Generations are unique per pool: caches reserve them in batches from `next_gen`.
+//!
+//! Part of `raw`, the module that may use `unsafe`: headers are atomics laid over the mapping,
+//! and blocks are copied through raw pointers.
 
 use std::ffi::{c_uint, c_void, CString};
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crossbeam_utils::CachePadded;
 use flowipc_core::arena::layout::{st_alloc, st_field, st_free, st_gen, st_is_alloc};
-use flowipc_core::arena::{ArenaHandle, BlockError, BlockInfo};
-use flowipc_sys::memfd;
-use flowipc_sys::mmap::{Access, Mapping};
-use flowipc_sys::{AsFd, BorrowedFd, OwnedFd};
+use flowipc_core::arena::{AllocError, BlockError, BlockInfo};
+use flowipc_core::CachePadded;
+use flowipc_sys::BorrowedFd;
 use tikv_jemalloc_sys as je;
 
-use crate::arena::ArenaError;
+use super::cache;
+use super::hooks::{install_fork_guard, Hooks, FORKED};
+use super::layout::{
+    block_of, tag_of, tag_ok, ObjHeader, PoolHeader, CLASS_LARGE, COLOURS, COLOUR_LINE, OBJ_HEADER,
+    POOL_HEADER, POOL_MAGIC, POOL_VERSION,
+};
+use crate::raw::{PoolError, RegionError, SharedRegion, Sharing};
 
-mod cache;
-
-/// `b"flowJEMP"`: a jemalloc lend pool.
-pub(crate) const POOL_MAGIC: u64 = u64::from_le_bytes(*b"flowJEMP");
-/// 3: the object header's last word is a tag of magic, colour and size class, and the header
-/// may sit some cache lines into its block (2: no colour; 1: a plain magic).
-const POOL_VERSION: u64 = 3;
-/// Marks an object header: the tag's upper 16 bits (`b"jo"`). Below them, a byte of colour
-/// (how many [`COLOUR_LINE`]s the header sits after the start of its block) and a byte of the
-/// block's size class.
-const OBJ_MAGIC: u32 = 0x6a6f_0000;
-/// The tag's class byte of a block allocated and freed at its exact size (beyond the cache).
-const CLASS_LARGE: u32 = 0xff;
 static_assertions::const_assert!(cache::NUM_CLASSES < CLASS_LARGE as usize);
-/// The unit of a header's colour: a cache line.
-const COLOUR_LINE: usize = 64;
-/// Colours a block's header may take: up to 15 lines into the block.
-const COLOURS: usize = 16;
-
-/// Whether `tag` is an object header's tag: the magic, and a colour below [`COLOURS`] (so that
-/// [`block_of`] stays inside the block even for a tag the owner did not write).
-#[inline]
-fn tag_ok(tag: u32) -> bool {
-    const MASK: u32 = 0xffff_0000 | !((COLOURS as u32 - 1) << 8) & 0xff00;
-    tag & MASK == OBJ_MAGIC
-}
-
-/// The tag of a header of colour `colour` in a block of class `class` (or `CLASS_LARGE`).
-#[inline]
-fn tag_of(colour: usize, class: u32) -> u32 {
-    debug_assert!(colour < COLOURS && class <= CLASS_LARGE);
-    OBJ_MAGIC | (colour as u32) << 8 | class
-}
-
-/// The start of the block whose header, at address `h`, has tag `tag`.
-#[inline]
-fn block_of(h: usize, tag: u32) -> usize {
-    h - ((tag >> 8) & 0xff) as usize * COLOUR_LINE
-}
 
 /// The first class whose headers are coloured: blocks of 1 KiB and up.
 const FIRST_COLOURED: usize = cache::compute_class_of(1024);
@@ -97,203 +75,6 @@ fn colour(p: usize, c: usize, size: usize) -> usize {
     let slack_lines = (cache::class_bytes(c) - size) / COLOUR_LINE;
     ((p >> 12) & (COLOURS - 1)).min(slack_lines)
 }
-/// Bytes of the object header.
-const OBJ_HEADER: usize = 16;
-/// Bytes reserved at the start of the region for the pool header.
-const POOL_HEADER: usize = 4096;
-
-/// The pool header, at offset 0 of the region: written once by the owner, read by borrowers.
-#[repr(C)]
-struct PoolHeader {
-    magic: AtomicU64,
-    version: AtomicU64,
-    pool_id: AtomicU64,
-    len: AtomicU64,
-}
-
-/// The header before each object.
-#[repr(C)]
-struct ObjHeader {
-    state: AtomicU64,
-    len: AtomicU32,
-    /// `OBJ_MAGIC | class` (`CLASS_LARGE` beyond the cache).
-    tag: AtomicU32,
-}
-
-static_assertions::const_assert_eq!(std::mem::size_of::<ObjHeader>(), OBJ_HEADER);
-static_assertions::const_assert_eq!(std::mem::size_of::<PoolHeader>(), 32);
-
-/// The hooks table jemalloc calls back with, followed by the state the callbacks need; jemalloc
-/// hands the `extent_hooks_t` pointer back to every hook, and since it is the first field of this
-/// `#[repr(C)]` struct the hook can recover the rest.
-#[repr(C)]
-struct Hooks {
-    table: je::extent_hooks_t,
-    base: usize,
-    len: usize,
-    /// Offset of the first byte never handed out.
-    next: AtomicUsize,
-}
-
-/// Recovers our state from jemalloc's pointer.
-///
-/// # Safety
-///
-/// `h` must be the `table` field of a live `Hooks`: jemalloc passes back exactly the pointer given to
-/// `arenas.create`, which points at a boxed `Hooks` that outlives the arena.
-unsafe fn hooks<'a>(h: *mut je::extent_hooks_t) -> &'a Hooks {
-    // SAFETY: per the function's contract; `table` is at offset 0 of the `#[repr(C)]` `Hooks`.
-    unsafe { &*h.cast::<Hooks>() }
-}
-
-unsafe extern "C" fn hook_alloc(
-    h: *mut je::extent_hooks_t,
-    new_addr: *mut c_void,
-    size: usize,
-    align: usize,
-    zero: *mut bool,
-    commit: *mut bool,
-    _arena: c_uint,
-) -> *mut c_void {
-    // SAFETY: jemalloc passes the pointer we registered.
-    let hk = unsafe { hooks(h) };
-    if !new_addr.is_null() || !align.is_power_of_two() {
-        return ptr::null_mut();
-    }
-    let mut cur = hk.next.load(Ordering::Relaxed);
-    loop {
-        let start = (hk.base + cur).next_multiple_of(align) - hk.base;
-        let Some(end) = start.checked_add(size).filter(|&e| e <= hk.len) else {
-            return ptr::null_mut();
-        };
-        // Relaxed: the bump only partitions the mapping; jemalloc orders its own use of extents.
-        match hk
-            .next
-            .compare_exchange(cur, end, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => {
-                // SAFETY: jemalloc passes valid out-pointers. Fresh memfd pages are zero and never
-                // handed out twice; the shared mapping is always committed.
-                unsafe {
-                    *zero = true;
-                    *commit = true;
-                }
-                return (hk.base + start) as *mut c_void;
-            }
-            Err(now) => cur = now,
-        }
-    }
-}
-
-/// Opt out of deallocation: jemalloc retains the extent and reuses it.
-unsafe extern "C" fn hook_dalloc(
-    _: *mut je::extent_hooks_t,
-    _: *mut c_void,
-    _: usize,
-    _: bool,
-    _: c_uint,
-) -> bool {
-    true
-}
-
-/// Nothing to do: the mapping goes when the pool does.
-unsafe extern "C" fn hook_destroy(
-    _: *mut je::extent_hooks_t,
-    _: *mut c_void,
-    _: usize,
-    _: bool,
-    _: c_uint,
-) {
-}
-
-/// Always committed: success.
-unsafe extern "C" fn hook_commit(
-    _: *mut je::extent_hooks_t,
-    _: *mut c_void,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: c_uint,
-) -> bool {
-    false
-}
-
-/// Decommit and purge: opt out (the memory stays as it is).
-unsafe extern "C" fn hook_keep(
-    _: *mut je::extent_hooks_t,
-    _: *mut c_void,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: c_uint,
-) -> bool {
-    true
-}
-
-/// Splitting an extent of our mapping needs no work: success.
-unsafe extern "C" fn hook_split(
-    _: *mut je::extent_hooks_t,
-    _: *mut c_void,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: bool,
-    _: c_uint,
-) -> bool {
-    false
-}
-
-/// Merging two adjacent extents of our mapping needs no work: success.
-unsafe extern "C" fn hook_merge(
-    _: *mut je::extent_hooks_t,
-    _: *mut c_void,
-    _: usize,
-    _: *mut c_void,
-    _: usize,
-    _: bool,
-    _: c_uint,
-) -> bool {
-    false
-}
-
-/// Set in a fork child (by `pthread_atfork`), where the pool must not be touched.
-static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn mark_forked() {
-    FORKED.store(true, Ordering::Relaxed);
-}
-
-extern "C" {
-    fn pthread_atfork(
-        prepare: Option<extern "C" fn()>,
-        parent: Option<extern "C" fn()>,
-        child: Option<extern "C" fn()>,
-    ) -> i32;
-}
-
-/// Installs the fork handlers. Called after jemalloc is initialised (it registers its own
-/// handlers then), so that ours are registered later and prepare runs first: the registry's lock
-/// is taken before jemalloc's locks, the order a thread-exit flush takes them in.
-fn install_fork_guard() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: the handlers only store to an atomic and lock or unlock the registry's mutex
-        // (a lock the forking thread can always take: it never forks while holding it).
-        unsafe {
-            pthread_atfork(
-                Some(cache::fork_prepare),
-                Some(cache::fork_release),
-                Some(fork_child),
-            )
-        };
-    });
-}
-
-extern "C" fn fork_child() {
-    mark_forked();
-    cache::fork_child_forget();
-    cache::fork_release();
-}
 
 /// A jemalloc arena over a memfd, owned by this process.
 ///
@@ -306,11 +87,11 @@ pub(crate) struct JePool {
     flags: i32,
     hooks: NonNull<Hooks>,
     /// Unmapped in Drop only if jemalloc let go of the arena.
-    map: ManuallyDrop<Mapping>,
-    fd: OwnedFd,
-    pid: u32,
+    region: ManuallyDrop<SharedRegion>,
+    /// The owner process (a fork child has another pid).
+    pub(super) pid: u32,
     /// The front cache's side in the pool: its key, the thread caches and shared counters.
-    shared: cache::PoolShared,
+    pub(super) shared: cache::PoolShared,
     /// The next generation not yet handed out (front caches take them in batches). On a line
     /// of its own: the fields above are read by every allocation and free on every thread.
     next_gen: CachePadded<AtomicU32>,
@@ -323,26 +104,23 @@ unsafe impl Send for JePool {}
 // SAFETY: as above; jemalloc arenas are thread-safe, and the front cache is per thread.
 unsafe impl Sync for JePool {}
 
-fn sys(call: &'static str) -> impl Fn(flowipc_sys::Errno) -> ArenaError {
-    move |errno| ArenaError::Sys { call, errno }
-}
-
 impl JePool {
-    /// Creates a memfd of `len` bytes, maps it and creates a jemalloc arena over it.
+    /// Creates an owner-only region of `len` bytes ([`SharedRegion::create`] with
+    /// [`Sharing::OwnerOnly`]), writes its pool header and creates a jemalloc arena over it.
     pub(crate) fn create(
         name: &std::ffi::CStr,
         len: usize,
         pool_id: u64,
-    ) -> Result<Arc<Self>, ArenaError> {
+    ) -> Result<Arc<Self>, PoolError> {
         if len <= POOL_HEADER {
-            return Err(ArenaError::BadSize(len as u64));
+            return Err(RegionError::BadSize(len as u64).into());
         }
-        let fd = memfd::create_sized(name, len as u64).map_err(sys("memfd_create"))?;
-        let map = Mapping::map(fd.as_fd(), 0, len, Access::ReadWrite).map_err(sys("mmap"))?;
-        // Owner-only from here on: no borrower can map the pool writable by any route (see
+        // Owner-only: no borrower can map the pool writable by any route (see
         // `flowipc_sys::memfd::seal_owner_only`); jemalloc's extents all come from this mapping.
-        memfd::seal_owner_only(fd.as_fd()).map_err(sys("fcntl(F_ADD_SEALS)"))?;
-        let base = map.as_mut_ptr().ok_or(ArenaError::BadSize(len as u64))? as usize;
+        let region = SharedRegion::create(name, len, Sharing::OwnerOnly)?;
+        let base = region
+            .as_mut_ptr()
+            .ok_or(RegionError::BadSize(len as u64))? as usize;
         // SAFETY: the mapping is page-aligned and at least POOL_HEADER bytes; the header is atomics.
         let ph = unsafe { &*(base as *const PoolHeader) };
         ph.version.store(POOL_VERSION, Ordering::Relaxed);
@@ -350,24 +128,7 @@ impl JePool {
         ph.len.store(len as u64, Ordering::Relaxed);
         // SYNC POINT: pairs with the Acquire fence after the magic load in `JeReader::open`.
         ph.magic.store(POOL_MAGIC, Ordering::Release);
-        let table = je::extent_hooks_t {
-            alloc: Some(hook_alloc),
-            dalloc: Some(hook_dalloc),
-            destroy: Some(hook_destroy),
-            commit: Some(hook_commit),
-            decommit: Some(hook_keep),
-            purge_lazy: Some(hook_keep),
-            purge_forced: Some(hook_keep),
-            split: Some(hook_split),
-            merge: Some(hook_merge),
-        };
-        let hooks = Box::new(Hooks {
-            table,
-            base,
-            len,
-            next: AtomicUsize::new(POOL_HEADER),
-        });
-        let hooks = NonNull::from(Box::leak(hooks));
+        let hooks = Hooks::leak(base, len, POOL_HEADER);
         let mut arena: c_uint = 0;
         let mut sz = std::mem::size_of::<c_uint>();
         let mut hp: *mut je::extent_hooks_t = hooks.as_ptr().cast();
@@ -383,20 +144,20 @@ impl JePool {
             )
         };
         if rc != 0 {
-            // SAFETY: jemalloc did not keep the pointer; we reclaim the box.
-            drop(unsafe { Box::from_raw(hooks.as_ptr()) });
-            return Err(ArenaError::Sys {
+            // SAFETY: jemalloc did not keep the pointer; it is freed once, here.
+            unsafe { Hooks::free(hooks) };
+            return Err(RegionError::Sys {
                 call: "mallctl(arenas.create)",
                 errno: flowipc_sys::Errno::from_raw_os_error(rc),
-            });
+            }
+            .into());
         }
         install_fork_guard();
         let pool = Arc::new(JePool {
             arena,
             flags: je::MALLOCX_ARENA(arena as usize) | je::MALLOCX_TCACHE_NONE,
             hooks,
-            map: ManuallyDrop::new(map),
-            fd,
+            region: ManuallyDrop::new(region),
             pid: std::process::id(),
             shared: cache::PoolShared::new(),
             next_gen: CachePadded::new(AtomicU32::new(1)),
@@ -408,15 +169,15 @@ impl JePool {
     }
 
     #[inline]
-    fn check_owner(&self) -> Result<(), ArenaError> {
+    fn check_owner(&self) -> Result<(), PoolError> {
         if FORKED.load(Ordering::Relaxed) && std::process::id() != self.pid {
-            return Err(ArenaError::NotOwner);
+            return Err(PoolError::NotOwner);
         }
         Ok(())
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.region.fd()
     }
 
     /// The id written in the pool header.
@@ -424,8 +185,9 @@ impl JePool {
         self.pool_id
     }
 
+    #[inline]
     fn base(&self) -> usize {
-        self.map.as_ptr() as usize
+        self.region.as_ptr() as usize
     }
 
     /// Allocates `len` bytes (after a header) aligned to 16; returns `(offset, generation)`.
@@ -435,7 +197,7 @@ impl JePool {
     /// process) is [`alloc_slow`](Self::alloc_slow). A fork child never takes the fast path: its
     /// fork handler cleared the thread's cache pointer, so it always reaches those checks.
     #[inline]
-    pub(crate) fn alloc(&self, len: usize) -> Result<(u64, u32), ArenaError> {
+    pub(crate) fn alloc(&self, len: usize) -> Result<(u64, u32), PoolError> {
         if len <= cache::MAX_CACHED - OBJ_HEADER {
             if let Some(mut tc) = cache::fast(self) {
                 let c = cache::class_of(len + OBJ_HEADER);
@@ -453,9 +215,9 @@ impl JePool {
     /// [`alloc`](Self::alloc) beyond its fast path.
     #[cold]
     #[inline(never)]
-    fn alloc_slow(&self, len: usize) -> Result<(u64, u32), ArenaError> {
+    fn alloc_slow(&self, len: usize) -> Result<(u64, u32), PoolError> {
         self.check_owner()?;
-        let len32 = u32::try_from(len).map_err(|_| flowipc_core::arena::AllocError::TooLarge)?;
+        let len32 = u32::try_from(len).map_err(|_| AllocError::TooLarge)?;
         let size = len + OBJ_HEADER;
         let cached = if size <= cache::MAX_CACHED {
             let c = cache::class_of(size);
@@ -509,7 +271,7 @@ impl JePool {
         tc: &mut cache::Owned<'_>,
         c: usize,
         len: usize,
-    ) -> Result<(usize, u32), ArenaError> {
+    ) -> Result<(usize, u32), PoolError> {
         let p = match tc.pop(c) {
             Some(p) => p,
             None => self.refill(tc, c)?,
@@ -524,7 +286,7 @@ impl JePool {
     /// jemalloc slab (which would put two threads' headers on one cache line). When the pool is
     /// full, this thread's cached blocks go back first and the allocation is tried once more.
     #[cold]
-    fn refill(&self, tc: &mut cache::Owned<'_>, c: usize) -> Result<usize, ArenaError> {
+    fn refill(&self, tc: &mut cache::Owned<'_>, c: usize) -> Result<usize, PoolError> {
         let size = cache::class_bytes(c);
         let mut p = self.je_alloc(size);
         if p == 0 {
@@ -532,7 +294,7 @@ impl JePool {
             p = self.je_alloc(size);
         }
         if p == 0 {
-            return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
+            return Err(AllocError::OutOfMemory.into());
         }
         Self::init_block(p, c as u32);
         // The extra blocks go in in reverse, so that they are popped in address order.
@@ -560,11 +322,11 @@ impl JePool {
     /// jemalloc, counted in the pool's shared counters. Returns the header's address (the
     /// block's start: colour 0, tag written) and a generation.
     #[cold]
-    fn alloc_uncached(&self, size: usize, len: usize) -> Result<(usize, u32), ArenaError> {
+    fn alloc_uncached(&self, size: usize, len: usize) -> Result<(usize, u32), PoolError> {
         let size = Self::block_size(size);
         let p = self.je_alloc(size);
         if p == 0 {
-            return Err(flowipc_core::arena::AllocError::OutOfMemory.into());
+            return Err(AllocError::OutOfMemory.into());
         }
         Self::init_block(p, Self::class_tag(size));
         let gen = self.reserve_gens(1);
@@ -618,12 +380,12 @@ impl JePool {
     }
 
     /// `n` fresh generations: the first of them.
-    fn reserve_gens(&self, n: u32) -> u32 {
+    pub(super) fn reserve_gens(&self, n: u32) -> u32 {
         self.next_gen.fetch_add(n, Ordering::Relaxed)
     }
 
     /// Gives every block cache `tc` holds back to jemalloc.
-    fn flush(&self, tc: &mut cache::Owned<'_>) {
+    pub(super) fn flush(&self, tc: &mut cache::Owned<'_>) {
         // Cached blocks of class `c` were allocated with `class_size(c)`.
         let n = tc.drain_all(|c, p| self.je_free(p, cache::class_bytes(c)));
         tc.add_held(n.wrapping_neg());
@@ -645,7 +407,7 @@ impl JePool {
     #[inline]
     fn header(&self, off: u64) -> Option<&ObjHeader> {
         let off = usize::try_from(off).ok()?;
-        if off < POOL_HEADER + OBJ_HEADER || off > self.map.len() || off % 16 != 0 {
+        if off < POOL_HEADER + OBJ_HEADER || off > self.region.len() || off % 16 != 0 {
             return None;
         }
         // SAFETY: `off - 16 .. off` is inside the mapping and 16-aligned; the header is atomics.
@@ -691,7 +453,7 @@ impl JePool {
     /// carried beside the offset; the range and the tag are still checked, so a wrong offset
     /// cannot send a block to the wrong bin. Returns whether the object was freed.
     #[inline]
-    pub(crate) fn release_own(&self, off: u64) -> Result<bool, ArenaError> {
+    pub(crate) fn release_own(&self, off: u64) -> Result<bool, PoolError> {
         if let Some(h) = self.header(off) {
             // SYNC POINT: Acquire as in `release` (pairs with the other holders' AcqRel releases).
             let s = h.state.load(Ordering::Acquire);
@@ -744,7 +506,7 @@ impl JePool {
         })
     }
 
-    pub(crate) fn retain(&self, off: u64, gen: u32) -> Result<(), ArenaError> {
+    pub(crate) fn retain(&self, off: u64, gen: u32) -> Result<(), PoolError> {
         self.check_owner()?;
         let h = self.live(off, gen)?;
         // Only the owner process writes headers, and `live` checked the generation: an increment
@@ -761,7 +523,7 @@ impl JePool {
     /// So when the count is 1 and the caller holds that reference, no other thread can change
     /// the word until we do, as in `Arc::get_mut`. A count above 1 takes the CAS loop.
     #[inline]
-    pub(crate) fn release(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
+    pub(crate) fn release(&self, off: u64, gen: u32) -> Result<bool, PoolError> {
         if let Some(h) = self.header(off) {
             // SYNC POINT: Acquire as below.
             let s = h.state.load(Ordering::Acquire);
@@ -775,7 +537,7 @@ impl JePool {
     /// [`release`](Self::release) beyond its fast path.
     #[cold]
     #[inline(never)]
-    fn release_slow(&self, off: u64, gen: u32) -> Result<bool, ArenaError> {
+    fn release_slow(&self, off: u64, gen: u32) -> Result<bool, PoolError> {
         self.check_owner()?;
         let h = self.header(off).ok_or(BlockError::OutOfRange)?;
         let tag = h.tag.load(Ordering::Relaxed);
@@ -869,26 +631,25 @@ impl JePool {
         self.shared.uncached.count(false, u64::from(len));
     }
 
-    /// Copies `data` into the object at `off` (generation `gen`) from byte `at`.
-    pub(crate) fn write(&self, off: u64, gen: u32, at: u64, data: &[u8]) -> Result<(), ArenaError> {
+    /// The address of byte `at` of the live object at `off` (generation `gen`), after checking
+    /// that `len` bytes from there lie inside the object and the mapping.
+    fn span(&self, off: u64, gen: u32, at: u64, len: usize) -> Result<usize, PoolError> {
         let info = self.info(off, gen)?;
-        let end = at
-            .checked_add(data.len() as u64)
-            .ok_or(BlockError::TooLong)?;
+        let end = at.checked_add(len as u64).ok_or(BlockError::TooLong)?;
         // The header is the owner's own (borrowers cannot write the pool); still, never copy
         // outside the mapping.
-        if end > info.capacity || off.saturating_add(end) > self.map.len() as u64 {
+        if end > info.capacity || off.saturating_add(end) > self.region.len() as u64 {
             return Err(BlockError::TooLong.into());
         }
-        // SAFETY: `[off + at, off + end)` lies inside the live object (checked against its header,
-        // which the owner wrote and only it can write), inside the writable mapping.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (self.base() + (off + at) as usize) as *mut u8,
-                data.len(),
-            )
-        };
+        Ok(self.base() + (off + at) as usize)
+    }
+
+    /// Copies `data` into the object at `off` (generation `gen`) from byte `at`.
+    pub(crate) fn write(&self, off: u64, gen: u32, at: u64, data: &[u8]) -> Result<(), PoolError> {
+        let p = self.span(off, gen, at, data.len())?;
+        // SAFETY: `span` checked that `[p, p + len)` lies inside the live object (against its
+        // header, which the owner wrote and only it can write), inside the writable mapping.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), p as *mut u8, data.len()) };
         Ok(())
     }
 
@@ -899,24 +660,10 @@ impl JePool {
         gen: u32,
         at: u64,
         buf: &mut [u8],
-    ) -> Result<(), ArenaError> {
-        let info = self.info(off, gen)?;
-        let end = at
-            .checked_add(buf.len() as u64)
-            .ok_or(BlockError::TooLong)?;
-        // The header is the owner's own (borrowers cannot write the pool); still, never copy
-        // outside the mapping.
-        if end > info.capacity || off.saturating_add(end) > self.map.len() as u64 {
-            return Err(BlockError::TooLong.into());
-        }
+    ) -> Result<(), PoolError> {
+        let p = self.span(off, gen, at, buf.len())?;
         // SAFETY: as in `write`; `buf` is our memory.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                (self.base() + (off + at) as usize) as *const u8,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        unsafe { ptr::copy_nonoverlapping(p as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
@@ -930,8 +677,12 @@ impl JePool {
 
 impl Drop for JePool {
     fn drop(&mut self) {
+        // SAFETY: `self.region` is taken exactly once, here, and not used through `self` again;
+        // the memory stays mapped while `region` lives (or forever, once leaked).
+        let region = unsafe { ManuallyDrop::take(&mut self.region) };
         if FORKED.load(Ordering::Relaxed) && std::process::id() != self.pid {
             // A fork child must not touch the arena: leak our share of it.
+            leak_mapping(region);
             return;
         }
         // From now on no thread flushes its cache into this pool; blocks still cached are
@@ -951,135 +702,19 @@ impl Drop for JePool {
             )
         };
         if rc == 0 {
-            // SAFETY: the arena is gone, so jemalloc will not call the hooks again.
-            drop(unsafe { Box::from_raw(self.hooks.as_ptr()) });
-            // SAFETY: nothing uses the mapping any more; it is dropped exactly once, here.
-            unsafe { ManuallyDrop::drop(&mut self.map) };
+            // SAFETY: the arena is gone, so jemalloc will not call the hooks again; freed once.
+            unsafe { Hooks::free(self.hooks) };
+            drop(region);
+        } else {
+            // jemalloc may still use the hooks and the memory: leak both rather than unmap.
+            leak_mapping(region);
         }
-        // Otherwise jemalloc may still use the hooks and the memory: leak both rather than unmap.
     }
 }
 
-/// A borrower's read-only view of a jemalloc lend pool.
-pub(crate) struct JeReader {
-    map: Mapping,
-    _fd: OwnedFd,
-    pool_id: u64,
-}
-
-impl JeReader {
-    /// Whether the mapping at `base` (at least 32 bytes) starts with the jemalloc pool magic.
-    pub(crate) fn is_je_pool(map: &Mapping) -> bool {
-        if map.len() < POOL_HEADER {
-            return false;
-        }
-        // SAFETY: page-aligned, at least 32 bytes; Relaxed atomic loads are sound on read-only memory.
-        let ph = unsafe { &*map.as_ptr().cast::<PoolHeader>() };
-        ph.magic.load(Ordering::Relaxed) == POOL_MAGIC
-    }
-
-    pub(crate) fn open(map: Mapping, fd: OwnedFd) -> Result<Self, ArenaError> {
-        if !Self::is_je_pool(&map) {
-            return Err(flowipc_core::arena::InitError::BadMagic.into());
-        }
-        // SYNC POINT: pairs with the Release store of the magic in `JePool::create`.
-        std::sync::atomic::fence(Ordering::Acquire);
-        // SAFETY: as in `is_je_pool`.
-        let ph = unsafe { &*map.as_ptr().cast::<PoolHeader>() };
-        if ph.version.load(Ordering::Relaxed) != POOL_VERSION {
-            return Err(flowipc_core::arena::InitError::BadVersion.into());
-        }
-        if ph.len.load(Ordering::Relaxed) != map.len() as u64 {
-            return Err(flowipc_core::arena::InitError::Corrupt.into());
-        }
-        let pool_id = ph.pool_id.load(Ordering::Relaxed);
-        Ok(JeReader {
-            map,
-            _fd: fd,
-            pool_id,
-        })
-    }
-
-    pub(crate) fn pool_tag(&self) -> u64 {
-        self.pool_id
-    }
-
-    /// Checks a handle against the object header: in range, live at that generation, length fits.
-    pub(crate) fn check(&self, h: &ArenaHandle) -> Result<BlockInfo, ArenaError> {
-        let off = usize::try_from(h.offset).map_err(|_| BlockError::OutOfRange)?;
-        if off < POOL_HEADER + OBJ_HEADER
-            || off % 16 != 0
-            || h.offset.saturating_add(h.len) > self.map.len() as u64
-        {
-            return Err(BlockError::OutOfRange.into());
-        }
-        // SAFETY: `off - 16 .. off` is inside the mapping, 16-aligned; Relaxed loads only.
-        let hdr = unsafe { &*(self.map.as_ptr().add(off - OBJ_HEADER).cast::<ObjHeader>()) };
-        let s = hdr.state.load(Ordering::Relaxed);
-        if !tag_ok(hdr.tag.load(Ordering::Relaxed)) || !st_is_alloc(s) || st_gen(s) != h.generation
-        {
-            return Err(BlockError::StaleGeneration.into());
-        }
-        let cap = u64::from(hdr.len.load(Ordering::Relaxed));
-        if h.len > cap {
-            return Err(BlockError::TooLong.into());
-        }
-        // SYNC POINT: pairs with the owner's writes before it published the handle (through the
-        // channel that carried it); orders our copy after the header check.
-        std::sync::atomic::fence(Ordering::Acquire);
-        Ok(BlockInfo {
-            generation: h.generation,
-            capacity: cap,
-            refcount: st_field(s),
-        })
-    }
-
-    /// Checks a handle and copies its bytes from `at` into `buf`.
-    pub(crate) fn read_handle(
-        &self,
-        h: &ArenaHandle,
-        at: u64,
-        buf: &mut [u8],
-    ) -> Result<BlockInfo, ArenaError> {
-        let info = self.check(h)?;
-        let end = at
-            .checked_add(buf.len() as u64)
-            .ok_or(BlockError::TooLong)?;
-        if end > h.len {
-            return Err(BlockError::TooLong.into());
-        }
-        // SAFETY: `h.offset + end <= h.offset + h.len <= map.len()` (checked in `check`); the owner
-        // may write concurrently, so we copy bytes and form no reference.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                self.map.as_ptr().add((h.offset + at) as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        Ok(info)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_carry_colour_and_class_and_refuse_wide_colours() {
-        for colour in 0..COLOURS {
-            for class in (0..cache::NUM_CLASSES as u32).chain([CLASS_LARGE]) {
-                let tag = tag_of(colour, class);
-                assert!(tag_ok(tag));
-                assert_eq!(tag & 0xff, class);
-                assert_eq!(block_of(0x10_0000, tag), 0x10_0000 - colour * COLOUR_LINE);
-            }
-        }
-        // A colour byte of 16 or more never comes from `tag_of`: refused, so a header the owner
-        // did not write cannot point its block's start further back.
-        for colour in [16u32, 0x80, 0xff] {
-            assert!(!tag_ok(OBJ_MAGIC | colour << 8));
-        }
-        assert!(!tag_ok(0x6a6e_0000), "another magic");
-    }
+/// Closes `region`'s memfd but leaves its memory mapped for good (jemalloc, or a fork's parent,
+/// may still use it).
+fn leak_mapping(region: SharedRegion) {
+    let (map, _fd) = region.into_parts();
+    std::mem::forget(map);
 }
