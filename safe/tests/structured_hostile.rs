@@ -339,3 +339,27 @@ fn capnp_decode_reads_the_body() {
     let squeezed: String = text.split_whitespace().collect();
     assert_eq!(squeezed, r#"(pong=(seq=42,payload="hi"))"#, "{text}");
 }
+
+/// A peer flooding notifications nobody takes: the channel stops receiving at the inbox
+/// capacity (memory stays bounded, the transport pushes back), and goes on when they are taken.
+#[test]
+fn full_inbox_pushes_back() {
+    let (mut raw, ours) = Channel::socket_pair().unwrap();
+    let ch = StructuredOptions::new()
+        .inbox_capacity(4)
+        .open::<body::Owned>(ours)
+        .unwrap();
+    for id in 1..=20u64 {
+        raw.send(&frame(
+            envelope(id, 0, NOTIFICATION, 0, 0),
+            &note_body(&id.to_string()),
+        ))
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ch.stats().received, 4, "received past the inbox capacity");
+    for id in 1..=20u64 {
+        assert_eq!(note_of(&ch.recv_timeout(WAIT).unwrap()), id.to_string());
+    }
+    assert_eq!(ch.stats().received, 20);
+}
