@@ -1,8 +1,26 @@
 //! Splitting messages into chunks and putting them back together, for transports whose unit is
 //! smaller than a message (a POSIX mq message, a ring frame).
 //!
-//! A message of `len` bytes becomes `max(1, ceil(len / room))` chunks; each carries a 16-byte
-//! header:
+//! # One protocol, one validator, two carriers
+//!
+//! A message is a run of chunks: the first is flagged FIRST and says how long the message is and
+//! how many descriptors come with it, the last is flagged LAST, and a lone CLOSE chunk closes the
+//! channel. [`Sequence`] checks every run a peer sends, whichever transport carried it: no FIRST
+//! inside a message, no continuation without one, descriptors declared on the first chunk only,
+//! a total within `max_message_size` (checked before anything is buffered), bytes never beyond
+//! the total, and a LAST chunk that completes it exactly. Any deviation is
+//! [`Corruption::BadChunk`]. The mq transport and the ring transport both feed it, so a framing
+//! bug is fixed once and fuzzed once (`channel_chunks`).
+//!
+//! The carriers differ only in where the chunk header lives:
+//!
+//! - mq ([`ChunkHeader`]): 16 bytes at the start of each queue message, below.
+//! - ring: the frame's 16-bit tag holds the flags and the descriptor count, and a FIRST frame
+//!   that is not also LAST starts with the total as a u64 LE (a one-frame message's total is its
+//!   length). So a one-frame message carries no header bytes and can be read in place.
+//!
+//! A message of `len` bytes becomes `max(1, ceil(len / room))` chunks; each mq chunk carries a
+//! 16-byte header:
 //!
 //! ```text
 //! byte  0      flags: FIRST 0x01, LAST 0x02, CLOSE 0x04 (others reserved, must be 0)
@@ -118,13 +136,150 @@ pub(crate) enum Fed {
     Close,
 }
 
-/// Puts chunks back together, validating the sequence.
+/// One chunk as a carrier decoded it, before any of it is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// FIRST / LAST / CLOSE.
+    pub(crate) flags: u8,
+    /// Descriptors declared (first chunk only).
+    pub(crate) nfds: usize,
+    /// The chunk's index, where the carrier sends one (mq); `None` where order is implicit (a
+    /// ring delivers frames in order by construction).
+    pub(crate) index: Option<u32>,
+    /// The message's total length, where the chunk states it (every mq chunk; a ring's FIRST
+    /// frame); `None` on a ring's continuation frames.
+    pub(crate) total: Option<u64>,
+    /// Payload bytes in this chunk.
+    pub(crate) len: usize,
+}
+
+/// What an accepted chunk means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// Append the chunk's `len` payload bytes; with `last`, the message is then complete and came
+    /// with `nfds` descriptors (declared by its first chunk).
+    Bytes {
+        /// This chunk starts the message (the caller's buffer starts empty).
+        first: bool,
+        /// This chunk completes the message.
+        last: bool,
+        /// Descriptors the message's first chunk declared.
+        nfds: usize,
+    },
+    /// The peer closed the channel.
+    Close,
+}
+
+/// The chunk-sequence validator both chunking transports use (see the module docs).
 #[derive(Debug, Default)]
-pub(crate) struct Reassembler {
+pub(crate) struct Sequence {
     in_progress: bool,
     next_index: u32,
     total: u64,
+    received: u64,
     nfds: usize,
+}
+
+impl Sequence {
+    /// Whether part of a message has arrived.
+    pub(crate) fn in_progress(&self) -> bool {
+        self.in_progress
+    }
+
+    /// Checks one chunk against the sequence so far and the limit; on `Ok` the caller appends
+    /// `c.len` bytes (never more than the total the first chunk announced).
+    pub(crate) fn accept(
+        &mut self,
+        c: &Chunk,
+        max_message_size: usize,
+    ) -> Result<Accepted, Corruption> {
+        if c.flags & !(FIRST | LAST | CLOSE) != 0 {
+            return Err(Corruption::BadChunk("unknown chunk flags"));
+        }
+        if c.flags & CLOSE != 0 {
+            if c.flags != CLOSE
+                || c.len != 0
+                || c.nfds != 0
+                || self.in_progress
+                || c.total.unwrap_or(0) != 0
+            {
+                return Err(Corruption::BadChunk("close marker inside a message"));
+            }
+            return Ok(Accepted::Close);
+        }
+        let first = c.flags & FIRST != 0;
+        if first {
+            if self.in_progress {
+                return Err(Corruption::BadChunk(
+                    "a new message began before the last ended",
+                ));
+            }
+            if c.index.is_some_and(|i| i != 0) {
+                return Err(Corruption::BadChunk("first chunk with a non-zero index"));
+            }
+            let Some(total) = c.total else {
+                return Err(Corruption::BadChunk("first chunk without a total length"));
+            };
+            if total > max_message_size as u64 {
+                return Err(Corruption::TooLarge {
+                    claimed: total,
+                    max: max_message_size,
+                });
+            }
+            self.in_progress = true;
+            self.next_index = 0;
+            self.total = total;
+            self.received = 0;
+            self.nfds = c.nfds;
+        } else if !self.in_progress {
+            return Err(Corruption::BadChunk(
+                "continuation chunk without a first chunk",
+            ));
+        } else if c.nfds != 0 {
+            return Err(Corruption::BadChunk(
+                "descriptors declared after the first chunk",
+            ));
+        }
+        if c.index.is_some_and(|i| i != self.next_index) {
+            return Err(Corruption::BadChunk("chunk index out of sequence"));
+        }
+        if c.total.is_some_and(|t| t != self.total) {
+            return Err(Corruption::BadChunk("total length changed between chunks"));
+        }
+        let received = self.received + c.len as u64;
+        if received > self.total {
+            return Err(Corruption::BadChunk(
+                "chunks longer than the announced total",
+            ));
+        }
+        self.received = received;
+        self.next_index = self.next_index.wrapping_add(1);
+        let last = c.flags & LAST != 0;
+        if last {
+            if received != self.total {
+                return Err(Corruption::BadChunk(
+                    "last chunk before the announced total",
+                ));
+            }
+            self.in_progress = false;
+        }
+        Ok(Accepted::Bytes {
+            first,
+            last,
+            nfds: self.nfds,
+        })
+    }
+
+    /// Forgets a half-received message (on poisoning).
+    pub(crate) fn reset(&mut self) {
+        self.in_progress = false;
+    }
+}
+
+/// Puts mq chunks back together: their headers through [`Sequence`], their bytes in `buf`.
+#[derive(Debug, Default)]
+pub(crate) struct Reassembler {
+    seq: Sequence,
     /// The message so far; taken by the caller on [`Fed::Complete`].
     pub(crate) buf: Vec<u8>,
 }
@@ -132,7 +287,7 @@ pub(crate) struct Reassembler {
 impl Reassembler {
     /// Whether part of a message has arrived.
     pub(crate) fn in_progress(&self) -> bool {
-        self.in_progress
+        self.seq.in_progress()
     }
 
     /// Feeds one chunk. On [`Fed::Complete`] the message is in `self.buf`.
@@ -142,69 +297,32 @@ impl Reassembler {
         payload: &[u8],
         max_message_size: usize,
     ) -> Result<Fed, Corruption> {
-        if h.flags & CLOSE != 0 {
-            if h.flags != CLOSE || !payload.is_empty() || self.in_progress || h.total != 0 {
-                return Err(Corruption::BadChunk("close marker inside a message"));
+        let c = Chunk {
+            flags: h.flags,
+            nfds: usize::from(h.nfds),
+            index: Some(h.index),
+            total: Some(h.total),
+            len: payload.len(),
+        };
+        match self.seq.accept(&c, max_message_size)? {
+            Accepted::Close => Ok(Fed::Close),
+            Accepted::Bytes { first, last, nfds } => {
+                if first {
+                    self.buf.clear();
+                }
+                self.buf.extend_from_slice(payload);
+                Ok(if last {
+                    Fed::Complete { nfds }
+                } else {
+                    Fed::Partial
+                })
             }
-            return Ok(Fed::Close);
         }
-        if h.flags & FIRST != 0 {
-            if self.in_progress {
-                return Err(Corruption::BadChunk(
-                    "a new message began before the last ended",
-                ));
-            }
-            if h.index != 0 {
-                return Err(Corruption::BadChunk("first chunk with a non-zero index"));
-            }
-            if h.total > max_message_size as u64 {
-                return Err(Corruption::TooLarge {
-                    claimed: h.total,
-                    max: max_message_size,
-                });
-            }
-            self.in_progress = true;
-            self.next_index = 0;
-            self.total = h.total;
-            self.nfds = usize::from(h.nfds);
-            self.buf.clear();
-        } else if !self.in_progress {
-            return Err(Corruption::BadChunk(
-                "continuation chunk without a first chunk",
-            ));
-        } else if h.nfds != 0 {
-            return Err(Corruption::BadChunk(
-                "descriptors declared after the first chunk",
-            ));
-        }
-        if h.index != self.next_index {
-            return Err(Corruption::BadChunk("chunk index out of sequence"));
-        }
-        if h.total != self.total {
-            return Err(Corruption::BadChunk("total length changed between chunks"));
-        }
-        if (self.buf.len() + payload.len()) as u64 > self.total {
-            return Err(Corruption::BadChunk(
-                "chunks longer than the announced total",
-            ));
-        }
-        self.buf.extend_from_slice(payload);
-        self.next_index = self.next_index.wrapping_add(1);
-        if h.flags & LAST != 0 {
-            if self.buf.len() as u64 != self.total {
-                return Err(Corruption::BadChunk(
-                    "last chunk before the announced total",
-                ));
-            }
-            self.in_progress = false;
-            return Ok(Fed::Complete { nfds: self.nfds });
-        }
-        Ok(Fed::Partial)
     }
 
     /// Drops a half-received message (on poisoning).
     pub(crate) fn reset(&mut self) {
-        self.in_progress = false;
+        self.seq.reset();
         self.buf = Vec::new();
     }
 }

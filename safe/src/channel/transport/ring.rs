@@ -15,9 +15,10 @@
 //! bits 8..16     descriptors sent with the message (FIRST frame only)
 //! ```
 //!
-//! The receiver checks the sequence (no FIRST inside a message, no continuation without one, the
-//! bytes never exceed the announced total and the LAST frame completes it exactly); anything else is
-//! [`Corruption`]. The ring itself validates its positions and frame headers (`flowipc_core`).
+//! The receiver checks the sequence with the validator the mq transport uses
+//! (`channel::framing::Sequence`: no FIRST inside a message, no continuation without one, the
+//! bytes never exceed the announced total and the LAST frame completes it exactly); anything else
+//! is [`Corruption`]. The ring itself validates its positions and frame headers (`flowipc_core`).
 //!
 //! # Descriptors
 //!
@@ -55,6 +56,7 @@ use flowipc_sys::socket::{self, PollFd, PollFlags, RecvFds, RecvFlags, SendFlags
 use flowipc_sys::Errno;
 
 use crate::channel::error::{Corruption, OpenError, RecvError, SendError};
+use crate::channel::framing::{Accepted, Chunk, Sequence};
 use crate::channel::{Blocking, Limits, SendCursor, Step};
 use crate::ring::{
     RingOpenError, RingReadChunk, RingReceiver, RingRecvError, RingSendError, RingSender,
@@ -134,8 +136,8 @@ pub(crate) struct RingTransport {
     policy: WaitPolicy,
     limits: Limits,
     // Receive state.
-    in_progress: bool,
-    total: u64,
+    /// The chunk-sequence validator shared with the mq transport (`channel::framing`).
+    seq: Sequence,
     fds: Vec<OwnedFd>,
     assembling: Vec<u8>,
     fdbuf: Box<RecvFds>,
@@ -220,8 +222,7 @@ impl RingTransport {
             policy,
             fdbuf: Box::new(RecvFds::with_limit(limits.max_fds_per_message)),
             limits,
-            in_progress: false,
-            total: 0,
+            seq: Sequence::default(),
             fds: Vec::new(),
             assembling: Vec::new(),
             peer_closed: false,
@@ -327,7 +328,7 @@ impl RingTransport {
     }
 
     pub(crate) fn discard(&mut self) {
-        self.in_progress = false;
+        self.seq.reset();
         self.in_ring = None;
         self.fds.clear();
         self.fdbuf.clear();
@@ -335,7 +336,7 @@ impl RingTransport {
     }
 
     pub(crate) fn has_buffered_input(&self) -> bool {
-        self.in_progress
+        self.seq.in_progress()
     }
 
     /// Whether the message the last successful `recv_step` returned carries a channel.
@@ -515,45 +516,40 @@ impl RingTransport {
             {
                 return Err(Corruption::BadHeader(u64::from(tag)).into());
             }
-            if flags & CLOSE != 0 {
-                if flags != CLOSE || len != 0 || nfds != 0 || self.in_progress {
-                    return Err(Corruption::BadChunk("close marker inside a message").into());
-                }
-                drop(chunk);
-                self.peer_closed = true;
-                return Err(RecvError::Closed);
-            }
-            if flags & FIRST != 0 {
-                self.last_channel = flags & CHANNEL != 0;
-                if self.in_progress {
-                    return Err(
-                        Corruption::BadChunk("a new message began before the last ended").into(),
-                    );
-                }
-                let (total, skip) = if flags & LAST != 0 {
-                    (len as u64, 0)
-                } else {
+            // Decode the carrier (the tag, and the total a multi-frame message's first frame
+            // starts with); the shared validator checks the sequence.
+            let first = flags & FIRST != 0;
+            let (total, skip) = match (first, flags & LAST != 0) {
+                (true, true) => (Some(len as u64), 0),
+                (true, false) => {
                     let mut word = [0u8; 8];
                     if chunk.read(0, &mut word) != 8 {
                         return Err(
                             Corruption::BadChunk("first frame shorter than its header").into()
                         );
                     }
-                    (u64::from_le_bytes(word), 8)
-                };
-                if total > self.limits.max_message_size as u64 {
-                    return Err(Corruption::TooLarge {
-                        claimed: total,
-                        max: self.limits.max_message_size,
-                    }
-                    .into());
+                    (Some(u64::from_le_bytes(word)), 8)
                 }
-                if (len - skip) as u64 > total {
-                    return Err(
-                        Corruption::BadChunk("chunks longer than the announced total").into(),
-                    );
+                (false, _) => (None, 0),
+            };
+            let frame = Chunk {
+                flags: (flags & (FIRST | LAST | CLOSE)) as u8,
+                nfds,
+                index: None,
+                total,
+                len: len - skip,
+            };
+            let (last, nfds) = match self.seq.accept(&frame, self.limits.max_message_size)? {
+                Accepted::Close => {
+                    drop(chunk);
+                    self.peer_closed = true;
+                    return Err(RecvError::Closed);
                 }
-                if in_place && flags & LAST != 0 && flags & CHANNEL == 0 {
+                Accepted::Bytes { last, nfds, .. } => (last, nfds),
+            };
+            if first {
+                self.last_channel = flags & CHANNEL != 0;
+                if in_place && last && flags & CHANNEL == 0 {
                     // Stays in the ring for the caller; descriptors first, as on the copy path.
                     let fds = take_fds(&self.sock, &mut self.fdbuf, &self.limits, nfds)?;
                     chunk.keep();
@@ -563,36 +559,12 @@ impl RingTransport {
                 self.assembling.clear();
                 chunk.extend_vec(skip, &mut self.assembling);
                 drop(chunk);
-                self.total = total;
-                self.in_progress = true;
                 self.fds = take_fds(&self.sock, &mut self.fdbuf, &self.limits, nfds)?;
             } else {
-                if !self.in_progress {
-                    return Err(
-                        Corruption::BadChunk("continuation chunk without a first chunk").into(),
-                    );
-                }
-                if nfds != 0 {
-                    return Err(
-                        Corruption::BadChunk("descriptors declared after the first chunk").into(),
-                    );
-                }
-                let old = self.assembling.len();
-                if (old + len) as u64 > self.total {
-                    return Err(
-                        Corruption::BadChunk("chunks longer than the announced total").into(),
-                    );
-                }
                 chunk.extend_vec(0, &mut self.assembling);
                 drop(chunk);
             }
-            if flags & LAST != 0 {
-                if self.assembling.len() as u64 != self.total {
-                    return Err(
-                        Corruption::BadChunk("last chunk before the announced total").into(),
-                    );
-                }
-                self.in_progress = false;
+            if last {
                 std::mem::swap(out, &mut self.assembling);
                 return Ok(Some(std::mem::take(&mut self.fds)));
             }
