@@ -363,3 +363,58 @@ fn full_inbox_pushes_back() {
     }
     assert_eq!(ch.stats().received, 20);
 }
+
+/// A hand-made body whose `Nested.child` points at itself: walking it, or asking capnp for its
+/// total size, stops at the reader's limits with an error, never loops.
+#[test]
+fn cyclic_pointers_stop_at_the_limits() {
+    let struct_ptr = |offset: i32| -> [u8; 8] {
+        let lo = (offset << 2) as u32;
+        let hi = 1u32 | (1 << 16); // 1 data word, 1 pointer
+        let mut w = [0u8; 8];
+        w[..4].copy_from_slice(&lo.to_le_bytes());
+        w[4..].copy_from_slice(&hi.to_le_bytes());
+        w
+    };
+    let mut body = Vec::new();
+    body.extend_from_slice(&0u32.to_le_bytes()); // one segment
+    body.extend_from_slice(&5u32.to_le_bytes()); // of 5 words
+    body.extend_from_slice(&struct_ptr(0)); // w0: root -> Body at w1
+    body.extend_from_slice(&4u64.to_le_bytes()); // w1: Body's union discriminant: nested
+    body.extend_from_slice(&struct_ptr(0)); // w2: Body.nested -> Nested at w3
+    body.extend_from_slice(&7u64.to_le_bytes()); // w3: Nested.value
+    body.extend_from_slice(&struct_ptr(-2)); // w4: Nested.child -> w3, itself
+    let (mut raw, ch) = pair();
+    raw.send(&frame(envelope(1, 0, NOTIFICATION, 0, 0), &body))
+        .unwrap();
+    let msg = ch.recv_timeout(WAIT).unwrap();
+    let root = msg.body_root().unwrap();
+    let body::Nested(n) = root.which().unwrap() else {
+        panic!("not nested")
+    };
+    let mut n = n.unwrap();
+    assert_eq!(n.get_value(), 7);
+    let mut depth = 0;
+    while let Ok(child) = n.get_child() {
+        assert_eq!(child.get_value(), 7);
+        n = child;
+        depth += 1;
+        assert!(depth < 1000, "walked a cycle {depth} deep");
+    }
+    assert!(depth <= 64, "walked {depth} levels");
+    let msg = ch.recv_timeout(Duration::from_millis(1)).err();
+    assert!(matches!(msg, Some(StructuredError::TimedOut)));
+    // capnp's own full traversal of a fresh copy fails too.
+    raw.send(&frame(envelope(2, 0, NOTIFICATION, 0, 0), &body))
+        .unwrap();
+    let fresh = ch.recv_timeout(WAIT).unwrap();
+    let root = fresh.body_root().unwrap();
+    let body::Nested(n) = root.which().unwrap() else {
+        panic!("not nested")
+    };
+    assert!(n.unwrap().total_size().is_err(), "total_size of a cycle");
+    // The channel is fine.
+    raw.send(&frame(envelope(3, 0, NOTIFICATION, 0, 0), &note_body("ok")))
+        .unwrap();
+    assert_eq!(note_of(&ch.recv_timeout(WAIT).unwrap()), "ok");
+}
