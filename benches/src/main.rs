@@ -16,6 +16,7 @@ mod plot;
 mod raw;
 mod report;
 mod ring;
+mod session;
 mod structured;
 /// The structured rows' schema, `safe/schema/ping.capnp` (generated Rust, checked in there).
 #[path = "../../safe/schema/ping_capnp.rs"]
@@ -364,6 +365,7 @@ fn check_targets(rows: &[Row]) {
     #[cfg(feature = "peers")]
     peers::check_ipc_channel(rows);
     structured::check_targets(rows);
+    session::check_targets(rows);
 }
 
 /// Prints one latency ratio target: `row`'s p50 over the p50 of `reference` (same kind and size,
@@ -434,6 +436,9 @@ fn check_channel_targets(rows: &[Row]) {
 }
 
 fn main() {
+    if let Some(code) = session::child_entry() {
+        std::process::exit(code);
+    }
     let systems = systems();
     if std::env::args().nth(1).as_deref() == Some("__child") {
         if let Err(e) = harness::child_main(&systems) {
@@ -445,6 +450,7 @@ fn main() {
     let args = Args::parse();
     let mut known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
     known.extend(alloc::SYSTEMS);
+    known.extend(session::SYSTEMS);
     for o in &args.only {
         if !known.contains(&o.as_str()) {
             eprintln!(
@@ -496,6 +502,21 @@ fn main() {
             " ".repeat(40)
         );
         rows.extend(alloc::run(args.quick, &args.only));
+    }
+    let want_session = args.only.is_empty()
+        || args
+            .only
+            .iter()
+            .any(|o| session::SYSTEMS.contains(&o.as_str()));
+    if want_session {
+        eprint!(
+            "\rsessions: connect, open_channel, peer_death{}",
+            " ".repeat(40)
+        );
+        let budget_ms = args
+            .budget_ms
+            .unwrap_or(if args.quick { 300 } else { 2000 });
+        rows.extend(session::run(args.quick, budget_ms, &args.only));
     }
     eprintln!(
         "\rmeasured {} configurations in {:.0} s{}",

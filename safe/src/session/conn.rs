@@ -580,6 +580,7 @@ impl Session {
     }
 
     /// The handshake timeout, which also bounds the wait for an answer to `open_channel`.
+    #[cfg(feature = "tokio")]
     pub(super) fn answer_timeout(&self) -> Duration {
         self.timeout
     }
