@@ -10,13 +10,13 @@
 //!   [`Session`] per authenticated client.
 //! - [`Session::connect`] is the client's side; [`Session::spawn`] / [`Session::from_env`] connect
 //!   a parent to the child it spawns without any rendezvous.
-//! - A session holds a control channel (a socket [`Channel`]); its N init channels arrive with the
+//! - A session holds a control channel (a socket [`Channel`](crate::channel::Channel)); its N init channels arrive with the
 //!   handshake, more are opened with [`Session::open_channel`] from either side and accepted
 //!   ([`Session::accept_channel`]) or refused ([`Session::refuse`]) by the other.
 //!
 //! # Authentication
 //!
-//! The server decides from kernel facts only ([`auth`]): the peer's uid and gid from
+//! The server decides from kernel facts only ([`PeerIdentity`]): the peer's uid and gid from
 //! `SO_PEERCRED`, its executable from `/proc/<pid>/exe`, with the pid pinned through a pidfd from
 //! `SO_PEERPIDFD` (Linux 6.5+) so that a pid reused while the server looks cannot pass for the
 //! client. On older kernels the server falls back to `pidfd_open` on the `SO_PEERCRED` pid, which
