@@ -1133,6 +1133,21 @@ impl Consumer {
         })
     }
 
+    /// Whether a frame is pending, without consuming or borrowing it: `Ok(())` if
+    /// [`read_chunk`](Self::read_chunk) or [`try_pop`](Self::try_pop) would now find one (which
+    /// has then been located and validated).
+    ///
+    /// For a caller that must decide whether to wait before it takes a chunk (a chunk borrows the
+    /// consumer, so it cannot be taken first and dropped on the slow path).
+    ///
+    /// # Errors
+    ///
+    /// [`PopError::Empty`], [`PopError::Closed`], [`PopError::Corrupt`].
+    #[inline]
+    pub fn poll_frame(&mut self) -> Result<(), PopError> {
+        self.peek().map(drop)
+    }
+
     /// Gives in-place access to the next frame; it is freed (and a sleeping producer woken) when the
     /// chunk is dropped.
     ///

@@ -188,6 +188,7 @@ impl Sequence {
 
     /// Checks one chunk against the sequence so far and the limit; on `Ok` the caller appends
     /// `c.len` bytes (never more than the total the first chunk announced).
+    #[inline]
     pub(crate) fn accept(
         &mut self,
         c: &Chunk,

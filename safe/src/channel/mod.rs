@@ -506,6 +506,7 @@ impl Transport {
     /// One send step. Blocking: the ring waits inside (until the deadline, if any) rather than
     /// returning `Blocked` at once; the socket blocks in its system calls when there is no
     /// deadline; the others wait in [`Transport::wait`].
+    #[inline]
     fn send_step(
         &mut self,
         cur: &mut SendCursor,
@@ -522,6 +523,7 @@ impl Transport {
 
     /// One receive step. `in_place`: the ring leaves a one-frame message in the ring for
     /// [`RingTransport::take_in_place`]; the other transports always fill `out`.
+    #[inline]
     fn recv_step(
         &mut self,
         out: &mut Vec<u8>,
@@ -562,6 +564,7 @@ impl Transport {
 
     /// Whether the message the last successful receive step returned carries a channel (mq
     /// carries no descriptors, hence no channels).
+    #[inline]
     fn last_carries_channel(&self) -> bool {
         match self {
             Transport::Socket(t) => t.last_carries_channel(),
@@ -735,6 +738,7 @@ impl Channel {
     }
 
     /// Sends a message, waiting while the peer does not drain (unless non-blocking).
+    #[inline]
     pub fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
         self.send_with_fds(data, &[])
     }
@@ -754,6 +758,7 @@ impl Channel {
     /// assert_eq!((msg.bytes.as_slice(), msg.fds.len()), (&b"a file"[..], 1));
     /// # Ok::<(), flowipc::Error>(())
     /// ```
+    #[inline]
     pub fn send_with_fds(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
         if self.nonblocking {
             return self.try_send_with_fds(data, fds);
@@ -783,6 +788,7 @@ impl Channel {
     }
 
     /// Sends a message (`channel`: one that carries a channel), blocking until `deadline`.
+    #[inline]
     fn send_until(
         &mut self,
         data: &[u8],
@@ -873,6 +879,7 @@ impl Channel {
     ///
     /// Returns [`RecvError::Closed`] once the peer closed and everything before has been
     /// received, [`RecvError::PeerGone`] if it died instead.
+    #[inline]
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
         if self.nonblocking {
             self.try_recv(buf)
@@ -1004,18 +1011,21 @@ impl Channel {
         }
     }
 
+    #[inline]
     fn tr(&self) -> &Transport {
         self.transport
             .as_ref()
             .expect("a channel has its transport until into_fds consumes it")
     }
 
+    #[inline]
     fn tr_mut(&mut self) -> &mut Transport {
         self.transport
             .as_mut()
             .expect("a channel has its transport until into_fds consumes it")
     }
 
+    #[inline]
     fn recv_until(
         &mut self,
         buf: &mut Vec<u8>,
@@ -1048,10 +1058,12 @@ impl Channel {
         self.tr().wait(send, timeout)
     }
 
+    #[inline]
     fn check_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
         self.check_send_len(data.len(), fds)
     }
 
+    #[inline]
     fn check_send_len(&self, len: usize, fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
         if self.poisoned {
             return Err(SendError::Poisoned);
@@ -1075,6 +1087,7 @@ impl Channel {
     }
 
     /// One transport step; an error after part of the message went out poisons the channel.
+    #[inline]
     fn step_send(
         &mut self,
         cur: &mut SendCursor,
@@ -1091,6 +1104,7 @@ impl Channel {
         result
     }
 
+    #[inline]
     fn step_recv(
         &mut self,
         buf: &mut Vec<u8>,
@@ -1100,16 +1114,8 @@ impl Channel {
         if self.poisoned {
             return Err(RecvError::Poisoned);
         }
-        match self.held.take() {
-            Some(h) if h.channel => {
-                self.held = Some(h);
-                return Err(RecvError::ChannelMessage);
-            }
-            Some(h) => {
-                *buf = h.bytes;
-                return Ok(Some(h.fds));
-            }
-            None => {}
+        if self.held.is_some() {
+            return self.take_held(buf);
         }
         let result = self.tr_mut().recv_step(buf, block, in_place);
         match result {
@@ -1129,6 +1135,23 @@ impl Channel {
             _ => {}
         }
         result
+    }
+
+    /// A held message for a receive (see `Channel::held`): an ordinary one is handed out, a
+    /// channel stays for `recv_channel`.
+    #[cold]
+    fn take_held(&mut self, buf: &mut Vec<u8>) -> Result<Option<Vec<OwnedFd>>, RecvError> {
+        match self.held.take() {
+            Some(h) if h.channel => {
+                self.held = Some(h);
+                Err(RecvError::ChannelMessage)
+            }
+            Some(h) => {
+                *buf = h.bytes;
+                Ok(Some(h.fds))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Tries to finish an interrupted send. `Ok(true)`: nothing pending any more.
@@ -1156,7 +1179,16 @@ impl Channel {
     }
 
     /// Finishes an interrupted send, waiting until `deadline` ([`SendError::TimedOut`]).
+    #[inline]
     fn flush_pending_until(&mut self, deadline: Option<Instant>) -> Result<(), SendError> {
+        if self.pending.is_none() {
+            return Ok(());
+        }
+        self.flush_pending_slow(deadline)
+    }
+
+    #[cold]
+    fn flush_pending_slow(&mut self, deadline: Option<Instant>) -> Result<(), SendError> {
         while !self.flush_pending(true)? {
             let timeout = match remaining(deadline) {
                 Some(Duration::ZERO) => return Err(SendError::TimedOut),
@@ -1231,11 +1263,13 @@ pub struct ChannelReceiver(Channel);
 
 impl ChannelSender {
     /// See [`Channel::send`].
+    #[inline]
     pub fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
         self.0.send(data)
     }
 
     /// See [`Channel::send_with_fds`].
+    #[inline]
     pub fn send_with_fds(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
         self.0.send_with_fds(data, fds)
     }
@@ -1301,6 +1335,7 @@ impl ChannelSender {
 
 impl ChannelReceiver {
     /// See [`Channel::recv`].
+    #[inline]
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
         self.0.recv(buf)
     }

@@ -333,6 +333,11 @@ impl ConsumerHandle {
     }
 
     #[inline]
+    pub(crate) fn poll_frame(&mut self) -> Result<(), PopError> {
+        self.inner.poll_frame()
+    }
+
+    #[inline]
     pub(crate) fn read_chunk<'a, N: Notifier + ?Sized>(
         &'a mut self,
         notifier: &'a N,

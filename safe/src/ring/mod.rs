@@ -328,6 +328,7 @@ impl PeerCheck {
     }
 
     /// Makes the next [`gone_now`](Self::gone_now) run the fallback check whatever the interval.
+    #[cfg(feature = "tokio")]
     fn soon(&mut self) {
         self.last = None;
     }
@@ -707,6 +708,7 @@ impl RingSender {
     }
 
     /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
+    #[cfg(feature = "tokio")]
     pub(crate) fn check_peer_soon(&mut self) {
         self.peer.soon();
     }
@@ -960,17 +962,35 @@ impl RingReceiver {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<RingReadChunk<'_>, RingRecvError> {
-        match self.wait_message(timeout.map(|t| Instant::now() + t)) {
-            // A last look, as in `recv`.
-            Ok(()) | Err(RingRecvError::PeerGone) => {}
-            Err(e) => return Err(e),
+        // Wait only for an empty ring: a frame that is there is taken without entering the wait
+        // (which would note this CPU and set up the peer check for nothing).
+        if let Err(PopError::Empty) = self.handle.poll_frame() {
+            match self.wait_message(timeout.map(|t| Instant::now() + t)) {
+                // A last look, as in `recv`.
+                Ok(()) | Err(RingRecvError::PeerGone) => {}
+                Err(e) => return Err(e),
+            }
         }
         self.try_read_chunk()
     }
 
     /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
+    #[cfg(feature = "tokio")]
     pub(crate) fn check_peer_soon(&mut self) {
         self.peer.soon();
+    }
+
+    /// Waits per the policy until a frame is pending (or the deadline passes: `Timeout`). Ends
+    /// with `Ok` also when the peer is gone, so that the caller's next try takes frames
+    /// published before the death and only then reports `PeerGone`.
+    pub(crate) fn wait_for_message(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<(), RingRecvError> {
+        match self.wait_message(deadline) {
+            Err(RingRecvError::PeerGone) => Ok(()),
+            other => other,
+        }
     }
 
     /// Closes the ring and wakes the sender (also done on drop).

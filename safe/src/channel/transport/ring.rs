@@ -480,6 +480,7 @@ impl RingTransport {
             return Err(RecvError::Closed);
         }
         self.receiver()?;
+        let mut wait = false;
         loop {
             let Some(rx) = self.rx.as_mut() else {
                 return Err(RecvError::Poisoned);
@@ -487,25 +488,27 @@ impl RingTransport {
             // The receiver reports `PeerGone` only once the ring is empty and the peer watcher
             // (or the fallback check) has seen the peer go, so frames published before the death
             // are all delivered first.
-            let got = match block.timeout() {
-                None => rx.try_read_chunk(),
-                Some(timeout) => rx.read_chunk(timeout),
-            };
-            let chunk = match got {
+            // Try first; wait (per `block`) only for an empty ring, then look again.
+            if wait {
+                wait = false;
+                let deadline = match block {
+                    Blocking::Never => return Ok(None),
+                    Blocking::Forever => None,
+                    Blocking::Until(d) => Some(d),
+                };
+                match rx.wait_for_message(deadline) {
+                    Ok(()) => {}
+                    Err(RingRecvError::Timeout) => return Ok(None),
+                    Err(e) => return Err(map_recv(e)),
+                }
+            }
+            let chunk = match rx.try_read_chunk() {
                 Ok(chunk) => chunk,
-                Err(RingRecvError::WouldBlock | RingRecvError::Timeout) => return Ok(None),
-                Err(RingRecvError::PeerGone | RingRecvError::Closed) => {
-                    return Err(RecvError::PeerGone)
+                Err(RingRecvError::WouldBlock) => {
+                    wait = true;
+                    continue;
                 }
-                Err(RingRecvError::Corrupt) => {
-                    return Err(Corruption::Ring("invalid positions or frame header".into()).into())
-                }
-                Err(e) => {
-                    return Err(RecvError::Io {
-                        op: "reading the ring",
-                        source: io::Error::other(e),
-                    })
-                }
+                Err(e) => return Err(map_recv(e)),
             };
             let tag = chunk.tag();
             let len = chunk.len();
@@ -737,6 +740,21 @@ fn take_fds(
         .into());
     }
     Ok(fds)
+}
+
+fn map_recv(e: RingRecvError) -> RecvError {
+    match e {
+        RingRecvError::PeerGone | RingRecvError::Closed => RecvError::PeerGone,
+        RingRecvError::Corrupt => {
+            Corruption::Ring("invalid positions or frame header".into()).into()
+        }
+        RingRecvError::Timeout => RecvError::TimedOut,
+        RingRecvError::WouldBlock => RecvError::WouldBlock,
+        // The channel reads frames in place, never into a buffer of its own.
+        RingRecvError::BufferTooSmall { needed } => {
+            Corruption::Ring(format!("a frame of {needed} bytes does not fit")).into()
+        }
+    }
 }
 
 fn map_send(e: RingSendError) -> SendError {
