@@ -349,42 +349,58 @@ impl RingTransport {
         Ok(move || !hung_up(sock.as_fd()))
     }
 
+    /// Takes this end's sending side of the ring on first use.
+    #[inline]
     fn sender(&mut self) -> Result<(), SendError> {
         if self.tx.is_none() {
-            let mut tx = self.tx_ring.sender().map_err(SendError::Ring)?;
-            tx.set_policy(self.policy);
-            let fd = flowipc_sys::fd::dup_cloexec(self.tx_bell.0.as_fd())
-                .map_err(|e| SendError::os("dup", e))?;
-            tx.set_peer_doorbell(fd);
-            // The process's peer watcher wakes a blocked send when the socket hangs up; without
-            // it, sleeps are bounded and the socket is polled every interval.
-            if tx.watch_peer_socket(self.sock.as_fd()).is_err() {
-                tx.set_peer_check(
-                    PEER_CHECK_INTERVAL,
-                    self.peer_check().map_err(|e| SendError::os("dup", e))?,
-                );
-            }
-            self.tx = Some(tx);
+            self.take_sender()?;
         }
         Ok(())
     }
 
+    #[cold]
+    fn take_sender(&mut self) -> Result<(), SendError> {
+        let mut tx = self.tx_ring.sender().map_err(SendError::Ring)?;
+        tx.set_policy(self.policy);
+        let fd = flowipc_sys::fd::dup_cloexec(self.tx_bell.0.as_fd())
+            .map_err(|e| SendError::os("dup", e))?;
+        tx.set_peer_doorbell(fd);
+        // The process's peer watcher wakes a blocked send when the socket hangs up; without
+        // it, sleeps are bounded and the socket is polled every interval.
+        if tx.watch_peer_socket(self.sock.as_fd()).is_err() {
+            tx.set_peer_check(
+                PEER_CHECK_INTERVAL,
+                self.peer_check().map_err(|e| SendError::os("dup", e))?,
+            );
+        }
+        self.tx = Some(tx);
+        Ok(())
+    }
+
+    /// Takes this end's receiving side of the ring on first use.
+    #[inline]
     fn receiver(&mut self) -> Result<(), RecvError> {
         if self.rx.is_none() {
-            let mut rx = self.rx_ring.receiver().map_err(RecvError::Ring)?;
-            rx.set_policy(self.policy);
-            let fd = flowipc_sys::fd::dup_cloexec(self.rx_bell.0.as_fd())
-                .map_err(|e| RecvError::os("dup", e))?;
-            rx.set_peer_doorbell(fd);
-            // As for the sender.
-            if rx.watch_peer_socket(self.sock.as_fd()).is_err() {
-                rx.set_peer_check(
-                    PEER_CHECK_INTERVAL,
-                    self.peer_check().map_err(|e| RecvError::os("dup", e))?,
-                );
-            }
-            self.rx = Some(rx);
+            self.take_receiver()?;
         }
+        Ok(())
+    }
+
+    #[cold]
+    fn take_receiver(&mut self) -> Result<(), RecvError> {
+        let mut rx = self.rx_ring.receiver().map_err(RecvError::Ring)?;
+        rx.set_policy(self.policy);
+        let fd = flowipc_sys::fd::dup_cloexec(self.rx_bell.0.as_fd())
+            .map_err(|e| RecvError::os("dup", e))?;
+        rx.set_peer_doorbell(fd);
+        // As for the sender.
+        if rx.watch_peer_socket(self.sock.as_fd()).is_err() {
+            rx.set_peer_check(
+                PEER_CHECK_INTERVAL,
+                self.peer_check().map_err(|e| RecvError::os("dup", e))?,
+            );
+        }
+        self.rx = Some(rx);
         Ok(())
     }
 
@@ -696,6 +712,7 @@ fn send_fds(sock: &OwnedFd, fds: &[BorrowedFd<'_>], block: Blocking) -> Result<b
 }
 
 /// Reads the descriptors announced by a FIRST frame from the companion socket.
+#[inline]
 fn take_fds(
     sock: &OwnedFd,
     fdbuf: &mut RecvFds,
