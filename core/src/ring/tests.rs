@@ -422,6 +422,71 @@ fn data_frame_running_past_the_buffer_end_is_corrupt() {
     }
 }
 
+/// A 128-byte ring with both positions at 112 (two 48-byte frames pushed and popped), so the next
+/// frame goes behind a 16-byte padding frame at 112; stale valid frame words lie at 0 and 56.
+fn ring_at_112() -> (Producer, Consumer) {
+    let (mut tx, mut rx) = Ring::with_capacity(128);
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        tx.try_push(&[0; 48], N).unwrap();
+        rx.try_pop(&mut buf, N).unwrap();
+    }
+    assert_eq!(rx.raw().header().head.load(Ordering::Relaxed), 112);
+    (tx, rx)
+}
+
+/// Padding checks that no later check makes up for (each found by a surviving mutant): the
+/// padding must be published past its own header, it must run exactly to the end of the buffer
+/// even at a non-zero offset, and a padding followed by exactly one published empty frame is valid.
+#[test]
+fn padding_checks_at_the_wrap() {
+    let mut buf = [0u8; 64];
+    // Padding header published, but not the 16 bytes it claims (`tail - head = 8 < 16`): taking
+    // it would move `head` past `tail` and hand out the stale frame at offset 0.
+    let (_tx, mut rx) = ring_at_112();
+    write_word(rx.raw(), 112, encode_frame(8, KIND_PAD, 0));
+    write_word(rx.raw(), 0, encode_frame(8, KIND_DATA, 0));
+    rx.raw().header().tail.store(120, Ordering::Relaxed);
+    assert_eq!(
+        rx.try_pop(&mut buf, N),
+        Err(PopError::Corrupt),
+        "padding past tail"
+    );
+
+    // Padding of the wrong length at a non-zero offset (it must end at the buffer's end).
+    let (_tx, mut rx) = ring_at_112();
+    write_word(rx.raw(), 112, encode_frame(0, KIND_PAD, 0));
+    write_word(rx.raw(), 0, encode_frame(8, KIND_DATA, 0));
+    rx.raw().header().tail.store(144, Ordering::Relaxed);
+    assert_eq!(
+        rx.try_pop(&mut buf, N),
+        Err(PopError::Corrupt),
+        "short padding"
+    );
+
+    // Padding followed by exactly one published empty frame: valid.
+    let (_tx, mut rx) = ring_at_112();
+    write_word(rx.raw(), 112, encode_frame(8, KIND_PAD, 0));
+    write_word(rx.raw(), 0, encode_frame(0, KIND_DATA, 5));
+    rx.raw().header().tail.store(136, Ordering::Relaxed);
+    assert_eq!(rx.try_pop(&mut buf, N), Ok(FrameInfo { len: 0, tag: 5 }));
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Empty));
+}
+
+/// Position checks of `refresh_tail` that the frame checks would not make up for: the frames at
+/// `head` are valid, so only the check of the new `tail` itself can reject it.
+#[test]
+fn bad_tail_over_valid_frames_is_corrupt() {
+    let mut buf = [0u8; 64];
+    for (what, tail) in [("tail beyond head + capacity", 80), ("misaligned tail", 20)] {
+        let (mut tx, mut rx) = Ring::with_capacity(64);
+        tx.try_push(&[1; 8], N).unwrap();
+        rx.raw().header().tail.store(tail, Ordering::Relaxed);
+        assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Corrupt), "{what}");
+        assert!(rx.is_poisoned(), "{what}");
+    }
+}
+
 #[test]
 fn corrupt_head_poisons_the_producer() {
     let (mut tx, rx) = Ring::with_capacity(64);
