@@ -69,14 +69,11 @@ fuzz_target!(|input: Input| {
             assert!(reason.len() <= wire::MAX_REASON);
         }
         ControlMessage::Arena { kind } => {
-            assert_eq!(
-                fds,
-                if *kind == wire::ArenaKind::Classic {
-                    1
-                } else {
-                    2
-                }
-            );
+            let want = match kind {
+                wire::ArenaKind::Classic | wire::ArenaKind::App => 1,
+                wire::ArenaKind::Lend => 2,
+            };
+            assert_eq!(fds, want);
         }
         ControlMessage::Ready { lend } => assert_eq!(fds, if *lend { 2 } else { 0 }),
         ControlMessage::OpenAccepted { .. } | ControlMessage::Close => assert_eq!(fds, 0),

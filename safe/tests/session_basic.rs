@@ -121,6 +121,17 @@ fn child(role: &str) {
             // The server hangs up without a word.
             assert!(c.recv_timeout(&mut buf, T).is_err());
         }
+        "read_app_handle" => {
+            let opts = opts.init_channel(TransportKind::Socket);
+            let mut s = Session::connect(&client, &server, &opts).expect("connect");
+            assert!(s.app_arena().is_some(), "the server shares an app arena");
+            let mut c = s.take_init_channels().pop().unwrap();
+            let m = c.recv_owned().unwrap();
+            let h = ArenaHandle::from_bytes(&m.bytes).unwrap();
+            let bytes = s.view(&h).expect("view in the app arena").to_vec().unwrap();
+            c.send(&bytes).unwrap();
+            s.wait_end(Some(T)).expect("server closes");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -229,9 +240,14 @@ fn channels_open_from_either_side_and_refusal_reaches_the_opener() {
         .open_channel(TransportKind::Ring, b"from-server")
         .expect("open from server");
     check_echo(&mut c2, b"ring opened by the server");
-    let req = s.accept_channel(Some(T)).expect("second request");
-    assert_eq!(req.metadata(), b"refuse-me");
-    s.refuse(req, "not today").unwrap();
+    // The handler form: judge the request, refuse it with a reason.
+    let granted = s
+        .handle_channel_request(Some(T), |req| {
+            assert_eq!(req.metadata(), b"refuse-me");
+            Err("not today".into())
+        })
+        .expect("second request");
+    assert!(granted.is_none());
     // The client closes the session in an orderly way.
     s.wait_end(Some(T)).expect("orderly end");
     assert!(wait_bounded(&mut child, T).success());
@@ -616,4 +632,36 @@ fn a_client_killed_or_lying_mid_handshake_leaves_the_server_serving_without_fd_g
     );
     drop(s);
     assert!(wait_bounded(&mut good, T).success());
+}
+
+#[test]
+fn the_app_arena_is_shared_by_all_sessions_of_one_client_app() {
+    if let Some(r) = role() {
+        return child(&r);
+    }
+    let _g = serial();
+    let dir = fresh_dir("app");
+    let (server, _) = apps("app-srv");
+    let srv = SessionServer::bind(&server, options(&dir).app_arena(1 << 20)).unwrap();
+    let test = "the_app_arena_is_shared_by_all_sessions_of_one_client_app";
+    let mut pool_ids = Vec::new();
+    let mut object = None;
+    for i in 0..2 {
+        let mut c = spawn_role(None, test, "read_app_handle", &dir, "app-srv");
+        let mut s = srv.accept_timeout(Some(T)).expect("accept");
+        let arena = srv
+            .app_arena("test-client")
+            .expect("app arena of test-client");
+        assert_eq!(s.app_arena().unwrap().pool_id(), arena.pool_id());
+        pool_ids.push(arena.pool_id());
+        let obj = object.get_or_insert_with(|| arena.alloc_bytes(b"app-wide bytes").unwrap());
+        let mut ch = s.take_init_channels().pop().unwrap();
+        ch.send(&obj.handle().to_bytes()).unwrap();
+        let mut buf = Vec::new();
+        ch.recv_timeout(&mut buf, T).unwrap();
+        assert_eq!(buf, b"app-wide bytes", "session {i} reads the app arena");
+        drop(s);
+        assert!(wait_bounded(&mut c, T).success());
+    }
+    assert_eq!(pool_ids[0], pool_ids[1], "one app arena for both sessions");
 }

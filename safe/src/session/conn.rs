@@ -68,6 +68,7 @@ pub struct Session {
     id_bit: u64,
     requests: VecDeque<ChannelRequest>,
     arena: Option<ShmArena>,
+    app_arena: Option<ShmArena>,
     own_pool: Option<(LendPool, BorrowerId)>,
     peer_pool: Option<BorrowedPool>,
     ended: bool,
@@ -163,6 +164,8 @@ pub(super) struct Offer<'a> {
     pub(super) peer_name: String,
     pub(super) peer: Option<PeerIdentity>,
     pub(super) peer_metadata: Vec<u8>,
+    /// The app-scope arena of the peer's app (server only).
+    pub(super) app_arena: Option<ShmArena>,
 }
 
 impl Session {
@@ -188,6 +191,7 @@ impl Session {
                 settings: offer.options.settings,
                 init: kinds.clone(),
                 arena_size: arena_size as u64,
+                app_arena: offer.app_arena.is_some(),
                 metadata: &offer.options.metadata,
             },
             &[],
@@ -236,6 +240,15 @@ impl Session {
             )?;
             own_pool = Some((pool, id));
         }
+        if let Some(a) = &offer.app_arena {
+            send_control(
+                &mut control,
+                &ControlMessage::Arena {
+                    kind: ArenaKind::App,
+                },
+                &[a.fd()],
+            )?;
+        }
         let mut session = Session {
             control,
             peer_name: offer.peer_name,
@@ -248,6 +261,7 @@ impl Session {
             id_bit: OFFERER_BIT,
             requests: VecDeque::new(),
             arena,
+            app_arena: offer.app_arena,
             own_pool,
             peer_pool: None,
             ended: false,
@@ -277,19 +291,21 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let deadline = Instant::now() + options.handshake_timeout;
         let r = recv_control(&mut control, Some(deadline), "the handshake")?;
-        let (peer_name, settings, kinds, arena_size, peer_metadata) =
+        let (peer_name, settings, kinds, arena_size, app_flag, peer_metadata) =
             match wire::parse(&r.bytes, r.fds.len())? {
                 ControlMessage::Welcome {
                     name,
                     settings,
                     init,
                     arena_size,
+                    app_arena,
                     metadata,
                 } => (
                     name.to_owned(),
                     settings,
                     init,
                     arena_size,
+                    app_arena,
                     metadata.to_vec(),
                 ),
                 ControlMessage::Refused { reason } => {
@@ -321,7 +337,8 @@ impl Session {
         }
         let mut arena = None;
         let mut peer_pool = None;
-        let arenas = if arena_size > 0 { 2 } else { 0 };
+        let arenas = if arena_size > 0 { 2 } else { 0 } + usize::from(app_flag);
+        let mut app_arena = None;
         for _ in 0..arenas {
             let r = recv_control(&mut control, Some(deadline), "the handshake")?;
             match wire::parse(&r.bytes, r.fds.len())? {
@@ -338,6 +355,16 @@ impl Session {
                 ControlMessage::Arena {
                     kind: ArenaKind::Lend,
                 } if peer_pool.is_none() => peer_pool = Some(open_borrowed(r.fds)?),
+                ControlMessage::Arena {
+                    kind: ArenaKind::App,
+                } if app_arena.is_none() => {
+                    let fd = r
+                        .fds
+                        .into_iter()
+                        .next()
+                        .ok_or(HandshakeError::Truncated("fd"))?;
+                    app_arena = Some(ShmArena::open(fd)?);
+                }
                 _ => return Err(HandshakeError::Unexpected("expected arena").into()),
             }
         }
@@ -372,6 +399,7 @@ impl Session {
             id_bit: 0,
             requests: VecDeque::new(),
             arena,
+            app_arena,
             own_pool,
             peer_pool,
             ended: false,
@@ -466,6 +494,7 @@ impl Session {
                 peer_name: "child".to_owned(),
                 peer: None,
                 peer_metadata: Vec::new(),
+                app_arena: None,
             },
         );
         match result {
@@ -615,6 +644,37 @@ impl Session {
         }
     }
 
+    /// The registered-handler form of [`accept_channel`](Session::accept_channel): waits for one
+    /// request (at most `timeout`) and lets `decide` judge it. `Ok(())` grants it and returns the
+    /// channel; `Err(reason)` refuses it (the opener gets `reason`) and returns `None`.
+    ///
+    /// ```no_run
+    /// # fn f(session: &mut flowipc::session::Session) -> Result<(), flowipc::session::SessionError> {
+    /// use flowipc::channel::TransportKind;
+    ///
+    /// let granted = session.handle_channel_request(None, |request| {
+    ///     if request.kind() == TransportKind::Ring {
+    ///         Ok(())
+    ///     } else {
+    ///         Err("this server only opens ring channels".into())
+    ///     }
+    /// })?;
+    /// # drop(granted);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn handle_channel_request(
+        &mut self,
+        timeout: Option<Duration>,
+        decide: impl FnOnce(&ChannelRequest) -> Result<(), String>,
+    ) -> Result<Option<Channel>, SessionError> {
+        let request = self.accept_channel(timeout)?;
+        match decide(&request) {
+            Ok(()) => self.grant(request).map(Some),
+            Err(reason) => self.refuse(request, &reason).map(|()| None),
+        }
+    }
+
     /// Accepts a request: the opener's `open_channel` returns its end, this is ours.
     pub fn grant(&mut self, request: ChannelRequest) -> Result<Channel, SessionError> {
         send_control(
@@ -663,6 +723,12 @@ impl Session {
         self.arena.as_ref()
     }
 
+    /// The app-scope arena: one classic arena the server shares with every session of this
+    /// client app (present if the server set [`SessionOptions::app_arena`]).
+    pub fn app_arena(&self) -> Option<&ShmArena> {
+        self.app_arena.as_ref()
+    }
+
     /// This side's lend pool (only this side allocates; the peer maps it read-only).
     pub fn lend_pool(&self) -> Option<&LendPool> {
         self.own_pool.as_ref().map(|(p, _)| p)
@@ -691,14 +757,15 @@ impl Session {
     }
 
     /// A read-only view of the object `handle` names, after checking that it lies in one of this
-    /// session's pools (the classic arena or the peer's lend pool) and is live there. A handle of
+    /// session's pools (the classic arena, the app arena or the peer's lend pool) and is live
+    /// there. A handle of
     /// any other pool, including another session's, fails with
     /// [`SessionError::ForeignHandle`].
     pub fn view(&self, handle: &ArenaHandle) -> Result<ArenaView<'_>, SessionError> {
-        if let Some(a) = self
-            .arena
-            .as_ref()
-            .filter(|a| a.pool_id() == handle.pool_id)
+        if let Some(a) = [self.arena.as_ref(), self.app_arena.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|a| a.pool_id() == handle.pool_id)
         {
             return Ok(a.view(handle)?);
         }
@@ -715,10 +782,14 @@ impl Session {
     }
 
     /// Takes a classic-arena object the peer allocated and handed over (ownership moves to this
-    /// side), after checking that the handle names this session's arena.
+    /// side), after checking that the handle names this session's arena or app arena.
     pub fn adopt(&self, handle: ArenaHandle) -> Result<ArenaObject, SessionError> {
-        match self.arena.as_ref() {
-            Some(a) if a.pool_id() == handle.pool_id => Ok(a.adopt(handle)?),
+        match [self.arena.as_ref(), self.app_arena.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|a| a.pool_id() == handle.pool_id)
+        {
+            Some(a) => Ok(a.adopt(handle)?),
             _ => Err(SessionError::ForeignHandle {
                 pool_id: handle.pool_id,
             }),

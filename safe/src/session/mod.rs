@@ -225,6 +225,7 @@ pub struct SessionOptions {
     settings: wire::Settings,
     handshake_timeout: Duration,
     arena_size: usize,
+    app_arena_size: usize,
     rendezvous_dir: Option<PathBuf>,
 }
 
@@ -242,6 +243,7 @@ impl Default for SessionOptions {
             },
             handshake_timeout: Duration::from_secs(10),
             arena_size: 0,
+            app_arena_size: 0,
             rendezvous_dir: None,
         }
     }
@@ -307,6 +309,13 @@ impl SessionOptions {
     /// `bytes` of its own (the server decides about the shared arena). 0 (default): none.
     pub fn arenas(mut self, bytes: usize) -> Self {
         self.arena_size = bytes;
+        self
+    }
+
+    /// On the server: share one classic arena of `bytes` among all sessions of each client app
+    /// (created at the app's first session, kept while the server lives). 0 (default): none.
+    pub fn app_arena(mut self, bytes: usize) -> Self {
+        self.app_arena_size = bytes;
         self
     }
 

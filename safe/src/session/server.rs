@@ -1,14 +1,18 @@
 //! [`SessionServer`]: the rendezvous socket, its lock, and authentication of each client.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flowipc_sys::socket::{PollFd, PollFlags};
 use flowipc_sys::Errno;
+
+use crate::arena::ShmArena;
 
 use super::auth::{self, IdentifyError, PeerIdentity};
 use super::conn::{control_options, recv_control, send_control, Offer};
@@ -33,6 +37,8 @@ pub struct SessionServer {
     options: SessionOptions,
     listener: UnixListener,
     path: PathBuf,
+    /// App-scope arenas by client app name.
+    app_arenas: Mutex<HashMap<String, ShmArena>>,
     _lock: File,
 }
 
@@ -99,8 +105,19 @@ impl SessionServer {
             options,
             listener,
             path,
+            app_arenas: Mutex::new(HashMap::new()),
             _lock: lock,
         })
+    }
+
+    /// The app-scope arena of client app `client` (the name it is registered under), once a
+    /// session of that app has been accepted with [`SessionOptions::app_arena`] set.
+    pub fn app_arena(&self, client: &str) -> Option<ShmArena> {
+        self.app_arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .cloned()
     }
 
     /// The rendezvous socket's path.
@@ -246,6 +263,20 @@ impl SessionServer {
             .ring_capacity
             .min(self.options.settings.ring_capacity.max(1 << 20));
         let requested_options = settings_to_options(&client_settings);
+        let app_arena = if self.options.app_arena_size > 0 {
+            let mut arenas = self.app_arenas.lock().unwrap_or_else(|e| e.into_inner());
+            match arenas.get(&app.name) {
+                Some(a) => Some(a.clone()),
+                None => {
+                    let a = ShmArena::create_classic(self.options.app_arena_size)
+                        .map_err(|e| failed(e.into()))?;
+                    arenas.insert(app.name.clone(), a.clone());
+                    Some(a)
+                }
+            }
+        } else {
+            None
+        };
         Session::offer(
             control,
             Offer {
@@ -256,6 +287,7 @@ impl SessionServer {
                 peer_name: app.name,
                 peer: Some(identity),
                 peer_metadata: metadata,
+                app_arena,
             },
         )
         .map_err(failed)

@@ -70,6 +70,8 @@ pub enum ArenaKind {
     Classic,
     /// The sender's lend pool (two descriptors: read-only pool, return ring).
     Lend,
+    /// The server's app-scope arena, shared by every session of one client app (one descriptor).
+    App,
 }
 
 /// One parsed control message; borrows the bytes it was parsed from.
@@ -97,6 +99,8 @@ pub enum ControlMessage<'a> {
         /// Bytes of the session's classic arena and of each lend pool; 0: no arenas. If not 0,
         /// two arena messages follow the channels (classic arena, the sender's lend pool).
         arena_size: u64,
+        /// Whether an app-scope arena message follows the session's arenas.
+        app_arena: bool,
         /// Metadata for the client.
         metadata: &'a [u8],
     },
@@ -346,11 +350,17 @@ pub fn parse(bytes: &[u8], fd_count: usize) -> Result<ControlMessage<'_>, Handsh
             if arena_size > MAX_ARENA_SIZE {
                 return Err(HandshakeError::Invalid("arena size (at most 1 TiB)"));
             }
+            let app_arena = match r.u8("app arena flag")? {
+                0 => false,
+                1 => true,
+                _ => return Err(HandshakeError::Invalid("app arena flag")),
+            };
             ControlMessage::Welcome {
                 name,
                 settings,
                 init,
                 arena_size,
+                app_arena,
                 metadata: r.blob32("metadata", MAX_METADATA)?,
             }
         }
@@ -400,6 +410,10 @@ pub fn parse(bytes: &[u8], fd_count: usize) -> Result<ControlMessage<'_>, Handsh
                 2 => {
                     fds_exactly("lend pool", fd_count, 2, "2")?;
                     ArenaKind::Lend
+                }
+                3 => {
+                    fds_exactly("app arena", fd_count, 1, "1")?;
+                    ArenaKind::App
                 }
                 k => return Err(HandshakeError::UnknownArena(k)),
             };
@@ -476,6 +490,7 @@ pub fn encode(msg: &ControlMessage<'_>) -> Vec<u8> {
             settings: s,
             init,
             arena_size,
+            app_arena,
             metadata,
         } => {
             out.push(T_WELCOME);
@@ -483,6 +498,7 @@ pub fn encode(msg: &ControlMessage<'_>) -> Vec<u8> {
             settings(&mut out, s);
             kinds(&mut out, init);
             out.extend_from_slice(&arena_size.to_le_bytes());
+            out.push(u8::from(*app_arena));
             blob32(&mut out, metadata);
         }
         ControlMessage::Channel { id, kind, metadata } => {
@@ -510,6 +526,7 @@ pub fn encode(msg: &ControlMessage<'_>) -> Vec<u8> {
             out.push(match kind {
                 ArenaKind::Classic => 1,
                 ArenaKind::Lend => 2,
+                ArenaKind::App => 3,
             });
         }
         ControlMessage::Ready { lend } => {
@@ -525,6 +542,7 @@ impl fmt::Display for ArenaKind {
         f.write_str(match self {
             ArenaKind::Classic => "classic arena",
             ArenaKind::Lend => "lend pool",
+            ArenaKind::App => "app arena",
         })
     }
 }
@@ -561,6 +579,7 @@ mod tests {
                     settings: settings(),
                     init: vec![TransportKind::Mq],
                     arena_size: 1 << 20,
+                    app_arena: true,
                     metadata: b"",
                 },
                 0,
