@@ -665,3 +665,58 @@ fn the_app_arena_is_shared_by_all_sessions_of_one_client_app() {
     }
     assert_eq!(pool_ids[0], pool_ids[1], "one app arena for both sessions");
 }
+
+#[test]
+fn a_squatter_at_the_servers_socket_is_not_trusted_and_modes_follow_the_permission_level() {
+    if let Some(r) = role() {
+        return child(&r);
+    }
+    let _g = serial();
+    use std::os::unix::fs::PermissionsExt;
+    let test =
+        "a_squatter_at_the_servers_socket_is_not_trusted_and_modes_follow_the_permission_level";
+    // Modes: 0750 / 0660 for the group level.
+    let dir = fresh_dir("modes");
+    let (server, client) = apps("mode-srv");
+    let grp = server.clone().permission(PermissionLevel::Group);
+    let srv = SessionServer::bind(&grp, options(&dir)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o750);
+    assert_eq!(mode(srv.path()), 0o660);
+    drop(srv);
+    let srv = SessionServer::bind(&server, options(&dir)).unwrap();
+    assert_eq!(
+        mode(&dir),
+        0o700,
+        "rebinding at the user level tightens the directory"
+    );
+    assert_eq!(mode(srv.path()), 0o600);
+    drop(srv);
+    // A squatter: another executable serving under the server's name.
+    let copy_dir = fresh_dir("squat-copy");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    let copy = copy_dir.join("squatter");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let sq_dir = fresh_dir("squat");
+    let mut cmd = command(Some(&copy), test, "serve_forever", &sq_dir, "mode-srv");
+    cmd.stdout(std::process::Stdio::piped());
+    let mut squatter = cmd.spawn().unwrap();
+    wait_for_line(&mut squatter, "ready");
+    match Session::connect(&client, &server, &options(&sq_dir)) {
+        Err(e @ SessionError::UntrustedServer { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("squatter"), "{msg}");
+        }
+        other => panic!("expected UntrustedServer, got {other:?}"),
+    }
+    // A rendezvous directory others may write to is refused before connecting.
+    std::fs::set_permissions(&sq_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match Session::connect(&client, &server, &options(&sq_dir)) {
+        Err(SessionError::UntrustedRendezvous { reason, .. }) => {
+            assert!(reason.contains("777"), "{reason}")
+        }
+        other => panic!("expected UntrustedRendezvous, got {other:?}"),
+    }
+    kill9(&mut squatter);
+    let _ = std::fs::remove_dir_all(&copy_dir);
+}
