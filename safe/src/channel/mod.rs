@@ -716,6 +716,11 @@ impl Channel {
         Ok(ChannelFds { kind, fds })
     }
 
+    /// The longest message this channel sends or accepts ([`ChannelOptions::max_message_size`]).
+    pub fn max_message_size(&self) -> usize {
+        self.limits.max_message_size
+    }
+
     /// Which transport this channel uses.
     pub fn kind(&self) -> TransportKind {
         self.tr().kind()

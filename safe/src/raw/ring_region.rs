@@ -219,10 +219,6 @@ impl ProducerHandle {
         WaitingWord::new(self.inner.raw().header().producer_waiting(), &self._region)
     }
 
-    pub(crate) fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
     pub(crate) fn capacity(&self) -> usize {
         self.inner.capacity()
     }

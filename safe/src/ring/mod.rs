@@ -424,6 +424,105 @@ fn process_alive(pidfd: &OwnedFd) -> bool {
     !matches!(poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
 }
 
+/// The configuration and state calls both sides of a ring share, written once for both (the
+/// sides differ only in their handle, their error type and which way they wait).
+macro_rules! side_config {
+    ($side:ident, $err:ident, $peer:ident, $waits:literal, $when:literal) => {
+        impl $side {
+            /// Capacity of the ring's frame buffer in bytes.
+            pub fn capacity(&self) -> usize {
+                self.handle.capacity()
+            }
+
+            /// The largest message: `capacity / 2 - 8` bytes.
+            pub fn max_payload(&self) -> usize {
+                max_payload(self.handle.capacity())
+            }
+
+            /// `true` once the other side has closed the ring (for a receiver, messages sent
+            /// before may still be pending).
+            pub fn is_closed(&self) -> bool {
+                self.handle.is_closed()
+            }
+
+            /// `true` once corruption was detected; every call then fails with `Corrupt`.
+            pub fn is_poisoned(&self) -> bool {
+                self.handle.is_poisoned()
+            }
+
+            #[doc = concat!("Sets how blocking calls wait ", $waits, " (default: spin briefly, then futex).")]
+            pub fn set_policy(&mut self, policy: WaitPolicy) {
+                self.policy = policy;
+            }
+
+            #[doc = concat!("Sets a check run every `interval` while blocked; when it returns `false`, the blocked call fails with [`", stringify!($err), "::PeerGone`].")]
+            pub fn set_peer_check(
+                &mut self,
+                interval: Duration,
+                check: impl FnMut() -> bool + Send + 'static,
+            ) {
+                self.peer = PeerCheck::new(interval, Some(Box::new(check)));
+                self.waiter.drop_alarm();
+            }
+
+            #[doc = concat!("Makes every call fail with [`", stringify!($err), "::PeerGone`] as soon as `sock` (a socket the peer holds the other end of) hangs up (a blocked call at once, the others at their next look at the ring, with one load).")]
+            ///
+            /// A per-process watcher thread polls the socket and wakes this side, so sleeps need
+            /// no timeout (a timed futex wait costs a kernel timer per sleep); this replaces
+            /// `set_peer_check`.
+            ///
+            /// # Errors
+            ///
+            /// `EMFILE` and the like from duplicating `sock`; `ENOTSUP` when the watcher cannot
+            /// run in this process (its thread could not start, or this is a fork child of a
+            /// process that used it): keep a `set_peer_check` then.
+            pub fn watch_peer_socket(&mut self, sock: BorrowedFd<'_>) -> Result<(), Errno> {
+                let word = self.handle.waiting_word();
+                self.peer.watch_socket(&mut self.waiter, sock, word)
+            }
+
+            #[doc = concat!("Makes calls fail with [`", stringify!($err), "::PeerGone`] once process `pid` has exited (checked with a pidfd every [`DEFAULT_PEER_CHECK_INTERVAL`]).")]
+            ///
+            /// # Errors
+            ///
+            /// `ESRCH` if no such process exists.
+            pub fn watch_peer_process(&mut self, pid: Pid) -> Result<(), Errno> {
+                self.peer.watch_process(pid)
+            }
+
+            #[doc = concat!("Sleep on `waiter`'s doorbell instead of a futex when the ring is ", $when, "; the other side must ring it through [`", stringify!($peer), "::set_peer_doorbell`] with the other end of its pair.")]
+            pub fn use_doorbell(&mut self, waiter: DoorbellWaiter) {
+                self.waiter = SideWaiter::Doorbell(waiter);
+            }
+
+            #[doc = concat!("This side's end of the doorbell pair to ring when the other side sleeps on its end (see [`", stringify!($peer), "::use_doorbell`]).")]
+            pub fn set_peer_doorbell(&mut self, fd: OwnedFd) {
+                self.waker.set_doorbell(Some(fd));
+            }
+
+            /// Withdraws an `arm_doorbell_wake` that is no longer needed.
+            pub fn disarm(&self) {
+                self.handle.disarm();
+            }
+
+            /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
+            #[cfg(feature = "tokio")]
+            pub(crate) fn check_peer_soon(&mut self) {
+                self.peer.soon();
+            }
+        }
+    };
+}
+
+side_config!(RingSender, RingSendError, RingReceiver, "for room", "full");
+side_config!(
+    RingReceiver,
+    RingRecvError,
+    RingSender,
+    "for a message",
+    "empty"
+);
+
 /// The sending side of a [`ShmRing`]. Dropping it closes the ring (the receiver reads what was
 /// sent, then gets [`RingRecvError::Closed`]).
 #[derive(Debug)]
@@ -436,79 +535,6 @@ pub struct RingSender {
 }
 
 impl RingSender {
-    /// The largest message: `capacity / 2 - 8` bytes.
-    pub fn max_payload(&self) -> usize {
-        self.handle.max_payload()
-    }
-
-    /// Capacity of the ring's frame buffer in bytes.
-    pub fn capacity(&self) -> usize {
-        self.handle.capacity()
-    }
-
-    /// `true` once the receiver has closed the ring.
-    pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
-    }
-
-    /// `true` once corruption was detected; every call then fails with `Corrupt`.
-    pub fn is_poisoned(&self) -> bool {
-        self.handle.is_poisoned()
-    }
-
-    /// Sets how blocking sends wait for room (default: spin briefly, then futex).
-    pub fn set_policy(&mut self, policy: WaitPolicy) {
-        self.policy = policy;
-    }
-
-    /// Sets a check run every `interval` while blocked; when it returns `false`, the blocked call
-    /// fails with [`RingSendError::PeerGone`].
-    pub fn set_peer_check(
-        &mut self,
-        interval: Duration,
-        check: impl FnMut() -> bool + Send + 'static,
-    ) {
-        self.peer = PeerCheck::new(interval, Some(Box::new(check)));
-        self.waiter.drop_alarm();
-    }
-
-    /// Makes blocked calls fail with [`RingSendError::PeerGone`] as soon as `sock` (a socket the
-    /// peer holds the other end of) hangs up. A per-process watcher thread polls the socket and
-    /// wakes this side, so sleeps need no timeout (a timed futex wait costs a kernel timer per
-    /// sleep); this replaces [`set_peer_check`](Self::set_peer_check).
-    ///
-    /// # Errors
-    ///
-    /// `EMFILE` and the like from duplicating `sock`; `ENOTSUP` when the watcher cannot run in
-    /// this process (its thread could not start, or this is a fork child of a process that used
-    /// it): keep a [`set_peer_check`](Self::set_peer_check) then.
-    pub fn watch_peer_socket(&mut self, sock: BorrowedFd<'_>) -> Result<(), Errno> {
-        let word = self.handle.waiting_word();
-        self.peer.watch_socket(&mut self.waiter, sock, word)
-    }
-
-    /// Makes blocked calls fail with [`RingSendError::PeerGone`] once process `pid` has exited
-    /// (checked with a pidfd every [`DEFAULT_PEER_CHECK_INTERVAL`]).
-    ///
-    /// # Errors
-    ///
-    /// `ESRCH` if no such process exists.
-    pub fn watch_peer_process(&mut self, pid: Pid) -> Result<(), Errno> {
-        self.peer.watch_process(pid)
-    }
-
-    /// Sleep on `waiter`'s doorbell instead of a futex when the ring is full; the receiver must
-    /// ring it through [`RingReceiver::set_peer_doorbell`] with the other end of its pair.
-    pub fn use_doorbell(&mut self, waiter: DoorbellWaiter) {
-        self.waiter = SideWaiter::Doorbell(waiter);
-    }
-
-    /// This side's end of the doorbell pair to ring when the receiver sleeps on its end (see
-    /// [`RingReceiver::use_doorbell`]).
-    pub fn set_peer_doorbell(&mut self, fd: OwnedFd) {
-        self.waker.set_doorbell(Some(fd));
-    }
-
     /// Sends `data` as one message if there is room now.
     ///
     /// # Errors
@@ -701,17 +727,6 @@ impl RingSender {
             .arm_wake(WakeKind::EventFd)
             .map_err(RingSendError::from)
     }
-
-    /// Withdraws an [`arm_doorbell_wake`](Self::arm_doorbell_wake) that is no longer needed.
-    pub fn disarm(&self) {
-        self.handle.disarm();
-    }
-
-    /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn check_peer_soon(&mut self) {
-        self.peer.soon();
-    }
 }
 
 impl Drop for RingSender {
@@ -799,75 +814,6 @@ pub struct RingReceiver {
 }
 
 impl RingReceiver {
-    /// Capacity of the ring's frame buffer in bytes.
-    pub fn capacity(&self) -> usize {
-        self.handle.capacity()
-    }
-
-    /// The largest message: `capacity / 2 - 8` bytes.
-    pub fn max_payload(&self) -> usize {
-        max_payload(self.handle.capacity())
-    }
-
-    /// `true` once the sender has closed the ring (messages sent before may still be pending).
-    pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
-    }
-
-    /// `true` once corruption was detected; every call then fails with `Corrupt`.
-    pub fn is_poisoned(&self) -> bool {
-        self.handle.is_poisoned()
-    }
-
-    /// Sets how blocking receives wait for a message (default: spin briefly, then futex).
-    pub fn set_policy(&mut self, policy: WaitPolicy) {
-        self.policy = policy;
-    }
-
-    /// Sets a check run every `interval` while blocked; when it returns `false`, the blocked call
-    /// fails with [`RingRecvError::PeerGone`].
-    pub fn set_peer_check(
-        &mut self,
-        interval: Duration,
-        check: impl FnMut() -> bool + Send + 'static,
-    ) {
-        self.peer = PeerCheck::new(interval, Some(Box::new(check)));
-        self.waiter.drop_alarm();
-    }
-
-    /// Makes blocked calls fail with [`RingRecvError::PeerGone`] as soon as `sock` hangs up; see
-    /// [`RingSender::watch_peer_socket`].
-    ///
-    /// # Errors
-    ///
-    /// As [`RingSender::watch_peer_socket`].
-    pub fn watch_peer_socket(&mut self, sock: BorrowedFd<'_>) -> Result<(), Errno> {
-        let word = self.handle.waiting_word();
-        self.peer.watch_socket(&mut self.waiter, sock, word)
-    }
-
-    /// Makes blocked calls fail with [`RingRecvError::PeerGone`] once process `pid` has exited
-    /// (checked with a pidfd every [`DEFAULT_PEER_CHECK_INTERVAL`]).
-    ///
-    /// # Errors
-    ///
-    /// `ESRCH` if no such process exists.
-    pub fn watch_peer_process(&mut self, pid: Pid) -> Result<(), Errno> {
-        self.peer.watch_process(pid)
-    }
-
-    /// Sleep on `waiter`'s doorbell instead of a futex when the ring is empty; the sender must
-    /// ring it through [`RingSender::set_peer_doorbell`] with the other end of its pair.
-    pub fn use_doorbell(&mut self, waiter: DoorbellWaiter) {
-        self.waiter = SideWaiter::Doorbell(waiter);
-    }
-
-    /// This side's end of the doorbell pair to ring when the sender sleeps on its end (see
-    /// [`RingSender::use_doorbell`]).
-    pub fn set_peer_doorbell(&mut self, fd: OwnedFd) {
-        self.waker.set_doorbell(Some(fd));
-    }
-
     /// Copies the next message into `buf` if there is one.
     ///
     /// # Errors
@@ -974,12 +920,6 @@ impl RingReceiver {
         self.try_read_chunk()
     }
 
-    /// Makes the next call run the fallback peer check at once (see `set_peer_check`).
-    #[cfg(feature = "tokio")]
-    pub(crate) fn check_peer_soon(&mut self) {
-        self.peer.soon();
-    }
-
     /// Waits per the policy until a frame is pending (or the deadline passes: `Timeout`). Ends
     /// with `Ok` also when the peer is gone, so that the caller's next try takes frames
     /// published before the death and only then reports `PeerGone`.
@@ -1013,11 +953,6 @@ impl RingReceiver {
         self.handle
             .arm_wake(WakeKind::EventFd)
             .map_err(RingRecvError::from)
-    }
-
-    /// Withdraws an [`arm_doorbell_wake`](Self::arm_doorbell_wake) that is no longer needed.
-    pub fn disarm(&self) {
-        self.handle.disarm();
     }
 }
 
