@@ -26,6 +26,10 @@ use super::{
     SESSION_FD_ENV,
 };
 
+/// Most channel requests of the peer kept waiting for `accept_channel`; a peer that sends more
+/// while this side is not accepting breaks the protocol (its descriptors would pile up here).
+const MAX_PENDING_REQUESTS: usize = 64;
+
 /// Request ids of the offering side carry this bit, so both sides' ids never collide.
 const OFFERER_BIT: u64 = 1 << 63;
 
@@ -439,7 +443,7 @@ impl Session {
         };
         check_server(server, &identity)?;
         let mut control = control_options().from_socket(OwnedFd::from(stream));
-        send_control(
+        let sent = send_control(
             &mut control,
             &ControlMessage::Hello {
                 name: &client.app.name,
@@ -448,7 +452,13 @@ impl Session {
                 metadata: &options.metadata,
             },
             &[],
-        )?;
+        );
+        match sent {
+            // A server that refuses us from kernel facts alone may have hung up before our hello
+            // arrived; its refusal is still waiting to be read.
+            Ok(()) | Err(SessionError::PeerGone) => {}
+            Err(e) => return Err(e),
+        }
         Session::take(control, &server.app.name, options, false, Some(identity))
     }
 
@@ -847,6 +857,13 @@ impl Session {
                     return Err(
                         self.protocol(HandshakeError::Invalid("request id of this side's range"))
                     );
+                }
+                if self.requests.len() >= MAX_PENDING_REQUESTS {
+                    return Err(self.protocol(HandshakeError::TooLong {
+                        what: "queue of channel requests not yet accepted",
+                        len: self.requests.len() + 1,
+                        max: MAX_PENDING_REQUESTS,
+                    }));
                 }
                 let metadata = metadata.to_vec();
                 match channel_from(&self.options, kind, r.fds) {

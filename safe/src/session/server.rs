@@ -15,6 +15,8 @@ use flowipc_sys::Errno;
 use crate::arena::ShmArena;
 
 use super::auth::{self, IdentifyError, PeerIdentity};
+use crate::channel::Channel;
+
 use super::conn::{control_options, recv_control, send_control, Offer};
 use super::wire::{self, ControlMessage, HandshakeError};
 use super::{
@@ -178,7 +180,10 @@ impl SessionServer {
 
     /// Matches the peer's kernel facts against the registered clients; `Err` is the refusal
     /// reason sent to the client.
-    fn check_client(&self, id: &PeerIdentity, claimed: &str) -> Result<&App, String> {
+    ///
+    /// `claimed` is the name from the client's hello; `None` for the first check, made from
+    /// kernel facts alone before the server reads a byte from the client.
+    fn check_client(&self, id: &PeerIdentity, claimed: Option<&str>) -> Result<&App, String> {
         let Some(exe) = &id.exe else {
             return Err(format!(
                 "the executable of pid {} cannot be read (/proc/{}/exe); run the client as a \
@@ -189,7 +194,7 @@ impl SessionServer {
         let Some((app, _)) = self
             .clients
             .iter()
-            .find(|(a, canon)| canon == exe && a.name == claimed)
+            .find(|(a, canon)| canon == exe && Some(a.name.as_str()) == claimed)
             .or_else(|| self.clients.iter().find(|(_, canon)| canon == exe))
         else {
             return Err(format!(
@@ -209,7 +214,7 @@ impl SessionServer {
                 app.name, id.gid, app.gid
             ));
         }
-        if app.name != claimed {
+        if let Some(claimed) = claimed.filter(|c| *c != app.name) {
             return Err(format!(
                 "the client calls itself '{claimed}', but runs the executable of '{}'",
                 app.name
@@ -229,6 +234,19 @@ impl SessionServer {
             Err(IdentifyError::Os(op, e)) => return Err(failed(SessionError::os(op, e))),
         };
         let mut control = control_options().from_socket(OwnedFd::from(stream));
+        let refuse = |control: &mut Channel, reason: String| {
+            let _ = send_control(control, &ControlMessage::Refused { reason: &reason }, &[]);
+            let _ = control.close();
+            Rejection::Refused(format!(
+                "pid {} uid {}: {reason}",
+                identity.pid, identity.uid
+            ))
+        };
+        // Kernel facts first: a process that is no registered client is refused before the
+        // server reads anything from it (and so cannot hold the accept loop for a timeout).
+        if let Err(reason) = self.check_client(&identity, None) {
+            return Err(refuse(&mut control, reason));
+        }
         let deadline = Instant::now() + self.options.handshake_timeout;
         let r = recv_control(&mut control, Some(deadline), "the handshake").map_err(failed)?;
         let (claimed, settings, init, metadata) = match wire::parse(&r.bytes, r.fds.len()) {
@@ -241,20 +259,9 @@ impl SessionServer {
             Ok(_) => return Err(failed(HandshakeError::Unexpected("expected hello").into())),
             Err(e) => return Err(failed(e.into())),
         };
-        let app = match self.check_client(&identity, &claimed) {
+        let app = match self.check_client(&identity, Some(&claimed)) {
             Ok(app) => app.clone(),
-            Err(reason) => {
-                let _ = send_control(
-                    &mut control,
-                    &ControlMessage::Refused { reason: &reason },
-                    &[],
-                );
-                let _ = control.close();
-                return Err(Rejection::Refused(format!(
-                    "pid {} uid {}: {reason}",
-                    identity.pid, identity.uid
-                )));
-            }
+            Err(reason) => return Err(refuse(&mut control, reason)),
         };
         // The client's channels with its settings, but never larger rings than this server's
         // own setting (or 1 MiB) allows: the client does not choose how much memory we map.
