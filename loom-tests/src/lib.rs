@@ -8,7 +8,7 @@
 //! ```
 //!
 //! A model that explores a single execution, or never reaches the branch it is about, checks
-//! nothing. [`explore`] runs a model and counts its executions, and a [`Tally`] counts which
+//! nothing. `explore` runs a model and counts its executions, and a `Tally` counts which
 //! outcome each execution ended with, so a model can assert that every interesting outcome
 //! happened in some execution. Run with `-- --nocapture` to see the counts.
 
