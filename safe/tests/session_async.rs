@@ -130,3 +130,49 @@ fn async_session_sees_peer_death() {
         }
     });
 }
+
+#[test]
+fn async_spawned_child_session() {
+    if std::env::var_os(flowipc::session::SESSION_FD_ENV).is_some() {
+        return rt().block_on(async {
+            let mut s = AsyncSession::from_env().expect("from_env");
+            let mut init = s.take_init_channels().unwrap();
+            let m = init[0].recv_owned().await.unwrap();
+            init[0].send(&m.bytes).await.unwrap();
+            let req = tokio::time::timeout(T, s.accept_channel())
+                .await
+                .unwrap()
+                .unwrap();
+            let mut c = s.grant(req).unwrap();
+            c.send(b"opened by the parent").await.unwrap();
+            s.wait_end().await.unwrap();
+        });
+    }
+    if role().is_some() {
+        return;
+    }
+    let _g = serial();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "async_spawned_child_session",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let opts = flowipc::session::SessionOptions::new()
+        .init_channel(TransportKind::Mq)
+        .handshake_timeout(T);
+    rt().block_on(async {
+        let (mut s, mut child) = AsyncSession::spawn(cmd, &opts).await.expect("spawn");
+        let mut init = s.take_init_channels().unwrap();
+        init[0].send(b"over mq").await.unwrap();
+        assert_eq!(init[0].recv_owned().await.unwrap().bytes, b"over mq");
+        let mut c = tokio::time::timeout(T, s.open_channel(TransportKind::Socket, b""))
+            .await
+            .unwrap()
+            .expect("open");
+        assert_eq!(c.recv_owned().await.unwrap().bytes, b"opened by the parent");
+        s.close().unwrap();
+        assert!(wait_bounded(&mut child, T).success());
+    });
+}

@@ -123,6 +123,25 @@ impl AsyncSession {
         AsyncSession::new(joined(r)?)
     }
 
+    /// Spawns `command` with a session to it, as [`Session::spawn`] (run on the blocking pool,
+    /// since it waits for the child to take the session). The child calls
+    /// [`AsyncSession::from_env`] or [`Session::from_env`].
+    pub async fn spawn(
+        mut command: std::process::Command,
+        options: &SessionOptions,
+    ) -> Result<(Self, std::process::Child), SessionError> {
+        let options = options.clone();
+        let r = tokio::task::spawn_blocking(move || Session::spawn(&mut command, &options)).await;
+        let (session, child) = joined(r)?;
+        Ok((AsyncSession::new(session)?, child))
+    }
+
+    /// In a process started with [`Session::spawn`] or [`AsyncSession::spawn`]: takes the session
+    /// its parent handed over (the handshake is a few small messages the parent has already sent).
+    pub fn from_env() -> Result<Self, SessionError> {
+        AsyncSession::new(Session::from_env()?)
+    }
+
     /// The sync session underneath (peer facts, metadata, arenas).
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
