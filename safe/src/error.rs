@@ -77,6 +77,9 @@ impl Error {
                 | Error::Recv(RecvError::PeerGone)
                 | Error::RingSend(RingSendError::PeerGone)
                 | Error::RingRecv(RingRecvError::PeerGone)
+                | Error::Session(crate::session::SessionError::PeerGone)
+                | Error::Session(crate::session::SessionError::Send(SendError::PeerGone))
+                | Error::Session(crate::session::SessionError::Recv(RecvError::PeerGone))
         ) || matches!(self, Error::Structured(e) if e.is_peer_gone())
     }
 
@@ -90,6 +93,7 @@ impl Error {
                 | Error::RingSend(RingSendError::Closed)
                 | Error::RingRecv(RingRecvError::Closed)
                 | Error::Structured(crate::structured::StructuredError::Closed)
+                | Error::Session(crate::session::SessionError::Closed)
         )
     }
 
@@ -127,6 +131,7 @@ impl Error {
                 | Error::RingSend(RingSendError::Timeout)
                 | Error::RingRecv(RingRecvError::Timeout)
                 | Error::Structured(crate::structured::StructuredError::TimedOut)
+                | Error::Session(crate::session::SessionError::TimedOut(_))
         )
     }
 }
