@@ -295,6 +295,22 @@ fn attach_validates_header() {
     a.header().data_off.store(0, Ordering::Relaxed);
     assert_eq!(attach(base, 64 << 10), Err(InitError::Corrupt));
     a.header().data_off.store(a.data_off, Ordering::Relaxed);
+    // Each geometry field is checked on its own (a surviving mutant joined them with `&&`).
+    let spans = a.header().span_count.load(Ordering::Relaxed);
+    a.header().span_count.store(spans + 1, Ordering::Relaxed);
+    assert_eq!(
+        attach(base, 64 << 10),
+        Err(InitError::Corrupt),
+        "span count"
+    );
+    a.header().span_count.store(spans, Ordering::Relaxed);
+    a.header().region_len.store(32 << 10, Ordering::Relaxed);
+    assert_eq!(
+        attach(base, 64 << 10),
+        Err(InitError::Corrupt),
+        "region length"
+    );
+    a.header().region_len.store(64 << 10, Ordering::Relaxed);
     assert!(attach(base, 64 << 10).is_ok());
     let odd = NonNull::new(base.as_ptr().wrapping_add(8)).unwrap();
     assert_eq!(attach(odd, 1024), Err(InitError::Misaligned));
@@ -304,9 +320,15 @@ fn attach_validates_header() {
 fn corrupt_free_list_is_reported_not_followed() {
     let a = arena(64 << 10);
     let x = a.alloc(32, 1).unwrap();
+    let (_, _, xid, _) = a.locate(x).unwrap();
     a.free(x).unwrap();
     // Point the class-1 head at a block id in a span that does not exist.
     a.header().small_heads[1].store(layout::head(0x7fff_0000, 3), Ordering::Relaxed);
+    assert_eq!(a.alloc(32, 1), Err(AllocError::Corrupt));
+    // A block index one past the last block of a real class-1 span (its "state word" would lie
+    // past the span's state words; a surviving mutant let it through).
+    let past = (xid >> layout::BLOCK_BITS << layout::BLOCK_BITS) | a.classes[1].count as u32;
+    a.header().small_heads[1].store(layout::head(past, 4), Ordering::Relaxed);
     assert_eq!(a.alloc(32, 1), Err(AllocError::Corrupt));
     // A head pointing at an allocated block.
     let y = a.alloc(64, 1).unwrap();
@@ -324,6 +346,85 @@ fn corrupt_free_list_is_reported_not_followed() {
     // A bump pointer beyond the end is clamped.
     a.header().next_span.store(u64::MAX, Ordering::Relaxed);
     assert_eq!(a.alloc(4000, 1), Err(AllocError::OutOfMemory));
+}
+
+/// Large-run heads the peer rewrote: each check of `resolve_large` on its own (surviving mutants
+/// joined them with `&&`).
+#[test]
+fn corrupt_large_list_is_reported_not_followed() {
+    let a = arena(64 << 10);
+    let x = a.alloc(32, 1).unwrap();
+    let (_, _, xid, _) = a.locate(x).unwrap();
+    let small_span = xid >> layout::BLOCK_BITS;
+    // An order-0 head naming a span carved for small blocks.
+    a.header().large_heads[0].store(layout::head(small_span, 1), Ordering::Relaxed);
+    assert_eq!(a.alloc(3000, 1), Err(AllocError::Corrupt));
+    // An order-0 head naming a span past the end.
+    let beyond = a.span_count as u32 + 1;
+    a.header().large_heads[0].store(layout::head(beyond, 2), Ordering::Relaxed);
+    assert_eq!(a.alloc(3000, 1), Err(AllocError::Corrupt));
+    // An order-1 head naming the last span, which the peer marked as an order-1 run: the run
+    // would end past the region.
+    let last = a.span_count - 1;
+    a.kind_word(last)
+        .store(layout::KIND_LARGE | 1, Ordering::Relaxed);
+    a.header().large_heads[1].store(layout::head(last as u32, 3), Ordering::Relaxed);
+    assert_eq!(a.alloc(5000, 1), Err(AllocError::Corrupt));
+
+    // A run that ends exactly at the region's end is valid and reused after a free.
+    let a = arena(64 << 10);
+    let mut runs = Vec::new();
+    while let Ok(r) = a.alloc(3000, 1) {
+        runs.push(r);
+    }
+    let last = *runs.last().unwrap();
+    assert_eq!(last.get(), a.data_off + ((a.span_count - 1) << SHIFT));
+    a.free(last).unwrap();
+    assert_eq!(a.alloc(3000, 1), Ok(last));
+}
+
+/// `locate`'s own bounds (surviving mutants weakened them): an offset at the end of the spans,
+/// and a span whose kind word (peer-written) names a class or order one past the last.
+#[test]
+fn locate_rejects_the_end_and_unknown_kinds() {
+    let a = arena(64 << 10);
+    let end = a.data_off + (a.span_count << SHIFT);
+    assert_eq!(a.free(Offset::new(end)), Err(BlockError::OutOfRange));
+    assert!(a.info(Offset::new(end - 8)).is_err());
+    let x = a.alloc(32, 1).unwrap();
+    let span = (x.get() - a.data_off) >> SHIFT;
+    let base = Offset::new(a.data_off + (span << SHIFT));
+    for kind in [
+        layout::KIND_SMALL | NUM_CLASSES as u64,
+        layout::KIND_LARGE | layout::NUM_ORDERS as u64,
+    ] {
+        a.kind_word(span).store(kind, Ordering::Relaxed);
+        assert!(a.free(base).is_err(), "kind {kind:#x}");
+        assert!(a.info(x).is_err(), "kind {kind:#x}");
+    }
+    // The last span marked (by the peer) as an allocated order-1 run: the run would end past the
+    // region, so it is not a block.
+    let last = a.span_count - 1;
+    a.kind_word(last)
+        .store(layout::KIND_LARGE | 1, Ordering::Relaxed);
+    a.large_state(last).store(st_alloc(0, 1), Ordering::Relaxed);
+    let at = Offset::new(a.data_off + (last << SHIFT));
+    assert_eq!(a.info(at), Err(BlockError::NotABlock));
+}
+
+/// `payload_ptr` is the bound that keeps a pointer from a peer's handle inside the region (its
+/// comparisons survived mutation before this test).
+#[test]
+fn payload_ptr_stays_in_the_region() {
+    let len = 64u64 << 10;
+    let a = arena(len as usize);
+    assert!(a.payload_ptr(Offset::new(len - 8), 8).is_some());
+    assert!(a.payload_ptr(Offset::new(len - 8), 9).is_none());
+    assert!(a.payload_ptr(Offset::new(len), 1).is_none());
+    assert!(a.payload_ptr(Offset::new(a.data_off), 0).is_some());
+    assert!(a.payload_ptr(Offset::new(0), 8).is_none());
+    assert!(a.payload_ptr(Offset::new(a.data_off - 8), 8).is_none());
+    assert!(a.payload_ptr(Offset::new(u64::MAX), 2).is_none());
 }
 
 #[test]
