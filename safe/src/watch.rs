@@ -84,6 +84,10 @@ struct State {
     changed: Option<Arc<OwnedFd>>,
     /// Bumped by the thread each time it has dropped its previous snapshot of `entries`.
     generation: u64,
+    /// The thread, to be joined once it has exited (by the last watch's drop, or by the next
+    /// watch before it starts a new thread), so that no thread of ours outlives the last watch:
+    /// a detached thread still exiting at process exit shows up as a leak under LeakSanitizer.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -193,12 +197,18 @@ impl Watch {
                 let _ = eventfd_write(changed.as_fd(), 1);
             }
             None => {
+                // The previous thread (if any) set `changed` to `None` as its last act under the
+                // lock, so it has finished or is returning: the join is immediate.
+                if let Some(old) = st.thread.take() {
+                    let _ = old.join();
+                }
                 let changed = Arc::new(eventfd(0, EventfdFlags::NONBLOCK)?);
-                std::thread::Builder::new()
+                let handle = std::thread::Builder::new()
                     .name("flowipc-peer-watch".into())
                     .spawn(move || run(w))
                     .map_err(|_| Errno::AGAIN)?;
                 st.changed = Some(changed);
+                st.thread = Some(handle);
             }
         }
         st.entries.push(entry.clone());
@@ -227,8 +237,26 @@ impl Drop for Watch {
         // Wait until the thread has dropped the snapshot that may hold our entry, so that the
         // socket's duplicate is closed when this returns.
         let seen = st.generation;
-        let _ = w
+        let (mut st, _) = w
             .turned
-            .wait_timeout_while(st, RELEASE_TIMEOUT, |st| st.generation == seen);
+            .wait_timeout_while(st, RELEASE_TIMEOUT, |st| st.generation == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        if !st.entries.is_empty() {
+            return;
+        }
+        // The last watch: wait (bounded) until the thread has seen the set empty and stopped,
+        // then join it, unless a new watch has started another meanwhile.
+        let (mut st, _) = w
+            .turned
+            .wait_timeout_while(st, RELEASE_TIMEOUT, |st| {
+                st.changed.is_some() && st.entries.is_empty()
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if st.changed.is_none() {
+            if let Some(thread) = st.thread.take() {
+                drop(st);
+                let _ = thread.join();
+            }
+        }
     }
 }
