@@ -237,7 +237,7 @@ impl Drop for Watch {
         // Wait until the thread has dropped the snapshot that may hold our entry, so that the
         // socket's duplicate is closed when this returns.
         let seen = st.generation;
-        let (mut st, _) = w
+        let (st, _) = w
             .turned
             .wait_timeout_while(st, RELEASE_TIMEOUT, |st| st.generation == seen)
             .unwrap_or_else(|e| e.into_inner());
