@@ -368,6 +368,8 @@ fn corrupt_large_list_is_reported_not_followed() {
     let last = a.span_count - 1;
     a.kind_word(last)
         .store(layout::KIND_LARGE | 1, Ordering::Relaxed);
+    a.large_state(last)
+        .store(layout::st_free(0, layout::NIL), Ordering::Relaxed);
     a.header().large_heads[1].store(layout::head(last as u32, 3), Ordering::Relaxed);
     assert_eq!(a.alloc(5000, 1), Err(AllocError::Corrupt));
 
