@@ -26,6 +26,8 @@ use libfuzzer_sys::fuzz_target;
 const FIRST: u16 = 0x01;
 const LAST: u16 = 0x02;
 const CLOSE: u16 = 0x04;
+/// The message carries a channel (`send_channel`); FIRST frames only.
+const CHANNEL: u16 = 0x08;
 
 const MAX_SIZES: [usize; 4] = [1 << 20, 0, 100, 5000];
 
@@ -70,6 +72,9 @@ enum Outcome {
     Closed,
     PeerGone,
     Corrupt,
+    /// A complete message flagged as carrying a channel: held for `recv_channel`, so every later
+    /// plain receive reports it again.
+    ChannelMessage,
 }
 
 /// The receiver as the wire format describes it.
@@ -80,8 +85,10 @@ struct Model {
     frames: VecDeque<(u16, Vec<u8>)>,
     /// Companion socket bytes not yet read: descriptors that came with each.
     sock: VecDeque<usize>,
-    /// Message in progress: (total, bytes so far, descriptors).
-    msg: Option<(u64, Vec<u8>, usize)>,
+    /// Message in progress: (total, bytes so far, descriptors, flagged as a channel).
+    msg: Option<(u64, Vec<u8>, usize, bool)>,
+    /// A channel message is held (see [`Outcome::ChannelMessage`]).
+    held: bool,
     /// Sticky end state (`Closed`, or poisoned after `Corrupt`).
     ended: Option<bool>,
     /// The peer closed its ring side.
@@ -96,10 +103,14 @@ impl Model {
             Some(false) => panic!("receive after poisoning is not modelled"),
             None => {}
         }
+        if self.held {
+            return Outcome::ChannelMessage;
+        }
         let out = self.step();
         match out {
             Outcome::Closed => self.ended = Some(true),
             Outcome::Corrupt => self.ended = Some(false),
+            Outcome::ChannelMessage => self.held = true,
             _ => {}
         }
         out
@@ -116,7 +127,9 @@ impl Model {
             };
             let flags = tag & 0xff;
             let nfds = usize::from(tag >> 8);
-            if flags & !(FIRST | LAST | CLOSE) != 0 {
+            if flags & !(FIRST | LAST | CLOSE | CHANNEL) != 0
+                || (flags & CHANNEL != 0 && flags & FIRST == 0)
+            {
                 return Outcome::Corrupt;
             }
             if flags & CLOSE != 0 {
@@ -148,9 +161,9 @@ impl Model {
                         _ => return Outcome::Corrupt,
                     }
                 }
-                self.msg = Some((total, data[skip..].to_vec(), nfds));
+                self.msg = Some((total, data[skip..].to_vec(), nfds, flags & CHANNEL != 0));
             } else {
-                let Some((total, bytes, _)) = self.msg.as_mut() else {
+                let Some((total, bytes, _, _)) = self.msg.as_mut() else {
                     return Outcome::Corrupt;
                 };
                 if nfds != 0 || (bytes.len() + data.len()) as u64 > *total {
@@ -159,9 +172,12 @@ impl Model {
                 bytes.extend_from_slice(&data);
             }
             if flags & LAST != 0 {
-                let (total, bytes, nfds) = self.msg.take().unwrap();
+                let (total, bytes, nfds, channel) = self.msg.take().unwrap();
                 if bytes.len() as u64 != total {
                     return Outcome::Corrupt;
+                }
+                if channel {
+                    return Outcome::ChannelMessage;
                 }
                 return Outcome::Message(bytes, nfds);
             }
@@ -217,6 +233,7 @@ impl Run {
             Err(RecvError::Closed) => Outcome::Closed,
             Err(RecvError::PeerGone) => Outcome::PeerGone,
             Err(RecvError::Corrupt(_)) => Outcome::Corrupt,
+            Err(RecvError::ChannelMessage) => Outcome::ChannelMessage,
             Err(e) => panic!("unexpected receive error {e:?}"),
         };
         let want = self.model.recv();
@@ -231,6 +248,14 @@ impl Run {
                 false
             }
             Outcome::PeerGone => false,
+            Outcome::ChannelMessage => {
+                // Held, not lost: a plain receive keeps reporting it.
+                assert!(matches!(
+                    self.ch.try_recv(&mut self.buf),
+                    Err(RecvError::ChannelMessage)
+                ));
+                false
+            }
             Outcome::Corrupt => {
                 assert!(matches!(
                     self.ch.try_recv(&mut self.buf),
@@ -303,6 +328,7 @@ fuzz_target!(|input: Input| {
                 frames: VecDeque::new(),
                 sock: VecDeque::new(),
                 msg: None,
+                held: false,
                 ended: None,
                 peer_closed: false,
             },
