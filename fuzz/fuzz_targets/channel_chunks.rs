@@ -85,7 +85,13 @@ impl Model {
         let index = u32::from_le_bytes(h[4..8].try_into().unwrap());
         let total = u64::from_le_bytes(h[8..16].try_into().unwrap());
         if flags & CHUNK_CLOSE != 0 {
-            let ok = flags == CHUNK_CLOSE && payload.is_empty() && self.msg.is_none() && total == 0;
+            // A close marker carries nothing: no bytes, no total, no descriptors (the validator
+            // the ring shares checks all three).
+            let ok = flags == CHUNK_CLOSE
+                && payload.is_empty()
+                && self.msg.is_none()
+                && total == 0
+                && nfds == 0;
             return if ok { Expect::Close } else { Expect::Err };
         }
         let (next, want_total, mut bytes, msg_nfds) = if flags & CHUNK_FIRST != 0 {

@@ -67,6 +67,9 @@ enum Outcome {
     Closed,
     PeerGone,
     Corrupt,
+    /// A complete message of kind 0xD2 (it carries a channel, `send_channel`): held for
+    /// `recv_channel`, so every later plain receive reports it again.
+    ChannelMessage,
 }
 
 /// What the receiver must report for the stream `s` (from its start), and how many bytes that
@@ -80,13 +83,16 @@ fn parse(s: &[u8], max: usize, max_fds: usize, fds_sent: bool) -> (Outcome, usiz
     let len = word & ((1 << 48) - 1);
     let nfds = ((word >> 48) & 0xff) as usize;
     match word >> 56 {
-        0xD1 => {
+        kind @ (0xD1 | 0xD2) => {
             if len > max as u64 || nfds > max_fds || (nfds > 0 && !fds_sent) {
                 return (Outcome::Corrupt, 0);
             }
             let len = len as usize;
             if s.len() - 8 < len {
                 return (Outcome::PeerGone, 0);
+            }
+            if kind == 0xD2 {
+                return (Outcome::ChannelMessage, 8 + len);
             }
             (Outcome::Message(s[8..8 + len].to_vec(), nfds), 8 + len)
         }
@@ -187,6 +193,7 @@ fuzz_target!(|input: Input| {
                 Err(RecvError::Closed) => Outcome::Closed,
                 Err(RecvError::PeerGone) => Outcome::PeerGone,
                 Err(RecvError::Corrupt(_)) => Outcome::Corrupt,
+                Err(RecvError::ChannelMessage) => Outcome::ChannelMessage,
                 Err(RecvError::WouldBlock) => {
                     panic!("WouldBlock with everything queued and end-of-stream")
                 }
@@ -208,6 +215,15 @@ fuzz_target!(|input: Input| {
                     break;
                 }
                 Outcome::PeerGone => {
+                    done = true;
+                    break;
+                }
+                Outcome::ChannelMessage => {
+                    // Held, not lost: a plain receive keeps reporting it.
+                    assert!(matches!(
+                        ch.try_recv(&mut buf),
+                        Err(RecvError::ChannelMessage)
+                    ));
                     done = true;
                     break;
                 }
