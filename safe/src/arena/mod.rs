@@ -39,6 +39,7 @@ mod lend;
 use std::ffi::CStr;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use flowipc_core::arena::{Offset, MAX_ALIGN};
@@ -392,6 +393,14 @@ impl Backend {
         }
     }
 
+    fn block_ptr(&self, off: u64, gen: u32, len: usize) -> Result<NonNull<u8>, ArenaError> {
+        match self.which() {
+            Which::Core(m) => Ok(m.block_ptr(Offset::new(off), gen, len)?),
+            #[cfg(feature = "jemalloc")]
+            Which::Je(p) => Ok(p.block_ptr(off, gen, len)?),
+        }
+    }
+
     fn read(&self, off: u64, gen: u32, at: u64, buf: &mut [u8]) -> Result<(), ArenaError> {
         match self.which() {
             Which::Core(m) => Ok(m.read(Offset::new(off), gen, at, buf)?),
@@ -640,6 +649,13 @@ impl ArenaObject {
     fn check_range(&self, at: usize, len: usize) -> Result<(), ArenaError> {
         check_range(self.len, at, len)
     }
+
+    /// A pointer to the object's `len()` bytes in this process's writable mapping, valid while
+    /// the object lives (it keeps its pool mapped). For the crate's zero-copy layers, which own
+    /// the object and state their own aliasing model where they form references over it.
+    pub(crate) fn as_mut_ptr(&self) -> Result<NonNull<u8>, ArenaError> {
+        self.backend.block_ptr(self.off, self.gen, self.len())
+    }
 }
 
 impl Drop for ArenaObject {
@@ -835,6 +851,21 @@ impl ArenaView<'_> {
         Ok(v)
     }
 
+    /// Re-checks the handle and returns a pointer to its `len()` bytes, valid for `'a` (the
+    /// mapping's borrow). For the crate's zero-copy readers, which state their own model of the
+    /// peer's writes where they form references over it.
+    pub(crate) fn as_ptr(&self) -> Result<NonNull<u8>, ArenaError> {
+        Ok(match self.src {
+            Source::Rw(m) => {
+                m.arena().check_handle(&self.handle)?;
+                m.arena()
+                    .payload_ptr(Offset::new(self.handle.offset), self.handle.len)
+                    .ok_or(BlockError::OutOfRange)?
+            }
+            Source::Ro(m) => m.checked_ptr(&self.handle)?,
+        })
+    }
+
     /// Reads a `T` at byte `at`.
     pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
         let mut buf = vec![0u8; std::mem::size_of::<T>()];
@@ -876,6 +907,31 @@ mod tests {
             ..h
         };
         assert!(matches!(b.view(&other), Err(ArenaError::WrongPool { .. })));
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn raw_pointers_cover_the_object() {
+        let mut pool = LendPool::create(4 << 20).unwrap();
+        let (_, setup) = pool.add_borrower().unwrap();
+        let obj = pool.alloc_zeroed(100).unwrap();
+        let p = obj.as_mut_ptr().unwrap();
+        // SAFETY: 100 bytes of a live block only this process writes.
+        unsafe { std::ptr::write_bytes(p.as_ptr(), 0x5a, 100) };
+        assert_eq!(obj.to_vec().unwrap(), vec![0x5a; 100]);
+        let bp = BorrowedPool::open(setup).unwrap();
+        let v = bp.view(&obj.handle()).unwrap();
+        let q = v.as_ptr().unwrap();
+        // SAFETY: the view checked 100 readable bytes; nothing writes them now.
+        let seen = unsafe { std::slice::from_raw_parts(q.as_ptr(), 100) }.to_vec();
+        assert_eq!(seen, vec![0x5a; 100]);
+        let forged = ArenaHandle {
+            len: 1 << 30,
+            ..obj.handle()
+        };
+        assert!(bp.view(&forged).is_err());
+        drop(obj);
+        assert!(v.as_ptr().is_err(), "a freed block must not give a pointer");
     }
 
     #[test]

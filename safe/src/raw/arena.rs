@@ -151,6 +151,19 @@ impl MappedArena {
             .ok_or_else(|| BlockError::OutOfRange.into())
     }
 
+    /// A pointer to bytes `[0, len)` of the live block `off` (generation `gen`), in this
+    /// process's writable mapping; valid while the mapping lives. The bytes are shared memory: the
+    /// caller writes them only through raw pointers (or a reference it may hold because nothing
+    /// else writes the block, e.g. a block only this process has a reference to).
+    pub(crate) fn block_ptr(
+        &self,
+        off: Offset,
+        gen: u32,
+        len: usize,
+    ) -> Result<NonNull<u8>, PoolError> {
+        self.span(off, gen, 0, len)
+    }
+
     /// Copies `data` into block `off` at byte `at`.
     pub(crate) fn write(
         &self,
@@ -265,6 +278,21 @@ impl MappedReader {
                 Ok(info)
             }
             MappedReader::Je(r) => r.read_handle(h, at, buf),
+        }
+    }
+
+    /// Checks a handle and returns a pointer to its `h.len` bytes in the read-only mapping; valid
+    /// while this reader lives. The owner may write those bytes (only by breaking the lend
+    /// protocol); whoever forms a reference over them states that model.
+    pub(crate) fn checked_ptr(&self, h: &ArenaHandle) -> Result<NonNull<u8>, PoolError> {
+        match self {
+            MappedReader::Core { reader, .. } => {
+                reader.check_handle(h)?;
+                reader
+                    .payload_ptr(Offset::new(h.offset), h.len)
+                    .ok_or_else(|| BlockError::OutOfRange.into())
+            }
+            MappedReader::Je(r) => r.checked_ptr(h),
         }
     }
 

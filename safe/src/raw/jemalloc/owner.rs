@@ -644,6 +644,18 @@ impl JePool {
         Ok(self.base() + (off + at) as usize)
     }
 
+    /// A pointer to bytes `[0, len)` of the live object `off` (generation `gen`) in the writable
+    /// mapping; valid while the pool lives.
+    pub(crate) fn block_ptr(
+        &self,
+        off: u64,
+        gen: u32,
+        len: usize,
+    ) -> Result<NonNull<u8>, PoolError> {
+        let p = self.span(off, gen, 0, len)?;
+        NonNull::new(p as *mut u8).ok_or_else(|| BlockError::OutOfRange.into())
+    }
+
     /// Copies `data` into the object at `off` (generation `gen`) from byte `at`.
     pub(crate) fn write(&self, off: u64, gen: u32, at: u64, data: &[u8]) -> Result<(), PoolError> {
         let p = self.span(off, gen, at, data.len())?;

@@ -114,6 +114,19 @@ impl JeReader {
         })
     }
 
+    /// Checks a handle and returns a pointer to its `h.len` bytes (inside the mapping: `check`
+    /// bounded `h.offset + h.len` by the mapping's length).
+    pub(crate) fn checked_ptr(&self, h: &ArenaHandle) -> Result<NonNull<u8>, PoolError> {
+        self.check(h)?;
+        NonNull::new(
+            self.region
+                .as_ptr()
+                .wrapping_add(h.offset as usize)
+                .cast_mut(),
+        )
+        .ok_or_else(|| BlockError::OutOfRange.into())
+    }
+
     /// Checks a handle and copies its bytes from `at` into `buf`.
     pub(crate) fn read_handle(
         &self,
