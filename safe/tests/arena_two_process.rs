@@ -161,7 +161,7 @@ fn lend_cycles_two_processes_jemalloc() {
     );
 }
 
-fn lend_cycles(test: &str, mut pool: LendPool) {
+fn lend_cycles(test: &str, pool: LendPool) {
     let started = Instant::now();
     let (mine, theirs) = socketpair_stream().unwrap();
     let child = spawn(test, "borrower", theirs);
@@ -221,7 +221,7 @@ fn lend_cycles(test: &str, mut pool: LendPool) {
 
 fn borrower_cycles() {
     let sock = child_socket();
-    let mut pool = BorrowedPool::open(recv_setup(sock.as_fd())).unwrap();
+    let pool = BorrowedPool::open(recv_setup(sock.as_fd())).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut held: Vec<ArenaHandle> = Vec::new();
     while let Some(msg) = recv_frame(sock.as_fd()) {
@@ -294,7 +294,7 @@ fn killed_borrower_is_reclaimed_jemalloc() {
     );
 }
 
-fn killed_borrower(test: &str, mut pool: LendPool) {
+fn killed_borrower(test: &str, pool: LendPool) {
     let (mine, theirs) = socketpair_stream().unwrap();
     let mut child = spawn(test, "holder", theirs);
     let (id, setup) = pool.add_borrower().unwrap();
@@ -330,7 +330,7 @@ fn killed_borrower(test: &str, mut pool: LendPool) {
 
 fn borrower_hold() {
     let sock = child_socket();
-    let mut pool = BorrowedPool::open(recv_setup(sock.as_fd())).unwrap();
+    let pool = BorrowedPool::open(recv_setup(sock.as_fd())).unwrap();
     let msg = recv_frame(sock.as_fd()).unwrap();
     for (i, rec) in msg.chunks_exact(H).enumerate() {
         let h = ArenaHandle::from_bytes(rec).unwrap();

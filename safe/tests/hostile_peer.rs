@@ -220,7 +220,7 @@ fn async_ring_survives_jammed_and_hung_up_doorbells() {
 /// Attack 2: a lend-pool borrower reopens its read-only pool descriptor read-write through
 /// `/proc/self/fd` and tries to write the pool (mapping, `write(2)`, hole punching). Every route
 /// must be refused, and the owner's object and allocator must be untouched.
-fn lend_pool_is_read_only_for_borrowers(mut pool: LendPool) {
+fn lend_pool_is_read_only_for_borrowers(pool: LendPool) {
     let obj = pool.alloc_bytes(&[0x5a; 256]).unwrap();
     let (_id, setup) = pool.add_borrower().unwrap();
     let pool_fd = setup.pool_fd;

@@ -12,9 +12,10 @@
 //! releases everything the (dead) borrower still held, exactly once, because each record is
 //! removed as it is released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use flowipc_core::arena::ArenaHandle;
 use flowipc_sys::{AsFd, OwnedFd};
@@ -25,7 +26,7 @@ use super::{
 };
 use crate::raw::arena::{pod_bytes, MappedArena, MappedReader};
 use crate::raw::{sys as region_sys, Sharing};
-use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
+use crate::ring::{RingReceiver, RingRecvError, RingSendError, RingSender, ShmRing};
 
 /// Bytes of each return ring; holds about 1500 returned handles before the borrower must wait.
 const RETURN_RING_CAPACITY: usize = 64 << 10;
@@ -98,10 +99,18 @@ struct Borrower {
 }
 
 /// The owner's side of a lend pool: only this process allocates; borrowers only read.
+///
+/// `Send` and `Sync`: every method takes `&self` (the borrowers' tables are behind one lock, held
+/// for a table update or a drain), so a pool can be shared in an `Arc` by a session and the
+/// zero-copy channels that lend from it.
 pub struct LendPool {
     backend: Backend,
     fd: OwnedFd,
     pool_id: u64,
+    state: Mutex<LendState>,
+}
+
+struct LendState {
     borrowers: HashMap<BorrowerId, Borrower>,
     next_borrower: u64,
     bogus_returns: u64,
@@ -111,7 +120,7 @@ impl fmt::Debug for LendPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LendPool")
             .field("pool_id", &self.pool_id)
-            .field("borrowers", &self.borrowers.len())
+            .field("borrowers", &self.state().borrowers.len())
             .finish_non_exhaustive()
     }
 }
@@ -146,10 +155,17 @@ impl LendPool {
             backend,
             fd,
             pool_id,
-            borrowers: HashMap::new(),
-            next_borrower: 1,
-            bogus_returns: 0,
+            state: Mutex::new(LendState {
+                borrowers: HashMap::new(),
+                next_borrower: 1,
+                bogus_returns: 0,
+            }),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LendState> {
+        // The state is consistent between statements (no user code runs under the lock).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This pool's id, carried by every handle into it.
@@ -177,15 +193,16 @@ impl LendPool {
     }
 
     /// Registers a borrower: creates its return ring and the descriptors to send it.
-    pub fn add_borrower(&mut self) -> Result<(BorrowerId, BorrowerSetup), ArenaError> {
+    pub fn add_borrower(&self) -> Result<(BorrowerId, BorrowerSetup), ArenaError> {
         let pool_fd = flowipc_sys::memfd::reopen_read_only(self.fd.as_fd())
             .map_err(region_sys("open(/proc/self/fd)"))?;
         let ring = ShmRing::create(RETURN_RING_CAPACITY)?;
         let return_ring_fd = dup(ring.fd())?;
         let returns = ring.receiver()?;
-        let id = BorrowerId(self.next_borrower);
-        self.next_borrower += 1;
-        self.borrowers.insert(
+        let mut st = self.state();
+        let id = BorrowerId(st.next_borrower);
+        st.next_borrower += 1;
+        st.borrowers.insert(
             id,
             Borrower {
                 _ring: ring,
@@ -213,9 +230,9 @@ impl LendPool {
         alloc_in(&self.backend, self.pool_id, data.len(), 16, Some(data))
     }
 
-    /// A handle through which other threads of this process allocate in the pool (`LendPool`
-    /// itself is not `Sync`: it owns the borrowers' return rings). Objects it makes are objects
-    /// of this pool, lendable with [`lend`](Self::lend).
+    /// A handle through which other threads of this process allocate in the pool, without
+    /// keeping the pool handle itself. Objects it makes are objects of this pool, lendable with
+    /// [`lend`](Self::lend).
     pub fn allocator(&self) -> PoolAllocator {
         PoolAllocator {
             backend: self.backend.clone(),
@@ -225,8 +242,7 @@ impl LendPool {
 
     /// Allocates an object of `len` bytes (uninitialised, as [`alloc`](Self::alloc)) that borrows
     /// the pool instead of holding a reference on it: the cheapest object, see [`ScopedObject`].
-    /// [`lend`](Self::lend) needs `&mut self`, so an object to lend is an [`ArenaObject`]
-    /// ([`ScopedObject::into_owned`]).
+    /// An object to lend is an [`ArenaObject`] ([`ScopedObject::into_owned`]).
     pub fn alloc_scoped(&self, len: usize) -> Result<ScopedObject<'_>, ArenaError> {
         ScopedObject::alloc(&self.backend, len)
     }
@@ -252,14 +268,15 @@ impl LendPool {
     /// return ring (or that [`reclaim`](Self::reclaim) drops). Send the handle to the borrower.
     ///
     /// Do not write to a lent object: the borrower reads it concurrently.
-    pub fn lend(&mut self, obj: &ArenaObject, to: BorrowerId) -> Result<ArenaHandle, ArenaError> {
+    pub fn lend(&self, obj: &ArenaObject, to: BorrowerId) -> Result<ArenaHandle, ArenaError> {
         if obj.pool_id != self.pool_id || !obj.backend.same(&self.backend) {
             return Err(ArenaError::WrongPool {
                 expected: self.pool_id,
                 got: obj.pool_id,
             });
         }
-        let b = self
+        let mut st = self.state();
+        let b = st
             .borrowers
             .get_mut(&to)
             .ok_or(ArenaError::UnknownBorrower(to))?;
@@ -268,38 +285,66 @@ impl LendPool {
         Ok(obj.handle())
     }
 
+    /// Takes back one lend of `handle` to `to` that never reached the borrower (the send that
+    /// carried it failed): drops the record and the reference. `false` if there was none.
+    pub(crate) fn unlend(&self, handle: &ArenaHandle, to: BorrowerId) -> bool {
+        let mut st = self.state();
+        let Some(b) = st.borrowers.get_mut(&to) else {
+            return false;
+        };
+        let key = (handle.offset, handle.generation);
+        match b.lent.get_mut(&key) {
+            Some(count) => {
+                *count -= 1;
+                if *count == 0 {
+                    b.lent.remove(&key);
+                }
+                let _ = self.backend.release(key.0, key.1);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Objects (references) borrower `b` holds now.
     pub fn lent_to(&self, b: BorrowerId) -> usize {
-        self.borrowers
+        self.state()
+            .borrowers
             .get(&b)
             .map_or(0, |b| b.lent.values().map(|&n| n as usize).sum())
     }
 
     /// Returned handles that named nothing the borrower held (a buggy or hostile borrower).
     pub fn bogus_returns(&self) -> u64 {
-        self.bogus_returns
+        self.state().bogus_returns
     }
 
     /// Pops every handle borrower `from` pushed on its return ring and releases the references
     /// they stand for. Returns how many were released.
-    pub fn drain_returns(&mut self, from: BorrowerId) -> Result<usize, ArenaError> {
-        let b = self
-            .borrowers
+    pub fn drain_returns(&self, from: BorrowerId) -> Result<usize, ArenaError> {
+        let mut st = self.state();
+        let LendState {
+            borrowers,
+            bogus_returns,
+            ..
+        } = &mut *st;
+        let b = borrowers
             .get_mut(&from)
             .ok_or(ArenaError::UnknownBorrower(from))?;
-        drain(&self.backend, self.pool_id, b, &mut self.bogus_returns)
+        drain(&self.backend, self.pool_id, b, bogus_returns)
     }
 
     /// Forgets borrower `from` (it exited or died): drains its return ring, then releases every
     /// reference it still held. Returns how many references were released in all.
-    pub fn reclaim(&mut self, from: BorrowerId) -> Result<usize, ArenaError> {
-        let mut b = self
+    pub fn reclaim(&self, from: BorrowerId) -> Result<usize, ArenaError> {
+        let mut st = self.state();
+        let mut b = st
             .borrowers
             .remove(&from)
             .ok_or(ArenaError::UnknownBorrower(from))?;
         // A corrupt ring must not keep the rest from being reclaimed.
-        let mut n =
-            drain(&self.backend, self.pool_id, &mut b, &mut self.bogus_returns).unwrap_or(0);
+        let mut n = drain(&self.backend, self.pool_id, &mut b, &mut st.bogus_returns).unwrap_or(0);
+        drop(st);
         for ((off, gen), refs) in b.lent.drain() {
             for _ in 0..refs {
                 if self.backend.release(off, gen).is_ok() {
@@ -354,11 +399,37 @@ fn drain(
 }
 
 /// A borrower's side of a lend pool: reads objects through a read-only mapping and gives them back.
+///
+/// `Send` and `Sync`: [`release`](Self::release) takes `&self` (the return ring's sender is
+/// behind a lock), so the pool can be shared in an `Arc` by a session and the zero-copy messages
+/// that read from it.
 pub struct BorrowedPool {
     reader: MappedReader,
     pool_id: u64,
     _ring: ShmRing,
-    returns: RingSender,
+    returns: Mutex<Returns>,
+}
+
+/// The return ring's sender, and handles released while it was full (pushed before the next).
+struct Returns {
+    sender: RingSender,
+    pending: VecDeque<ArenaHandle>,
+}
+
+impl Returns {
+    /// Pushes what waits, in order, without blocking; `false` if the ring filled up first.
+    fn flush(&mut self) -> Result<bool, ArenaError> {
+        while let Some(h) = self.pending.front() {
+            match self.sender.try_send(&h.to_bytes()) {
+                Ok(()) => {
+                    self.pending.pop_front();
+                }
+                Err(RingSendError::WouldBlock) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl fmt::Debug for BorrowedPool {
@@ -375,12 +446,15 @@ impl BorrowedPool {
         let reader = MappedReader::open(setup.pool_fd)?;
         let pool_id = reader.pool_tag();
         let ring = ShmRing::open(setup.return_ring_fd)?;
-        let returns = ring.sender()?;
+        let sender = ring.sender()?;
         Ok(BorrowedPool {
             reader,
             pool_id,
             _ring: ring,
-            returns,
+            returns: Mutex::new(Returns {
+                sender,
+                pending: VecDeque::new(),
+            }),
         })
     }
 
@@ -405,15 +479,57 @@ impl BorrowedPool {
         })
     }
 
+    fn returns(&self) -> MutexGuard<'_, Returns> {
+        self.returns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Gives a lent object back: pushes its handle on the return ring (waiting for room if the
-    /// owner has not drained it).
-    pub fn release(&mut self, handle: ArenaHandle) -> Result<(), ArenaError> {
-        Ok(self.returns.send(&handle.to_bytes())?)
+    /// owner has not drained it), after any that [`release_later`](Self::release_later) queued.
+    pub fn release(&self, handle: ArenaHandle) -> Result<(), ArenaError> {
+        let mut r = self.returns();
+        while !r.flush()? {
+            let first = r
+                .pending
+                .pop_front()
+                .expect("flush stopped at a pending handle");
+            r.sender.send(&first.to_bytes())?;
+        }
+        Ok(r.sender.send(&handle.to_bytes())?)
+    }
+
+    /// Gives a lent object back without ever waiting: pushes its handle on the return ring if
+    /// there is room, else queues it here for the next release (a drop must not block on an
+    /// owner that does not drain). Errors only if the ring is corrupt.
+    pub fn release_later(&self, handle: ArenaHandle) -> Result<(), ArenaError> {
+        let mut r = self.returns();
+        r.pending.push_back(handle);
+        r.flush().map(drop)
+    }
+
+    /// Handles released but not yet on the return ring (it was full).
+    pub fn pending_returns(&self) -> usize {
+        self.returns().pending.len()
     }
 
     /// The return ring's sender, to set its wait policy or peer check.
     pub fn return_ring(&mut self) -> &mut RingSender {
-        &mut self.returns
+        &mut self
+            .returns
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .sender
+    }
+
+    /// Checks a handle of this pool and returns a pointer to its `len` bytes in the read-only
+    /// mapping, valid while this pool lives.
+    pub(crate) fn checked_ptr(&self, handle: &ArenaHandle) -> Result<NonNull<u8>, ArenaError> {
+        if handle.pool_id != self.pool_id {
+            return Err(ArenaError::WrongPool {
+                expected: self.pool_id,
+                got: handle.pool_id,
+            });
+        }
+        Ok(self.reader.checked_ptr(handle)?)
     }
 }
 
@@ -422,7 +538,7 @@ mod tests {
     use super::*;
     use crate::arena::BlockError;
 
-    fn lend_roundtrip(mut pool: LendPool) {
+    fn lend_roundtrip(pool: LendPool) {
         let (id, setup) = pool.add_borrower().unwrap();
         // The borrower's descriptor cannot be mapped writable.
         let rw = flowipc_sys::mmap::Mapping::map(
@@ -432,7 +548,7 @@ mod tests {
             flowipc_sys::mmap::Access::ReadWrite,
         );
         assert_eq!(rw.unwrap_err(), flowipc_sys::Errno::ACCESS);
-        let mut b = BorrowedPool::open(setup).unwrap();
+        let b = BorrowedPool::open(setup).unwrap();
         assert_eq!(b.pool_id(), pool.pool_id());
         let objs: Vec<_> = (0..50usize)
             .map(|i| pool.alloc_bytes(&vec![i as u8; 10 + i * 100]).unwrap())
@@ -494,7 +610,7 @@ mod tests {
         lend_roundtrip(LendPool::create_jemalloc(64 << 20).unwrap());
     }
 
-    fn scoped_objects(mut pool: LendPool) {
+    fn scoped_objects(pool: LendPool) {
         let (id, setup) = pool.add_borrower().unwrap();
         let b = BorrowedPool::open(setup).unwrap();
         let obj = pool.alloc_scoped(100).unwrap();
@@ -922,7 +1038,7 @@ mod tests {
     #[cfg(feature = "jemalloc")]
     #[test]
     fn jemalloc_reused_block_refuses_stale_handle() {
-        let mut pool = LendPool::create_jemalloc(16 << 20).unwrap();
+        let pool = LendPool::create_jemalloc(16 << 20).unwrap();
         let (id, setup) = pool.add_borrower().unwrap();
         let b = BorrowedPool::open(setup).unwrap();
         let a = pool.alloc_bytes(&[1; 64]).unwrap();
@@ -955,7 +1071,7 @@ mod tests {
     #[cfg(feature = "jemalloc")]
     #[test]
     fn jemalloc_coloured_headers_spread_and_stay_checked() {
-        let mut pool = LendPool::create_jemalloc(32 << 20).unwrap();
+        let pool = LendPool::create_jemalloc(32 << 20).unwrap();
         let (id, setup) = pool.add_borrower().unwrap();
         let b = BorrowedPool::open(setup).unwrap();
         // 4 KiB objects live in 5 KiB blocks: without colouring their headers would all fall in

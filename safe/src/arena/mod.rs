@@ -854,6 +854,7 @@ impl ArenaView<'_> {
     /// Re-checks the handle and returns a pointer to its `len()` bytes, valid for `'a` (the
     /// mapping's borrow). For the crate's zero-copy readers, which state their own model of the
     /// peer's writes where they form references over it.
+    #[allow(dead_code)] // For the native shared-memory types; zero copy reads through the pool.
     pub(crate) fn as_ptr(&self) -> Result<NonNull<u8>, ArenaError> {
         Ok(match self.src {
             Source::Rw(m) => {
@@ -912,7 +913,7 @@ mod tests {
     #[test]
     #[allow(unsafe_code)]
     fn raw_pointers_cover_the_object() {
-        let mut pool = LendPool::create(4 << 20).unwrap();
+        let pool = LendPool::create(4 << 20).unwrap();
         let (_, setup) = pool.add_borrower().unwrap();
         let obj = pool.alloc_zeroed(100).unwrap();
         let p = obj.as_mut_ptr().unwrap();

@@ -9,7 +9,7 @@
 //! 4. `/proc/<pid>/exe` is read, then the pidfd is checked to be still running: if it is, the
 //!    pid was not reused during the read, so the executable is the peer's.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use flowipc_sys::Errno;
@@ -39,7 +39,9 @@ pub(super) enum IdentifyError {
     Os(&'static str, Errno),
 }
 
-pub(super) fn identify(sock: BorrowedFd<'_>) -> Result<PeerIdentity, IdentifyError> {
+/// Identifies the peer of `sock`; also returns the pidfd that names it (kept by the session to
+/// tell a dead peer from one that only closed a channel).
+pub(super) fn identify(sock: BorrowedFd<'_>) -> Result<(PeerIdentity, OwnedFd), IdentifyError> {
     let cred = flowipc_sys::socket::peer_credentials(sock)
         .map_err(|e| IdentifyError::Os("getsockopt(SO_PEERCRED)", e))?;
     let pid = cred.pid.as_raw_nonzero().get();
@@ -64,11 +66,14 @@ pub(super) fn identify(sock: BorrowedFd<'_>) -> Result<PeerIdentity, IdentifyErr
         Ok(false) => return Err(IdentifyError::Gone),
         Err(e) => return Err(IdentifyError::Os("poll(pidfd)", e)),
     }
-    Ok(PeerIdentity {
-        pid,
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
-        exe,
-        pinned,
-    })
+    Ok((
+        PeerIdentity {
+            pid,
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            exe,
+            pinned,
+        },
+        pidfd,
+    ))
 }

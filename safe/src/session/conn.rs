@@ -11,6 +11,9 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
+use std::sync::Arc;
+
+use crate::structured::ZeroCopy;
 use std::time::{Duration, Instant};
 
 use crate::arena::{
@@ -73,8 +76,10 @@ pub struct Session {
     requests: VecDeque<ChannelRequest>,
     arena: Option<ShmArena>,
     app_arena: Option<ShmArena>,
-    own_pool: Option<(LendPool, BorrowerId)>,
-    peer_pool: Option<BorrowedPool>,
+    own_pool: Option<(Arc<LendPool>, BorrowerId)>,
+    peer_pool: Option<Arc<BorrowedPool>>,
+    /// A pidfd naming the peer process, when known: readable once it has exited.
+    peer_pidfd: Option<Arc<OwnedFd>>,
     ended: bool,
 }
 
@@ -233,7 +238,7 @@ impl Session {
                 &[a.fd()],
             )?;
             arena = Some(a);
-            let mut pool = LendPool::create(arena_size)?;
+            let pool = LendPool::create(arena_size)?;
             let (id, setup) = pool.add_borrower()?;
             send_control(
                 &mut control,
@@ -242,7 +247,7 @@ impl Session {
                 },
                 &[setup.pool_fd.as_fd(), setup.return_ring_fd.as_fd()],
             )?;
-            own_pool = Some((pool, id));
+            own_pool = Some((Arc::new(pool), id));
         }
         if let Some(a) = &offer.app_arena {
             send_control(
@@ -268,6 +273,7 @@ impl Session {
             app_arena: offer.app_arena,
             own_pool,
             peer_pool: None,
+            peer_pidfd: None,
             ended: false,
         };
         // The peer's Ready (with its lend pool) ends the handshake.
@@ -275,7 +281,7 @@ impl Session {
         match wire::parse(&r.bytes, r.fds.len())? {
             ControlMessage::Ready { lend } => {
                 if lend {
-                    session.peer_pool = Some(open_borrowed(r.fds)?);
+                    session.peer_pool = Some(Arc::new(open_borrowed(r.fds)?));
                 }
             }
             ControlMessage::Close => return Err(SessionError::Closed),
@@ -358,7 +364,7 @@ impl Session {
                 }
                 ControlMessage::Arena {
                     kind: ArenaKind::Lend,
-                } if peer_pool.is_none() => peer_pool = Some(open_borrowed(r.fds)?),
+                } if peer_pool.is_none() => peer_pool = Some(Arc::new(open_borrowed(r.fds)?)),
                 ControlMessage::Arena {
                     kind: ArenaKind::App,
                 } if app_arena.is_none() => {
@@ -380,14 +386,14 @@ impl Session {
         };
         let mut own_pool = None;
         if pool_size > 0 {
-            let mut pool = LendPool::create(pool_size)?;
+            let pool = LendPool::create(pool_size)?;
             let (id, setup) = pool.add_borrower()?;
             send_control(
                 &mut control,
                 &ControlMessage::Ready { lend: true },
                 &[setup.pool_fd.as_fd(), setup.return_ring_fd.as_fd()],
             )?;
-            own_pool = Some((pool, id));
+            own_pool = Some((Arc::new(pool), id));
         } else {
             send_control(&mut control, &ControlMessage::Ready { lend: false }, &[])?;
         }
@@ -406,6 +412,7 @@ impl Session {
             app_arena,
             own_pool,
             peer_pool,
+            peer_pidfd: None,
             ended: false,
         })
     }
@@ -436,7 +443,7 @@ impl Session {
             }
             _ => SessionError::io(format!("connecting to {}", path.display()), e),
         })?;
-        let identity = match auth::identify(stream.as_fd()) {
+        let (identity, pidfd) = match auth::identify(stream.as_fd()) {
             Ok(id) => id,
             Err(IdentifyError::Gone) => return Err(SessionError::PeerGone),
             Err(IdentifyError::Os(op, e)) => return Err(SessionError::os(op, e)),
@@ -459,7 +466,9 @@ impl Session {
             Ok(()) | Err(SessionError::PeerGone) => {}
             Err(e) => return Err(e),
         }
-        Session::take(control, &server.app.name, options, false, Some(identity))
+        let mut session = Session::take(control, &server.app.name, options, false, Some(identity))?;
+        session.peer_pidfd = Some(Arc::new(pidfd));
+        Ok(session)
     }
 
     /// Spawns `command` with a session to it: the child calls [`Session::from_env`]. The
@@ -508,7 +517,10 @@ impl Session {
             },
         );
         match result {
-            Ok(s) => Ok((s, child)),
+            Ok(mut s) => {
+                s.peer_pidfd = pidfd_of(child.id());
+                Ok((s, child))
+            }
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -522,7 +534,13 @@ impl Session {
     pub fn from_env() -> Result<Session, SessionError> {
         let sock = inherit::take_session_socket()?;
         let control = control_options().from_socket(sock);
-        Session::take(control, "parent", &SessionOptions::default(), true, None)
+        let mut session = Session::take(control, "parent", &SessionOptions::default(), true, None)?;
+        session.peer_pidfd = pidfd_of(std::os::unix::process::parent_id());
+        Ok(session)
+    }
+
+    pub(super) fn set_peer_pidfd(&mut self, pidfd: OwnedFd) {
+        self.peer_pidfd = Some(Arc::new(pidfd));
     }
 
     /// The peer app's name (as the server calls itself, or as the client was matched).
@@ -741,29 +759,60 @@ impl Session {
 
     /// This side's lend pool (only this side allocates; the peer maps it read-only).
     pub fn lend_pool(&self) -> Option<&LendPool> {
-        self.own_pool.as_ref().map(|(p, _)| p)
+        self.own_pool.as_ref().map(|(p, _)| &**p)
     }
 
     /// Lends an object of this side's pool to the peer: the handle to send it.
-    pub fn lend(&mut self, object: &ArenaObject) -> Result<ArenaHandle, SessionError> {
+    pub fn lend(&self, object: &ArenaObject) -> Result<ArenaHandle, SessionError> {
         let (pool, to) = self
             .own_pool
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| SessionError::BadOptions("this session has no lend pool".into()))?;
         Ok(pool.lend(object, *to)?)
     }
 
     /// Takes back what the peer has released of the objects lent to it; returns how many.
-    pub fn reclaim_lent(&mut self) -> Result<usize, SessionError> {
-        match self.own_pool.as_mut() {
+    pub fn reclaim_lent(&self) -> Result<usize, SessionError> {
+        match self.own_pool.as_ref() {
             Some((pool, from)) => Ok(pool.drain_returns(*from)?),
             None => Ok(0),
         }
     }
 
+    /// Zero copy for this session's structured channels: messages this side builds go in its
+    /// lend pool, the peer's are read in its pool, mapped read-only. Give it to
+    /// [`StructuredOptions::zero_copy`](crate::structured::StructuredOptions::zero_copy) on
+    /// both sides. Fails if the session has no lend pools ([`SessionOptions::arenas`] on the
+    /// server, or spawning, side sizes them: make them as large as the largest message, twice
+    /// over, since segments grow by doubling).
+    ///
+    /// Safe because the peer is this session's: authenticated by kernel facts (its uid, gid and
+    /// executable) at connect, or this process's own child or parent. See the
+    /// [`zero_copy`](crate::structured::zero_copy) module for the model.
+    #[allow(unsafe_code)]
+    pub fn zero_copy(&self) -> Result<ZeroCopy, SessionError> {
+        let (Some((own, borrower)), Some(peer)) = (&self.own_pool, &self.peer_pool) else {
+            return Err(SessionError::BadOptions(
+                "this session has no lend pools; set SessionOptions::arenas on the server (or \
+                 spawning) side to use zero copy"
+                    .into(),
+            ));
+        };
+        // SAFETY: the peer is this session's authenticated peer (or our own parent or child),
+        // whose flowipc sender never writes a segment it lent (the contract of `from_pools`).
+        Ok(unsafe {
+            ZeroCopy::from_pools(
+                own.clone(),
+                *borrower,
+                peer.clone(),
+                self.peer_pidfd.clone(),
+            )
+        })
+    }
+
     /// The peer's lend pool, mapped read-only.
-    pub fn peer_pool(&mut self) -> Option<&mut BorrowedPool> {
-        self.peer_pool.as_mut()
+    pub fn peer_pool(&self) -> Option<&BorrowedPool> {
+        self.peer_pool.as_deref()
     }
 
     /// A read-only view of the object `handle` names, after checking that it lies in one of this
@@ -926,6 +975,13 @@ impl Drop for Session {
 enum Event {
     Request,
     Answer { id: u64, refused: Option<String> },
+}
+
+/// A pidfd for process `pid` (a child, or the parent that spawned us: neither pid can be reused
+/// while we are its parent or child), if the kernel has pidfds.
+fn pidfd_of(pid: u32) -> Option<Arc<OwnedFd>> {
+    let pid = flowipc_sys::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    flowipc_sys::process::pidfd_open(pid).ok().map(Arc::new)
 }
 
 fn open_borrowed(fds: Vec<OwnedFd>) -> Result<BorrowedPool, SessionError> {

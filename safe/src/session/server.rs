@@ -228,7 +228,7 @@ impl SessionServer {
         stream
             .set_nonblocking(false)
             .map_err(|e| failed(SessionError::io("fcntl", e)))?;
-        let identity = match auth::identify(stream.as_fd()) {
+        let (identity, pidfd) = match auth::identify(stream.as_fd()) {
             Ok(id) => id,
             Err(IdentifyError::Gone) => return Err(failed(SessionError::PeerGone)),
             Err(IdentifyError::Os(op, e)) => return Err(failed(SessionError::os(op, e))),
@@ -284,7 +284,7 @@ impl SessionServer {
         } else {
             None
         };
-        Session::offer(
+        let mut session = Session::offer(
             control,
             Offer {
                 local_name: &self.app.app.name,
@@ -297,7 +297,9 @@ impl SessionServer {
                 app_arena,
             },
         )
-        .map_err(failed)
+        .map_err(failed)?;
+        session.set_peer_pidfd(pidfd);
+        Ok(session)
     }
 }
 

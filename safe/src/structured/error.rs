@@ -50,6 +50,22 @@ pub enum StructuredError {
     /// The transport failed to receive (other than an orderly close or the peer's death).
     #[error("receiving on the structured channel failed: {0}")]
     Recv(String),
+    /// A zero-copy message did not fit in this side's lend pool: building it needed a segment of
+    /// `needed` bytes that the pool could not give.
+    #[error(
+        "a zero-copy message needed a segment of {needed} bytes that the lend pool could not give \
+         ({reason}); give the session larger pools (SessionOptions::arenas) or build smaller \
+         messages"
+    )]
+    SharedMemory {
+        /// Bytes of the segment that did not fit.
+        needed: usize,
+        /// What the pool said.
+        reason: String,
+    },
+    /// Lending a zero-copy message's segments to the peer failed.
+    #[error("lending a zero-copy message's segments to the peer failed: {0}")]
+    Lend(#[source] crate::arena::ArenaError),
     /// The message cannot be sent this way (for example a response to a message of the peer's
     /// that was itself a response).
     #[error("{0}")]

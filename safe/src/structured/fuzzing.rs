@@ -12,7 +12,7 @@ use capnp::any_pointer;
 
 use super::error::End;
 use super::router::{Router, Slot};
-use super::wire::{self, BodyLimits, Envelope, MsgKind, OutMessage, WireKind};
+use super::wire::{self, BodyLimits, Envelope, MsgKind, WireKind};
 use super::{MsgIn, StructuredError, StructuredStats};
 
 /// Length of the envelope.
@@ -72,7 +72,7 @@ impl FuzzReceiver {
         if self.router.end.is_some() {
             return Fed::Ended;
         }
-        match wire::decode(bytes, fds, &self.limits).and_then(|d| self.router.route(d)) {
+        match wire::decode(bytes, fds, &self.limits, None).and_then(|d| self.router.route(d)) {
             // Callbacks are never registered here, so the actions are only unexpected
             // responses: drop them as a handler-less channel does.
             Ok(_actions) => Fed::Routed,
@@ -157,11 +157,7 @@ pub fn encode_frame(
 pub fn frame_body(
     build: impl FnOnce(&mut capnp::message::Builder<capnp::message::HeapAllocator>),
 ) -> Vec<u8> {
-    let mut message = OutMessage::heap();
-    match &mut message {
-        OutMessage::Heap(b) => build(b),
-    }
-    match &message {
-        OutMessage::Heap(b) => capnp::serialize::write_message_to_words(b),
-    }
+    let mut message = capnp::message::Builder::new_default();
+    build(&mut message);
+    capnp::serialize::write_message_to_words(&message)
 }

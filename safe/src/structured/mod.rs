@@ -99,6 +99,7 @@ mod sync;
 #[cfg(feature = "tokio")]
 mod tokio;
 pub(crate) mod wire;
+pub mod zero_copy;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -111,8 +112,9 @@ pub use self::sync::{RequestId, Responses, StructuredChannel};
 #[cfg(feature = "tokio")]
 pub use self::tokio::{AsyncResponses, AsyncStructuredChannel};
 pub use self::wire::MsgKind;
+pub use self::zero_copy::ZeroCopy;
 
-use self::wire::{BodySegments, OutMessage};
+use self::wire::{BodySegments, OutMessage, ShmMessage};
 
 /// Settings of a structured channel; [`open`](StructuredOptions::open) (or
 /// [`open_async`](StructuredOptions::open_async)) builds one.
@@ -142,6 +144,7 @@ pub struct StructuredOptions {
     nesting_limit: i32,
     inbox_capacity: usize,
     receive_in_caller: bool,
+    zero_copy: Option<ZeroCopy>,
 }
 
 impl Default for StructuredOptions {
@@ -153,6 +156,7 @@ impl Default for StructuredOptions {
             nesting_limit: 64,
             inbox_capacity: 4096,
             receive_in_caller: false,
+            zero_copy: None,
         }
     }
 }
@@ -214,6 +218,18 @@ impl StructuredOptions {
         self
     }
 
+    /// Zero copy: messages this side creates are built in its lend pool and sent as segment
+    /// handles; messages from the peer are read where it built them (or copied first, see
+    /// [`ZeroCopy::copy_on_receive`]). Set it on both sides, each with its own side's
+    /// [`ZeroCopy`] ([`Session::zero_copy`](crate::session::Session::zero_copy)). Nothing else
+    /// changes: messages are built and read with the same calls, and copy-mode frames from the
+    /// peer are still accepted. See the [`zero_copy`] module for the protocol and the soundness
+    /// model.
+    pub fn zero_copy(mut self, zc: ZeroCopy) -> Self {
+        self.zero_copy = Some(zc);
+        self
+    }
+
     /// Builds a [`StructuredChannel`] over `channel`; starts its reader thread (unless
     /// [`receive_in_caller`](Self::receive_in_caller)).
     pub fn open<M: Owned + 'static>(
@@ -239,14 +255,32 @@ impl StructuredOptions {
                 .traversal_limit_words
                 .unwrap_or(self.max_message_size / 8)
                 .max(64),
+            explicit_traversal_limit: self.traversal_limit_words,
             amplification: self.amplification,
             nesting_limit: self.nesting_limit,
         }
+    }
+
+    pub(crate) fn zero_copy_setting(&self) -> Option<&ZeroCopy> {
+        self.zero_copy.as_ref()
+    }
+}
+
+/// A new message in the mode `zc` names.
+pub(crate) fn new_message(zc: Option<&ZeroCopy>) -> OutMessage {
+    match zc {
+        Some(zc) => OutMessage::Shm(ShmMessage::new(zc)),
+        None => OutMessage::heap(),
     }
 }
 
 /// An outgoing message: a capnp builder of the user's root type `M`, with descriptors attached.
 /// Made by [`StructuredChannel::create_msg`] (the channel picks the allocator of its mode).
+///
+/// A message may be sent any number of times. In zero copy, the peer reads the segments that
+/// were sent while it holds the message; so the first [`body_root`](Self::body_root) after a
+/// send copies the message to fresh segments and changes those (the copy costs the message's
+/// size once; build a new message instead where that matters).
 pub struct MsgOut<M> {
     message: OutMessage,
     fds: Vec<OwnedFd>,
@@ -258,6 +292,9 @@ impl<M: Owned> MsgOut<M> {
         match &mut message {
             OutMessage::Heap(b) => {
                 b.init_root::<M::Builder<'_>>();
+            }
+            OutMessage::Shm(m) => {
+                m.builder.init_root::<M::Builder<'_>>();
             }
         }
         MsgOut {
@@ -275,6 +312,25 @@ impl<M: Owned> MsgOut<M> {
             OutMessage::Heap(b) => b
                 .get_root()
                 .expect("the root of a MsgOut is always an initialized struct"),
+            OutMessage::Shm(m) => {
+                if m.lent.load(std::sync::atomic::Ordering::Acquire) {
+                    // Copy on write: the peer may be reading the sent segments.
+                    let mut fresh = ShmMessage::new(&m.zc);
+                    let copied = m
+                        .builder
+                        .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()
+                        .and_then(|old| fresh.builder.set_root(old));
+                    if let Err(e) = copied {
+                        // Not expected for a message this side built (the allocator cannot
+                        // fail); never write the lent segments, even then.
+                        tracing::error!("zero copy: copying a sent message failed: {e}");
+                    }
+                    *m = fresh;
+                }
+                m.builder
+                    .get_root()
+                    .expect("the root of a MsgOut is always an initialized struct")
+            }
         }
     }
 
@@ -282,6 +338,7 @@ impl<M: Owned> MsgOut<M> {
     pub fn body_reader(&self) -> Result<M::Reader<'_>, StructuredError> {
         match &self.message {
             OutMessage::Heap(b) => Ok(b.get_root_as_reader()?),
+            OutMessage::Shm(m) => Ok(m.builder.get_root_as_reader()?),
         }
     }
 
@@ -301,7 +358,8 @@ impl<M: Owned> MsgOut<M> {
         std::mem::take(&mut self.fds)
     }
 
-    /// Bytes of the body as it goes on the wire (copy mode), without the 40-byte envelope.
+    /// Bytes of the body in copy mode (its serialized size), without the 40-byte envelope; a
+    /// zero-copy message puts only `8 + 32 x segments` bytes on the wire.
     pub fn wire_len(&self) -> usize {
         self.message.body_wire_len()
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::error::End;
 use super::wire::{Decoded, MsgKind};
-use super::{MsgIn, StructuredError, StructuredStats, UnexpectedResponse};
+use super::{MsgIn, StructuredError, StructuredStats, UnexpectedResponse, ZeroCopy};
 
 /// A callback waiting for responses (the callback form of requests).
 pub(crate) type Callback<M> = Box<dyn FnMut(Result<MsgIn<M>, StructuredError>) + Send>;
@@ -316,11 +316,14 @@ pub(crate) struct Shared<M> {
     pub(crate) notify: ::tokio::sync::Notify,
     pub(crate) handler: Mutex<Option<UnexpectedHandler<M>>>,
     pub(crate) inbox_capacity: usize,
+    /// Zero copy: where the peer's segments are read, and the pools to reclaim if it dies.
+    pub(crate) zero_copy: Option<ZeroCopy>,
 }
 
 impl<M> Shared<M> {
-    pub(crate) fn new(inbox_capacity: usize) -> Self {
+    pub(crate) fn new(inbox_capacity: usize, zero_copy: Option<ZeroCopy>) -> Self {
         Shared {
+            zero_copy,
             state: Mutex::new(Router::new()),
             cond: Condvar::new(),
             sleepers: AtomicUsize::new(0),
@@ -401,6 +404,11 @@ impl<M> Shared<M> {
 
     /// Ends the channel and wakes everything waiting.
     pub(crate) fn finish(&self, end: End) {
+        if matches!(end, End::PeerGone | End::Closed) {
+            if let Some(zc) = &self.zero_copy {
+                zc.peer_ended();
+            }
+        }
         let actions = self.lock().finish(end);
         self.wake();
         self.run(actions);
@@ -413,7 +421,8 @@ impl<M> Shared<M> {
         fds: Vec<std::os::fd::OwnedFd>,
         limits: &super::wire::BodyLimits,
     ) -> bool {
-        let routed = super::wire::decode(bytes, fds, limits).and_then(|d| self.lock().route(d));
+        let routed = super::wire::decode(bytes, fds, limits, self.zero_copy.as_ref())
+            .and_then(|d| self.lock().route(d));
         match routed {
             Ok(actions) => {
                 self.wake();

@@ -139,7 +139,10 @@ impl<M: Owned + 'static> StructuredChannel<M> {
         options: &StructuredOptions,
     ) -> Result<Self, crate::Error> {
         let (sender, receiver) = channel.split()?;
-        let shared = Arc::new(Shared::new(options.inbox_capacity));
+        let shared = Arc::new(Shared::new(
+            options.inbox_capacity,
+            options.zero_copy_setting().cloned(),
+        ));
         let tx = Arc::new(Mutex::new(Tx { sender, next_id: 1 }));
         let stop = Arc::new(AtomicBool::new(false));
         let limits = options.body_limits();
@@ -171,7 +174,7 @@ impl<M: Owned + 'static> StructuredChannel<M> {
 
     /// A new, empty message to build (copy mode: on the heap).
     pub fn create_msg(&self) -> MsgOut<M> {
-        MsgOut::new(OutMessage::heap())
+        MsgOut::new(super::new_message(self.shared.zero_copy.as_ref()))
     }
 
     /// Sends `msg` as a notification (no response expected).

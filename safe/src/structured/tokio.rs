@@ -104,7 +104,10 @@ impl<M: Owned + 'static> AsyncStructuredChannel<M> {
         options: &StructuredOptions,
     ) -> Result<Self, crate::Error> {
         let (sender, receiver) = channel.split()?;
-        let shared = Arc::new(Shared::new(options.inbox_capacity));
+        let shared = Arc::new(Shared::new(
+            options.inbox_capacity,
+            options.zero_copy_setting().cloned(),
+        ));
         let tx = Arc::new(::tokio::sync::Mutex::new(AsyncTx { sender, next_id: 1 }));
         let limits = options.body_limits();
         let reader = ::tokio::spawn(reader_task(receiver, shared.clone(), tx.clone(), limits));
@@ -113,7 +116,7 @@ impl<M: Owned + 'static> AsyncStructuredChannel<M> {
 
     /// A new, empty message to build (copy mode: on the heap).
     pub fn create_msg(&self) -> MsgOut<M> {
-        MsgOut::new(OutMessage::heap())
+        MsgOut::new(super::new_message(self.shared.zero_copy.as_ref()))
     }
 
     /// Sends `msg` as a notification.
