@@ -26,6 +26,8 @@ struct Ping {
 struct Pong {
   seq @0 :UInt64;
   payload @1 :Data;
+  chunks @2 :List(Data);
+  # A payload too large for one Data (capnp lists hold at most 2^29 elements), in parts.
 }
 
 struct Nested {

@@ -206,9 +206,15 @@ impl Session {
             &[],
         )?;
         let mut init = Vec::with_capacity(kinds.len());
+        // The peer's settings for the channels it asked for, with our own way of waiting (the
+        // peer opens its end with its own).
+        let requested_options = offer
+            .requested_options
+            .clone()
+            .wait_policy(offer.options.wait_policy);
         for (i, &kind) in kinds.iter().enumerate() {
             let opts = if i < offer.requested.len() {
-                offer.requested_options
+                &requested_options
             } else {
                 &own_options
             };
@@ -327,7 +333,11 @@ impl Session {
                 _ => return Err(HandshakeError::Unexpected("expected welcome").into()),
             };
         let (chan_options, timeout, own_arena) = if use_peer_settings {
-            (settings_to_options(&settings), options.handshake_timeout, 0)
+            (
+                settings_to_options(&settings).wait_policy(options.wait_policy),
+                options.handshake_timeout,
+                0,
+            )
         } else {
             (
                 options.channel_options(),

@@ -227,6 +227,7 @@ pub struct SessionOptions {
     arena_size: usize,
     app_arena_size: usize,
     rendezvous_dir: Option<PathBuf>,
+    wait_policy: crate::channel::WaitPolicy,
 }
 
 impl Default for SessionOptions {
@@ -245,6 +246,7 @@ impl Default for SessionOptions {
             arena_size: 0,
             app_arena_size: 0,
             rendezvous_dir: None,
+            wait_policy: crate::channel::WaitPolicy::default(),
         }
     }
 }
@@ -325,9 +327,17 @@ impl SessionOptions {
         self
     }
 
+    /// How this side's ends of the session's channels wait (see
+    /// [`ChannelOptions::wait_policy`]); this side's own choice, not sent to the peer. Default:
+    /// spin, then block.
+    pub fn wait_policy(mut self, policy: crate::channel::WaitPolicy) -> Self {
+        self.wait_policy = policy;
+        self
+    }
+
     /// The [`ChannelOptions`] these settings stand for.
     pub fn channel_options(&self) -> ChannelOptions {
-        settings_to_options(&self.settings)
+        settings_to_options(&self.settings).wait_policy(self.wait_policy)
     }
 
     fn check(&self) -> Result<(), SessionError> {
