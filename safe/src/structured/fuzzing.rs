@@ -161,3 +161,120 @@ pub fn frame_body(
     build(&mut message);
     capnp::serialize::write_message_to_words(&message)
 }
+
+/// Zero copy, driven by a target: a sender's lend pool with a few blocks the target writes
+/// (forged capnp content) and lends, and a receiver that decodes forged segment tables against
+/// it exactly as a zero-copy channel's reader does (`wire::decode` with the receiver's pools),
+/// then walks every message it accepts.
+pub struct FuzzZeroCopy {
+    sender: super::ZeroCopy,
+    receiver: super::ZeroCopy,
+    blocks: Vec<crate::arena::ArenaObject>,
+    held: Vec<capnp::message::Reader<wire::BodySegments>>,
+    limits: BodyLimits,
+    next_id: u64,
+}
+
+impl FuzzZeroCopy {
+    /// Two pools of 4 MiB and, in the sender's, zeroed blocks of these sizes (each at most
+    /// 64 KiB).
+    #[allow(unsafe_code)]
+    pub fn new(block_sizes: &[usize]) -> Self {
+        use std::sync::Arc;
+
+        use crate::arena::{BorrowedPool, LendPool};
+        let a = Arc::new(LendPool::create(4 << 20).expect("pool"));
+        let b = Arc::new(LendPool::create(4 << 20).expect("pool"));
+        let (a_to_b, a_setup) = a.add_borrower().expect("borrower");
+        let (b_to_a, b_setup) = b.add_borrower().expect("borrower");
+        let seen_by_b = Arc::new(BorrowedPool::open(a_setup).expect("map"));
+        let seen_by_a = Arc::new(BorrowedPool::open(b_setup).expect("map"));
+        let blocks = block_sizes
+            .iter()
+            .map(|&n| a.alloc_zeroed(n.clamp(8, 64 << 10)).expect("block"))
+            .collect();
+        // SAFETY: nothing writes the sender's blocks while the receiver reads them (the target
+        // writes between decodes only; a write during a read is the model's "inconsistent
+        // values", which this single thread cannot produce).
+        let (sender, receiver) = unsafe {
+            (
+                super::ZeroCopy::from_pools(a, a_to_b, seen_by_a, None),
+                super::ZeroCopy::from_pools(b, b_to_a, seen_by_b, None),
+            )
+        };
+        FuzzZeroCopy {
+            sender,
+            receiver,
+            blocks,
+            held: Vec::new(),
+            limits: super::StructuredOptions::new()
+                .traversal_limit_words(1 << 20)
+                .body_limits(),
+            next_id: 1,
+        }
+    }
+
+    /// Blocks in the sender's pool.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The handle of block `i` (no reference added).
+    pub fn handle(&self, i: usize) -> crate::arena::ArenaHandle {
+        self.blocks[i % self.blocks.len()].handle()
+    }
+
+    /// The sender writes `bytes` into block `i` at `at` (clipped to the block). Only between
+    /// decodes: no message may be held (they are dropped first).
+    pub fn write(&mut self, i: usize, at: usize, bytes: &[u8]) {
+        self.held.clear();
+        let b = &self.blocks[i % self.blocks.len()];
+        let at = at.min(b.len());
+        let n = bytes.len().min(b.len() - at);
+        b.write(at, &bytes[..n]).expect("write");
+    }
+
+    /// Lends block `i` to the receiver (as a send does); returns its handle.
+    pub fn lend(&self, i: usize) -> crate::arena::ArenaHandle {
+        let (pool, to) = self.sender.own_pool();
+        pool.lend(&self.blocks[i % self.blocks.len()], to)
+            .expect("lend")
+    }
+
+    /// Decodes a zero-copy frame whose segment table is `table`; a message it accepts is walked
+    /// in full and kept (`keep`) or dropped (its segments given back). Returns the words walked,
+    /// or why the frame or the walk failed.
+    pub fn feed(&mut self, table: &[u8], keep: bool) -> Result<u64, String> {
+        let env = Envelope {
+            id: self.next_id,
+            originating_id: 0,
+            kind: WireKind::Msg(MsgKind::Notification),
+            fd_count: 0,
+        };
+        self.next_id += 1;
+        let frame = wire::encode_shared_to_vec(&env, table);
+        let decoded = wire::decode(frame, Vec::new(), &self.limits, Some(&self.receiver))?;
+        let wire::Decoded::Msg { body, .. } = decoded else {
+            return Err("not a message".into());
+        };
+        let walked = body
+            .get_root::<any_pointer::Reader<'_>>()
+            .and_then(|r| r.target_size())
+            .map(|s| s.word_count)
+            .map_err(|e| e.to_string());
+        if keep && self.held.len() < 64 {
+            self.held.push(body);
+        }
+        walked
+    }
+
+    /// Drops the held messages, then ends the sender's lending (as when the receiver dies) and
+    /// frees the blocks; returns the sender's pool usage, which must be zero.
+    pub fn finish(mut self) -> crate::arena::PoolUsage {
+        self.held.clear();
+        let (pool, to) = self.sender.own_pool();
+        let _ = pool.reclaim(to);
+        self.blocks.clear();
+        self.sender.own_pool().0.usage()
+    }
+}

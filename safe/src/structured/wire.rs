@@ -524,6 +524,16 @@ pub(crate) fn decode(
     })
 }
 
+/// For fuzzing: a zero-copy frame (envelope, then the segment table `table` as given).
+#[cfg(fuzzing)]
+pub(crate) fn encode_shared_to_vec(env: &Envelope, table: &[u8]) -> Vec<u8> {
+    let mut out = envelope_bytes(env, envelope::BodyEncoding::SharedSegments)
+        .map(|h| h.to_vec())
+        .unwrap_or_default();
+    out.extend_from_slice(table);
+    out
+}
+
 /// For tests and fuzzing: the frame bytes of a message, as the sender would write them.
 #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
 pub(crate) fn encode_to_vec(env: &Envelope, body: Option<&OutMessage>) -> Vec<u8> {

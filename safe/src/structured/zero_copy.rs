@@ -213,6 +213,12 @@ impl ZeroCopy {
         self.pools.own.drain_returns(self.pools.borrower)
     }
 
+    /// For fuzzing: this side's pool and the peer's id in it.
+    #[cfg(fuzzing)]
+    pub(crate) fn own_pool(&self) -> (&LendPool, BorrowerId) {
+        (&self.pools.own, self.pools.borrower)
+    }
+
     pub(crate) fn allocator(&self) -> ShmAllocator {
         ShmAllocator {
             pools: self.pools.clone(),
