@@ -18,6 +18,7 @@ mod report;
 mod ring;
 mod session;
 mod structured;
+mod zerocopy;
 /// The structured rows' schema, `safe/schema/ping.capnp` (generated Rust, checked in there).
 #[path = "../../safe/schema/ping_capnp.rs"]
 #[allow(missing_docs, unused, clippy::all, clippy::undocumented_unsafe_blocks)]
@@ -81,6 +82,7 @@ fn systems() -> Vec<&'static dyn System> {
         &channel::ChannelSystem::MQ,
         &structured::StructuredSystem::RING,
         &structured::StructuredSystem::SOCKET,
+        &zerocopy::ZeroCopySystem,
         &raw::Slot::SPIN,
         &raw::Slot::FUTEX,
         &raw::Slot::EVENTFD,
@@ -365,6 +367,7 @@ fn check_targets(rows: &[Row]) {
     #[cfg(feature = "peers")]
     peers::check_ipc_channel(rows);
     structured::check_targets(rows);
+    zerocopy::check_targets(rows);
     session::check_targets(rows);
 }
 
