@@ -5,7 +5,7 @@
 //!
 //! - **Build.** [`ShmAllocator`] is a `capnp::message::Allocator` over the sender's
 //!   [`PoolAllocator`]: every segment is an [`ArenaObject`] of the sender's lend pool, zeroed, 16-byte
-//!   aligned, sized like capnp's `GrowHeuristically` (the first 1024 words, then each segment as
+//!   aligned, sized like capnp's `GrowHeuristically` (the first 512 words, then each segment as
 //!   large as all before it together, at most [`MAX_SEGMENT_WORDS`]). A segment the pool cannot
 //!   give is taken from the heap instead so that building goes on (the allocator interface cannot
 //!   fail); sending that message then fails with [`StructuredError::SharedMemory`], which says how
@@ -92,8 +92,9 @@ use crate::arena::{
 /// several segments.
 pub const MAX_SEGMENT_WORDS: u32 = 1 << 27;
 
-/// capnp's suggested first segment, in words.
-const FIRST_SEGMENT_WORDS: u32 = capnp::message::SUGGESTED_FIRST_SEGMENT_WORDS;
+/// The first segment of a message, in words (4 KiB: half of capnp's suggested first segment,
+/// since every segment is zeroed when it is allocated and small messages are the common case).
+const FIRST_SEGMENT_WORDS: u32 = 512;
 
 /// Most segments a message may have (as capnp's own segment table allows).
 pub const MAX_SEGMENTS: usize = 512;
@@ -396,46 +397,42 @@ pub(crate) fn lend_segments(
         ));
     }
     let t = table(segments);
+    let mut objs = Vec::with_capacity(out.len());
+    for seg in out.iter() {
+        let found = t
+            .iter()
+            .find(|s| s.ptr.as_ptr().cast_const() == seg.as_ptr());
+        match found.map(|s| &s.mem) {
+            Some(SegmentMemory::Shared(obj)) => objs.push(obj),
+            Some(SegmentMemory::Heap { needed, error, .. }) => {
+                return Err(StructuredError::SharedMemory {
+                    needed: *needed,
+                    reason: error.clone(),
+                })
+            }
+            None => {
+                return Err(StructuredError::Usage(
+                    "a zero-copy message's segment is not one its allocator made",
+                ))
+            }
+        }
+    }
+    let mut lent = Vec::with_capacity(out.len());
+    pools
+        .own
+        .lend_many(objs.into_iter(), pools.borrower, &mut lent)
+        .map_err(StructuredError::Lend)?;
     let mut body = Vec::with_capacity(8 + out.len() * HANDLE_LEN);
     body.extend_from_slice(&(out.len() as u32).to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
-    let mut lent = Vec::with_capacity(out.len());
-    let result = (|| {
-        for seg in out.iter() {
-            let found = t
-                .iter()
-                .find(|s| s.ptr.as_ptr().cast_const() == seg.as_ptr());
-            let obj = match found.map(|s| &s.mem) {
-                Some(SegmentMemory::Shared(obj)) => obj,
-                Some(SegmentMemory::Heap { needed, error, .. }) => {
-                    return Err(StructuredError::SharedMemory {
-                        needed: *needed,
-                        reason: error.clone(),
-                    })
-                }
-                None => {
-                    return Err(StructuredError::Usage(
-                        "a zero-copy message's segment is not one its allocator made",
-                    ))
-                }
-            };
-            let mut h = pools
-                .own
-                .lend(obj, pools.borrower)
-                .map_err(StructuredError::Lend)?;
-            lent.push(h);
-            h.len = seg.len() as u64;
-            body.extend_from_slice(&h.to_bytes());
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok((body, lent)),
-        Err(e) => {
-            unlend(zc, &lent);
-            Err(e)
-        }
+    for (h, seg) in lent.iter().zip(out.iter()) {
+        let h = ArenaHandle {
+            len: seg.len() as u64,
+            ..*h
+        };
+        body.extend_from_slice(&h.to_bytes());
     }
+    Ok((body, lent))
 }
 
 /// Takes back lends whose send failed.
@@ -482,11 +479,11 @@ impl Drop for SharedSegments {
 }
 
 fn give_back(pool: &BorrowedPool, handles: &[ArenaHandle]) {
-    for h in handles {
-        if let Err(e) = pool.release_later(*h) {
-            tracing::warn!("zero copy: giving a segment back failed: {e}");
-            return;
-        }
+    if handles.is_empty() {
+        return;
+    }
+    if let Err(e) = pool.release_many_later(handles) {
+        tracing::warn!("zero copy: giving segments back failed: {e}");
     }
 }
 
@@ -615,6 +612,9 @@ fn check_ranges(
     pool: &BorrowedPool,
     handles: &[ArenaHandle],
 ) -> Result<Vec<(NonNull<u8>, usize)>, String> {
+    let overlap = |a: &ArenaHandle, b: &ArenaHandle| {
+        a.offset < b.offset + b.len && b.offset < a.offset + a.len
+    };
     let mut ranges = Vec::with_capacity(handles.len());
     for (i, h) in handles.iter().enumerate() {
         if h.offset % 8 != 0 || h.len % 8 != 0 || h.len == 0 {
@@ -634,12 +634,18 @@ fn check_ranges(
             .map_err(|e| format!("zero-copy segment {i} does not name a live block: {e}"))?;
         ranges.push((ptr, h.len as usize));
     }
-    let mut sorted: Vec<(u64, u64)> = handles
-        .iter()
-        .map(|h| (h.offset, h.offset + h.len))
-        .collect();
-    sorted.sort_unstable();
-    if sorted.windows(2).any(|w| w[1].0 < w[0].1) {
+    // `offset + len` cannot overflow: each handle was checked inside the mapping above.
+    let overlapping = if handles.len() <= 8 {
+        (0..handles.len()).any(|i| (0..i).any(|j| overlap(&handles[i], &handles[j])))
+    } else {
+        let mut sorted: Vec<(u64, u64)> = handles
+            .iter()
+            .map(|h| (h.offset, h.offset + h.len))
+            .collect();
+        sorted.sort_unstable();
+        sorted.windows(2).any(|w| w[1].0 < w[0].1)
+    };
+    if overlapping {
         return Err("zero-copy segments overlap".to_owned());
     }
     Ok(ranges)
