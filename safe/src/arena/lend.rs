@@ -510,10 +510,7 @@ impl Returns {
                 frame[i * ArenaHandle::ENCODED_LEN..(i + 1) * ArenaHandle::ENCODED_LEN]
                     .copy_from_slice(&h.to_bytes());
             }
-            match self
-                .sender
-                .try_send(&frame[..k * ArenaHandle::ENCODED_LEN])
-            {
+            match self.sender.try_send(&frame[..k * ArenaHandle::ENCODED_LEN]) {
                 Ok(()) => {
                     self.pending.drain(..k);
                 }

@@ -3,14 +3,14 @@
 //!
 //! # Protocol
 //!
-//! - **Build.** [`ShmAllocator`] is a `capnp::message::Allocator` over the sender's
+//! - **Build.** `ShmAllocator` is a `capnp::message::Allocator` over the sender's
 //!   [`PoolAllocator`]: every segment is an [`ArenaObject`] of the sender's lend pool, zeroed, 16-byte
 //!   aligned, sized like capnp's `GrowHeuristically` (the first 512 words, then each segment as
 //!   large as all before it together, at most [`MAX_SEGMENT_WORDS`]). A segment the pool cannot
 //!   give is taken from the heap instead so that building goes on (the allocator interface cannot
 //!   fail); sending that message then fails with [`StructuredError::SharedMemory`], which says how
 //!   much was needed.
-//! - **Send** ([`lend_segments`]). The sender first drains the handles the receiver gave back,
+//! - **Send** (`lend_segments`). The sender first drains the handles the receiver gave back,
 //!   then lends every segment to the receiver ([`LendPool::lend`]: one more reference on the
 //!   block, recorded in the receiver's table) and sends the envelope (`bodyEncoding =
 //!   sharedSegments`) followed by the segment table: a count word and one 32-byte
@@ -20,13 +20,13 @@
 //!   again; after a send, its next [`body_root`](super::MsgOut::body_root) copies the message to
 //!   fresh segments first ("copy on write"), so safe code never writes a segment the receiver may
 //!   be reading.
-//! - **Receive** ([`read_segments`]). The receiver checks the table (1..=512 segments, the exact
+//! - **Receive** (`read_segments`). The receiver checks the table (1..=512 segments, the exact
 //!   length, reserved bits zero) and every handle against the sender's pool as it maps it
 //!   (pool id, 8-byte aligned offset and length, a live block of that generation whose capacity
 //!   holds the length, inside the mapping), rejects overlapping segments, and builds a
 //!   `capnp::message::Reader` over those ranges: no copy. The traversal limit is the channel's
 //!   `amplification` times the message's words (plus 1024), so a 1 GiB message reads fine while
-//!   an amplification bomb still stops; a [`traversal_limit_words`] set explicitly caps it too.
+//!   an amplification bomb still stops; a [`traversal_limit_words`](super::StructuredOptions::traversal_limit_words) set explicitly caps it too.
 //! - **Release.** Dropping the `MsgIn` gives every handle back through the pool's return ring
 //!   ([`BorrowedPool::release_later`]: never blocks; a full ring queues the handle for the next
 //!   release). The sender drains returns at each send and in [`ZeroCopy::reclaim`]; a block is
