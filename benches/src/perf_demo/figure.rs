@@ -17,7 +17,8 @@ use crate::file::fmt_size;
 use crate::plot::{self, Res, FONT};
 use crate::report::Row;
 
-const WIDTH: u32 = 1400;
+const WIDTH: u32 = 1600;
+const LEGEND_WIDTH: u32 = 460;
 const HEIGHT: u32 = 860;
 const MIB: f64 = 1048576.0;
 const US: f64 = 1e3;
@@ -106,6 +107,19 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// How a legend entry is drawn.
+#[derive(Debug, Clone, Copy)]
+enum Swatch {
+    /// A published range: a shaded box.
+    Band(RGBColor),
+    /// The ring's floor: a dotted line.
+    Dotted(RGBColor),
+    /// A p50 line: solid, filled marker.
+    Solid(RGBColor),
+    /// A p99 line: dashed, hollow marker.
+    Dashed(RGBColor),
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row], title: &str) -> Res<()>
 where
     DB::ErrorType: 'static,
@@ -113,6 +127,8 @@ where
     root.fill(&WHITE)?;
     let (top, foot) = root.split_vertically(HEIGHT - 34);
     let body = top.titled(title, (FONT, 20))?;
+    let (body, legend_area) = body.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let mut legend: Vec<(String, Swatch)> = Vec::new();
 
     let mut systems: Vec<&str> = Vec::new();
     for r in rows.iter().filter(|r| r.system.starts_with("perf_demo-")) {
@@ -199,23 +215,19 @@ where
     for (band, what, c) in [
         (
             FLOW_IPC_SOCKET,
-            "Flow-IPC 2.0 Unix socket, range of 5 runs on this kind of machine",
+            "Flow-IPC 2.0 Unix socket: range of 5 runs (*)",
             RGBColor(0xb0, 0x60, 0x20),
         ),
         (
             FLOW_IPC_ZERO_COPY,
-            "Flow-IPC 2.0 zero copy, range of 5 runs on this kind of machine",
+            "Flow-IPC 2.0 zero copy: range of 5 runs (*)",
             RGBColor(0x20, 0x90, 0x50),
         ),
     ] {
         let mut outline: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.1)).collect();
         outline.extend(band.iter().rev().map(|b| (b.0, b.2)));
-        chart
-            .draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled())))?
-            .label(what)
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 6), (x + 24, y + 6)], c.mix(0.35).filled())
-            });
+        chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled())))?;
+        legend.push((what.to_string(), Swatch::Band(c)));
         for &(x, lo, hi) in band {
             chart.draw_series(std::iter::once(PathElement::new(
                 vec![(x, lo), (x, hi)],
@@ -232,55 +244,63 @@ where
 
     if let Some(ring) = ring {
         let grey = RGBColor(0x55, 0x55, 0x55);
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(x_lo, ring), (x_hi, ring)],
-                3,
-                5,
-                grey.stroke_width(1),
-            ))?
-            .label(format!(
-                "flowipc-ring 64 B round trip p50 ({})",
-                fmt_time(&ring)
-            ))
-            .legend(move |(x, y)| {
-                DashedPathElement::new(vec![(x, y), (x + 24, y)], 3, 5, grey.stroke_width(1))
-            });
+        chart.draw_series(DashedLineSeries::new(
+            [(x_lo, ring), (x_hi, ring)],
+            3,
+            5,
+            grey.stroke_width(1),
+        ))?;
+        legend.push((
+            format!("flowipc-ring 64 B round trip p50 ({})", fmt_time(&ring)),
+            Swatch::Dotted(grey),
+        ));
     }
 
     for system in &systems {
         let c = colour(system);
         let p50 = points(system, |r| r.p50_ns);
         let p99 = points(system, |r| r.p99_ns);
-        chart
-            .draw_series(LineSeries::new(p50.iter().copied(), c.stroke_width(3)))?
-            .label(format!("{} p50", describe(system)))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+        chart.draw_series(LineSeries::new(p50.iter().copied(), c.stroke_width(3)))?;
+        legend.push((format!("{} p50", describe(system)), Swatch::Solid(c)));
         chart.draw_series(p50.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
-        chart
-            .draw_series(DashedLineSeries::new(
-                p99.iter().copied(),
-                8,
-                5,
-                c.stroke_width(1),
-            ))?
-            .label(format!("{} p99", describe(system)))
-            .legend(move |(x, y)| {
-                DashedPathElement::new(vec![(x, y), (x + 24, y)], 8, 5, c.stroke_width(1))
-            });
+        chart.draw_series(DashedLineSeries::new(
+            p99.iter().copied(),
+            8,
+            5,
+            c.stroke_width(1),
+        ))?;
+        legend.push((format!("{} p99", describe(system)), Swatch::Dashed(c)));
         chart.draw_series(p99.iter().map(|&p| Circle::new(p, 4, c.stroke_width(1))))?;
     }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
+    // The legend, drawn by hand: plotters' own measures its text through a font, which the SVG
+    // must not need.
+    let row_h = 24;
+    for (i, (label, swatch)) in legend.iter().enumerate() {
+        let y = 40 + row_h * i as i32;
+        let (a, b) = ((10, y), (44, y));
+        match *swatch {
+            Swatch::Band(c) => legend_area.draw(&Rectangle::new(
+                [(10, y - 7), (44, y + 7)],
+                c.mix(0.35).filled(),
+            ))?,
+            Swatch::Dotted(c) => {
+                legend_area.draw(&DashedPathElement::new(vec![a, b], 3, 5, c.stroke_width(1)))?
+            }
+            Swatch::Solid(c) => {
+                legend_area.draw(&PathElement::new(vec![a, b], c.stroke_width(3)))?;
+                legend_area.draw(&Circle::new((27, y), 5, c.filled()))?;
+            }
+            Swatch::Dashed(c) => {
+                legend_area.draw(&DashedPathElement::new(vec![a, b], 8, 5, c.stroke_width(1)))?;
+                legend_area.draw(&Circle::new((27, y), 4, c.stroke_width(1)))?;
+            }
+        }
+        legend_area.draw(&Text::new(label.clone(), (52, y - 8), (FONT, 14)))?;
+    }
 
     foot.draw(&Text::new(
-        format!("Bands: {FLOW_IPC_SOURCE}."),
+        format!("(*) {FLOW_IPC_SOURCE}."),
         (20, 8),
         (FONT, 13),
     ))?;

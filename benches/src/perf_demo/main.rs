@@ -129,11 +129,13 @@ fn parse_placement(s: &str) -> Result<Placement, String> {
 /// Timed requests per size and mode when `--samples` is not given: enough for a p99 where a round
 /// trip is short, a handful where it takes up to seconds.
 fn default_samples(size: u64) -> usize {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
     match size {
-        ..=0x4_0000 => 500,
-        ..=0x40_0000 => 200,
-        ..=0x200_0000 => 40,
-        ..=0x1000_0000 => 10,
+        s if s <= 256 * KIB => 500,
+        s if s <= 4 * MIB => 200,
+        s if s <= 32 * MIB => 40,
+        s if s <= 256 * MIB => 10,
         _ => 5,
     }
 }
