@@ -7,7 +7,7 @@
 //!   socket is one of the session's init channels given up with `into_fds`, so it is an ordinary
 //!   connected socket pair and nothing of flowipc runs on it.
 //! - `copy`: a flowipc [`StructuredChannel`] in copy mode over a ring init channel of the session.
-//!   The server sends one pre-built [`MsgOut`](flowipc::structured::MsgOut) per file again and
+//!   The server sends one pre-built [`MsgOut`] per file again and
 //!   again (`send_response`); the client waits with `sync_request` and reads the `MsgIn` where it
 //!   was received. Both ends receive in the caller (no reader thread).
 //!
