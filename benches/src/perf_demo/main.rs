@@ -304,7 +304,8 @@ fn client(args: &Args) -> Result<(), String> {
             if !written.is_empty() {
                 println!("\nplot:");
                 for path in &written {
-                    println!("  {}", path.display());
+                    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                    println!("  {}", shown.display());
                 }
             }
             for note in notes {
