@@ -268,7 +268,7 @@ fn client(args: &Args) -> Result<(), String> {
         let channels = session.take_init_channels();
         let mut ends = Vec::new();
         for (&mode, channel) in modes.iter().zip(channels) {
-            ends.push(modes::open_end(mode, channel, &mut session, &setup)?);
+            ends.push(modes::open_end(mode, channel, &session, &setup)?);
         }
         measure(args, &modes, &mut ends, max_file)
     })();

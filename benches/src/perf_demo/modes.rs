@@ -100,10 +100,7 @@ impl DemoMode {
             .find(|m| m.name() == name)
             .ok_or_else(|| {
                 let known: Vec<_> = DemoMode::ALL.iter().map(|m| m.name()).collect();
-                format!(
-                    "unknown mode {name:?}; known: {} (zerocopy and native are not built yet)",
-                    known.join(", ")
-                )
+                format!("unknown mode {name:?}; known: {}", known.join(", "))
             })
     }
 }
@@ -143,9 +140,11 @@ pub fn session_options(setup: &ServerSetup) -> SessionOptions {
     for mode in &setup.modes {
         options = options.init_channel(mode.transport());
     }
-    // zero copy: added when flowipc::structured::ZeroCopy lands: pools for the responses, e.g.
+    // zero copy: added when flowipc::structured::ZeroCopy lands: lend pools for the responses.
+    // 2x the largest message was too small (a 1 MiB file failed with "arena is full": segments
+    // grow by doubling and a 1048832-byte segment is rounded up); 4x plus 16 MiB ran to 100 MiB.
     // if setup.modes.contains(&DemoMode::ZeroCopy) {
-    //     options = options.arenas(2 * max_message_size(setup.max_file));
+    //     options = options.arenas(4 * max_message_size(setup.max_file) + (16 << 20));
     // }
     options
 }
@@ -154,7 +153,7 @@ pub fn session_options(setup: &ServerSetup) -> SessionOptions {
 /// largest file, receiving in the caller. Zero copy adds its one line here.
 pub fn structured_options(
     mode: DemoMode,
-    _session: &mut Session,
+    _session: &Session,
     max_file: u64,
 ) -> Result<StructuredOptions, String> {
     let options = StructuredOptions::new()
@@ -196,7 +195,7 @@ pub enum End {
 pub fn open_end(
     mode: DemoMode,
     channel: Channel,
-    session: &mut Session,
+    session: &Session,
     setup: &ServerSetup,
 ) -> Result<End, String> {
     let fds = channel
