@@ -42,7 +42,8 @@ const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
 ];
 
-const FONT: &str = "sans-serif";
+/// The font family the figures name (registered by [`font`] for the PNG).
+pub const FONT: &str = "sans-serif";
 const WIDTH: u32 = 1600;
 const HEIGHT: u32 = 720;
 const LEGEND_WIDTH: u32 = 340;
@@ -56,7 +57,8 @@ pub struct PlotReport {
     pub notes: Vec<String>,
 }
 
-type Res<T> = Result<T, Box<dyn Error>>;
+/// What drawing returns.
+pub type Res<T> = Result<T, Box<dyn Error>>;
 
 /// (payload bytes, value) pairs.
 type Points = Vec<(f64, f64)>;
@@ -79,7 +81,7 @@ struct Figure {
 }
 
 /// Registers a font with plotters once per process; returns where it came from, or why none.
-fn font() -> Result<&'static str, &'static str> {
+pub fn font() -> Result<&'static str, &'static str> {
     static FONT_FILE: OnceLock<Result<String, &'static str>> = OnceLock::new();
     FONT_FILE
         .get_or_init(|| {
@@ -164,24 +166,45 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> std::io::Result<PlotReport> {
 }
 
 fn write_svg(fig: &Figure, path: &Path, have_font: bool) -> Res<()> {
+    svg_with(path, (WIDTH, HEIGHT), have_font, |root| draw(root, fig))
+}
+
+fn write_png(fig: &Figure, path: &Path) -> Res<()> {
+    png_with(path, (WIDTH, HEIGHT), |root| draw(root, fig))
+}
+
+/// Writes an SVG of `size` pixels drawn by `draw` (which other figures, such as perf_demo's, share
+/// with this module). `have_font`: a font is registered ([`font`]), so text is measured with it.
+pub fn svg_with(
+    path: &Path,
+    size: (u32, u32),
+    have_font: bool,
+    draw: impl FnOnce(&DrawingArea<SvgFontFree<'_>, Shift>) -> Res<()>,
+) -> Res<()> {
     let root = SvgFontFree {
-        inner: SVGBackend::new(path, (WIDTH, HEIGHT)),
+        inner: SVGBackend::new(path, size),
         measure: have_font,
     }
     .into_drawing_area();
-    draw(&root, fig)?;
+    draw(&root)?;
     root.present()?;
     Ok(())
 }
 
-fn write_png(fig: &Figure, path: &Path) -> Res<()> {
-    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+/// Writes a PNG of `size` pixels drawn by `draw`: rendered into an RGB buffer and encoded with
+/// `png`. Needs a registered font ([`font`]) for its text.
+pub fn png_with(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Res<()>,
+) -> Res<()> {
+    let mut rgb = vec![0u8; (width * height * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, fig)?;
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        draw(&root)?;
         root.present()?;
     }
-    let mut encoder = png::Encoder::new(BufWriter::new(File::create(path)?), WIDTH, HEIGHT);
+    let mut encoder = png::Encoder::new(BufWriter::new(File::create(path)?), width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header()?;
@@ -192,7 +215,7 @@ fn write_png(fig: &Figure, path: &Path) -> Res<()> {
 
 /// The SVG backend, with text sizes estimated from the character count when no font is registered
 /// (plotters measures text through the font to lay out labels; the SVG itself only names a family).
-struct SvgFontFree<'a> {
+pub struct SvgFontFree<'a> {
     inner: SVGBackend<'a>,
     /// A font is registered: measure with it.
     measure: bool,
@@ -562,7 +585,7 @@ fn size_keys(min: f64, max: f64) -> Vec<f64> {
 }
 
 /// 1-2-5 ticks per decade inside `lo..hi`; just the decades if that would be crowded.
-fn decade_keys(lo: f64, hi: f64) -> Vec<f64> {
+pub fn decade_keys(lo: f64, hi: f64) -> Vec<f64> {
     let mut keys = Vec::new();
     let decades = (hi / lo).log10();
     let steps: &[f64] = if decades > 4.0 {
@@ -598,7 +621,7 @@ fn trim(v: f64) -> String {
     s.to_string()
 }
 
-fn fmt_ns(ns: &f64) -> String {
+pub fn fmt_ns(ns: &f64) -> String {
     match *ns {
         v if v >= 1e6 => format!("{} ms", trim(v / 1e6)),
         v if v >= 1e3 => format!("{} us", trim(v / 1e3)),

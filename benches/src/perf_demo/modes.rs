@@ -1,0 +1,410 @@
+//! The modes of perf_demo (each a line on the graph) and both ends of each: how the client sends a
+//! request and takes the response, and how the server answers.
+//!
+//! - `classic`: Cap'n Proto over a Unix stream socket, as a program without flowipc does it: the
+//!   server writes its response with `capnp::serialize::write_message`, the client reads it with
+//!   `capnp::serialize::read_message` into buffers of its own and reads the message there. The
+//!   socket is one of the session's init channels given up with `into_fds`, so it is an ordinary
+//!   connected socket pair and nothing of flowipc runs on it.
+//! - `copy`: a flowipc [`StructuredChannel`] in copy mode over a ring init channel of the session.
+//!   The server sends one pre-built [`MsgOut`] per file again and
+//!   again (`send_response`); the client waits with `sync_request` and reads the `MsgIn` where it
+//!   was received. Both ends receive in the caller (no reader thread).
+//!
+//! Zero copy is copy mode plus the setup in [`structured_options`] and [`session_options`]; nothing
+//! else changes, since the structured channel's API is the same in both modes.
+
+use std::io::{BufReader, BufWriter, Write as _};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use flowipc::channel::{Channel, TransportKind};
+use flowipc::ring::WaitPolicy;
+use flowipc::session::{Session, SessionOptions};
+use flowipc::structured::{MsgIn, MsgOut, StructuredChannel, StructuredError, StructuredOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::file;
+use crate::harness::Mode;
+use crate::perf_demo_capnp::body;
+
+/// A structured channel of perf_demo's schema.
+pub type Chan = StructuredChannel<body::Owned>;
+
+/// One way of moving the file: a line on the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DemoMode {
+    /// capnp over a Unix socket, no flowipc.
+    Classic,
+    /// flowipc structured channel, copy mode, over a ring channel.
+    Copy,
+    // zero copy: added when flowipc::structured::ZeroCopy lands:
+    // /// flowipc structured channel, zero copy (segments in the session's arenas).
+    // ZeroCopy,
+    // native: added when the native SHM types land (the file as a shared-memory vector of parts,
+    // lent by handle): a `Native` variant, system `perf_demo-native`.
+}
+
+impl DemoMode {
+    /// Every mode, in the order they run and are drawn.
+    pub const ALL: &[DemoMode] = &[
+        DemoMode::Classic,
+        DemoMode::Copy,
+        // zero copy: added when flowipc::structured::ZeroCopy lands:
+        // DemoMode::ZeroCopy,
+    ];
+
+    /// The name on the command line (`--modes`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoMode::Classic => "classic",
+            DemoMode::Copy => "copy",
+            // DemoMode::ZeroCopy => "zerocopy",
+        }
+    }
+
+    /// The system name in result rows.
+    pub fn system(self) -> &'static str {
+        match self {
+            DemoMode::Classic => "perf_demo-classic",
+            DemoMode::Copy => "perf_demo-copy",
+            // DemoMode::ZeroCopy => "perf_demo-zerocopy",
+        }
+    }
+
+    /// The session init channel the mode runs on.
+    pub fn transport(self) -> TransportKind {
+        match self {
+            DemoMode::Classic => TransportKind::Socket,
+            DemoMode::Copy => TransportKind::Ring,
+            // DemoMode::ZeroCopy => TransportKind::Ring,
+        }
+    }
+
+    /// The wait mode a row of this mode runs with: a Unix socket always sleeps in the kernel, so a
+    /// classic row says `block` whatever `--mode` asked of flowipc's channels.
+    pub fn wait_mode(self, asked: Mode) -> Mode {
+        match self {
+            DemoMode::Classic => Mode::Block,
+            _ => asked,
+        }
+    }
+
+    /// The mode called `name` (`--modes`).
+    pub fn parse(name: &str) -> Result<DemoMode, String> {
+        DemoMode::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = DemoMode::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown mode {name:?}; known: {}", known.join(", "))
+            })
+    }
+}
+
+/// Bytes of each ring of a ring channel: the 100 KiB and 1 MiB responses travel as one frame,
+/// larger ones in frames of up to half the ring.
+pub const RING_CAPACITY: usize = 4 << 20;
+
+/// The largest message the channels accept: the largest file plus the parts' framing (a part costs
+/// 32 bytes of list entry and pointer, 1/512 of its data) and the envelope.
+pub fn max_message_size(max_file: u64) -> usize {
+    (max_file + max_file / 256 + (1 << 20)) as usize
+}
+
+/// What the client tells the server at spawn (the session's metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerSetup {
+    /// The modes, one init channel each, in this order.
+    pub modes: Vec<DemoMode>,
+    /// The largest file that will be asked for.
+    pub max_file: u64,
+    /// How flowipc's channels wait.
+    pub wait: Mode,
+    /// The CPU to pin the server to.
+    pub cpu: usize,
+}
+
+/// The session's settings (the spawning client's travel with the session to the server): one init
+/// channel per mode, channel limits for the largest file.
+pub fn session_options(setup: &ServerSetup) -> SessionOptions {
+    let metadata = serde_json::to_vec(setup).expect("the setup serializes");
+    let mut options = SessionOptions::new()
+        .max_message_size(max_message_size(setup.max_file))
+        .ring_capacity(RING_CAPACITY)
+        .handshake_timeout(Duration::from_secs(30))
+        .metadata(metadata);
+    for mode in &setup.modes {
+        options = options.init_channel(mode.transport());
+    }
+    // zero copy: added when flowipc::structured::ZeroCopy lands: lend pools for the responses.
+    // 2x the largest message was too small (a 1 MiB file failed with "arena is full": segments
+    // grow by doubling and a 1048832-byte segment is rounded up); 4x plus 16 MiB ran to 100 MiB.
+    // if setup.modes.contains(&DemoMode::ZeroCopy) {
+    //     options = options.arenas(4 * max_message_size(setup.max_file) + (16 << 20));
+    // }
+    options
+}
+
+/// The structured channel's settings for a flowipc `mode`, the same on both sides: limits for the
+/// largest file, receiving in the caller. Zero copy adds its one line here.
+pub fn structured_options(
+    mode: DemoMode,
+    _session: &Session,
+    max_file: u64,
+) -> Result<StructuredOptions, String> {
+    let options = StructuredOptions::new()
+        .receive_in_caller(true)
+        .max_message_size(max_message_size(max_file));
+    match mode {
+        DemoMode::Copy => Ok(options),
+        // zero copy: added when flowipc::structured::ZeroCopy lands:
+        // DemoMode::ZeroCopy => Ok(options.zero_copy(_session.zero_copy().map_err(|e| e.to_string())?)),
+        DemoMode::Classic => Err("classic mode has no structured channel".into()),
+    }
+}
+
+fn wait_policy(mode: Mode) -> WaitPolicy {
+    match mode {
+        Mode::BusyPoll => WaitPolicy::BusyPoll,
+        Mode::SpinThenBlock => WaitPolicy::default(),
+        Mode::Block => WaitPolicy::Block,
+    }
+}
+
+/// One end of a mode, client or server.
+pub enum End {
+    /// The socket, buffered as a user would (a `BufReader` for `read_message`, a `BufWriter` for
+    /// `write_message`).
+    Classic {
+        /// Incoming side.
+        rx: BufReader<UnixStream>,
+        /// Outgoing side.
+        tx: BufWriter<UnixStream>,
+    },
+    /// The structured channel.
+    Structured(Chan),
+}
+
+/// Builds this side's end of `mode` from its init channel (before anything was received on it).
+/// A session's channels wait with the default policy; a flowipc channel is re-made from its
+/// descriptors with the `--mode` policy.
+pub fn open_end(
+    mode: DemoMode,
+    channel: Channel,
+    session: &Session,
+    setup: &ServerSetup,
+) -> Result<End, String> {
+    let fds = channel
+        .into_fds()
+        .map_err(|e| format!("{}: {e}", mode.name()))?;
+    match mode {
+        DemoMode::Classic => {
+            let (_, fds) = fds.into_parts();
+            let [fd]: [OwnedFd; 1] = fds
+                .try_into()
+                .map_err(|_| "classic: the socket channel has one descriptor".to_string())?;
+            let sock = UnixStream::from(fd);
+            sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+            let rx =
+                BufReader::with_capacity(64 << 10, sock.try_clone().map_err(|e| e.to_string())?);
+            Ok(End::Classic {
+                rx,
+                tx: BufWriter::with_capacity(64 << 10, sock),
+            })
+        }
+        _ => {
+            let channel = session
+                .channel_options()
+                .clone()
+                .wait_policy(wait_policy(setup.wait))
+                .from_fds(fds)
+                .map_err(|e| format!("{}: {e}", mode.name()))?;
+            let ch = structured_options(mode, session, setup.max_file)?
+                .open(channel)
+                .map_err(|e| format!("{}: {e}", mode.name()))?;
+            Ok(End::Structured(ch))
+        }
+    }
+}
+
+/// A response the client received, read where it was received.
+pub enum Response {
+    /// Read by `capnp::serialize::read_message` into its own buffers.
+    Classic(capnp::message::Reader<capnp::serialize::OwnedSegments>),
+    /// As the structured channel received it.
+    Structured(MsgIn<body::Owned>),
+}
+
+impl Response {
+    /// The body's root.
+    pub fn body(&self) -> Result<body::Reader<'_>, String> {
+        match self {
+            Response::Classic(m) => m.get_root().map_err(|e| e.to_string()),
+            Response::Structured(m) => m.body_root().map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// How long the client waits for a response (the first request of a 1 GiB file waits while the
+/// server builds it).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reader limits of the classic side: traversal sized for the largest message (one read of every
+/// word, twice for the check after the timer), nesting as capnp's default.
+fn classic_reader_options(max_file: u64) -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(2 * max_message_size(max_file) / 8));
+    options
+}
+
+impl End {
+    /// Client: asks for `name` and returns the round trip, from just before sending the request
+    /// to just after reading the response's root and the first byte of its first part, with the
+    /// response (checked by the caller after the timer).
+    pub fn request(&mut self, name: &str, max_file: u64) -> Result<(Duration, Response), String> {
+        match self {
+            End::Classic { rx, tx } => {
+                let mut req = capnp::message::Builder::new_default();
+                req.init_root::<body::Builder<'_>>()
+                    .init_get_cache_req()
+                    .set_file_name(name);
+                let options = classic_reader_options(max_file);
+                let t0 = Instant::now();
+                capnp::serialize::write_message(&mut *tx, &req).map_err(|e| e.to_string())?;
+                tx.flush().map_err(|e| e.to_string())?;
+                let msg = capnp::serialize::read_message(&mut *rx, options)
+                    .map_err(|e| format!("classic: {e}"))?;
+                let first = msg
+                    .get_root::<body::Reader<'_>>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| file::first_byte(b).map_err(|e| e.to_string()))?;
+                std::hint::black_box(first);
+                let rtt = t0.elapsed();
+                Ok((rtt, Response::Classic(msg)))
+            }
+            End::Structured(ch) => {
+                let mut req = ch.create_msg();
+                req.body_root().init_get_cache_req().set_file_name(name);
+                let t0 = Instant::now();
+                let msg = ch
+                    .sync_request(&req, RESPONSE_TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+                let first = msg
+                    .body_root()
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| file::first_byte(b).map_err(|e| e.to_string()))?;
+                std::hint::black_box(first);
+                let rtt = t0.elapsed();
+                Ok((rtt, Response::Structured(msg)))
+            }
+        }
+    }
+
+    /// Server: answers requests until the client goes away. Each file's response is built once,
+    /// on its first request, and sent again for every later one; a request with an empty name
+    /// drops it (the client is done with that file).
+    pub fn serve(self, max_file: u64) -> Result<(), String> {
+        match self {
+            End::Classic { mut rx, mut tx } => {
+                let mut cached: Option<(String, capnp::message::Builder<_>)> = None;
+                loop {
+                    let req = match capnp::serialize::try_read_message(
+                        &mut rx,
+                        capnp::message::ReaderOptions::new(),
+                    ) {
+                        Ok(Some(req)) => req,
+                        Ok(None) => return Ok(()),
+                        Err(e) => return Err(format!("classic server: {e}")),
+                    };
+                    let name = requested_name(req.get_root().map_err(|e| e.to_string())?)?;
+                    let rsp = if name.is_empty() {
+                        cached = None;
+                        let mut empty = capnp::message::Builder::new_default();
+                        file::build_empty_response(empty.init_root());
+                        write_flush(&mut tx, &empty)?;
+                        continue;
+                    } else {
+                        match &cached {
+                            Some((have, rsp)) if *have == name => rsp,
+                            _ => {
+                                cached = None;
+                                let size = checked_size(&name, max_file)?;
+                                let mut rsp = capnp::message::Builder::new_default();
+                                file::build_response(rsp.init_root(), size);
+                                &cached.insert((name, rsp)).1
+                            }
+                        }
+                    };
+                    write_flush(&mut tx, rsp)?;
+                }
+            }
+            End::Structured(ch) => {
+                let mut cached: Option<(String, MsgOut<body::Owned>)> = None;
+                loop {
+                    let req = match ch.recv() {
+                        Ok(req) => req,
+                        Err(StructuredError::Closed) => return Ok(()),
+                        Err(e) if e.is_peer_gone() => return Ok(()),
+                        Err(e) => return Err(format!("structured server: {e}")),
+                    };
+                    let name = requested_name(req.body_root().map_err(|e| e.to_string())?)?;
+                    if name.is_empty() {
+                        cached = None;
+                        let mut empty = ch.create_msg();
+                        file::build_empty_response(empty.body_root());
+                        ch.send_response(&empty, &req).map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    let rsp = match &cached {
+                        Some((have, rsp)) if *have == name => rsp,
+                        _ => {
+                            cached = None;
+                            let size = checked_size(&name, max_file)?;
+                            let mut rsp = ch.create_msg();
+                            file::build_response(rsp.body_root(), size);
+                            &cached.insert((name, rsp)).1
+                        }
+                    };
+                    ch.send_response(rsp, &req).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+
+    /// Client: asks the server to drop the file it holds for this mode.
+    pub fn release(&mut self, max_file: u64) -> Result<(), String> {
+        let (_, rsp) = self.request("", max_file)?;
+        file::verify(rsp.body()?, 0).map_err(|e| e.to_string())
+    }
+}
+
+fn write_flush<A: capnp::message::Allocator>(
+    tx: &mut BufWriter<UnixStream>,
+    msg: &capnp::message::Builder<A>,
+) -> Result<(), String> {
+    capnp::serialize::write_message(&mut *tx, msg).map_err(|e| format!("classic server: {e}"))?;
+    tx.flush().map_err(|e| format!("classic server: {e}"))
+}
+
+/// The file name of a request.
+fn requested_name(body: body::Reader<'_>) -> Result<String, String> {
+    match body.which().map_err(|e| e.to_string())? {
+        body::GetCacheReq(req) => Ok(req
+            .and_then(|r| r.get_file_name())
+            .and_then(|n| n.to_string().map_err(Into::into))
+            .map_err(|e| e.to_string())?),
+        body::GetCacheRsp(_) => Err("the client sent a response".into()),
+    }
+}
+
+/// The size a requested name stands for, within what the server was set up for.
+fn checked_size(name: &str, max_file: u64) -> Result<u64, String> {
+    match file::size_of_name(name) {
+        Some(size) if size <= max_file => Ok(size),
+        _ => Err(format!("no such file {name:?} (at most {max_file} bytes)")),
+    }
+}
