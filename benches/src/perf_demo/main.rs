@@ -96,7 +96,7 @@ struct Args {
     /// the samples, at most 20, and at least two laps of the ring channel's 4 MiB rings).
     #[arg(long, value_name = "N")]
     warmup: Option<usize>,
-    /// Modes to run, comma-separated: classic, copy (default: every mode built in).
+    /// Modes to run, comma-separated: classic, copy, zerocopy (default: all).
     #[arg(long, value_delimiter = ',', value_parser = DemoMode::parse, value_name = "MODE,...")]
     modes: Vec<DemoMode>,
     /// How flowipc's channels wait: busy-poll, spin-then-block or block.

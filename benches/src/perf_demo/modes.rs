@@ -40,28 +40,22 @@ pub enum DemoMode {
     Classic,
     /// flowipc structured channel, copy mode, over a ring channel.
     Copy,
-    // zero copy: added when flowipc::structured::ZeroCopy lands:
-    // /// flowipc structured channel, zero copy (segments in the session's arenas).
-    // ZeroCopy,
+    /// flowipc structured channel, zero copy (segments in the session's lend pools).
+    ZeroCopy,
     // native: added when the native SHM types land (the file as a shared-memory vector of parts,
     // lent by handle): a `Native` variant, system `perf_demo-native`.
 }
 
 impl DemoMode {
     /// Every mode, in the order they run and are drawn.
-    pub const ALL: &[DemoMode] = &[
-        DemoMode::Classic,
-        DemoMode::Copy,
-        // zero copy: added when flowipc::structured::ZeroCopy lands:
-        // DemoMode::ZeroCopy,
-    ];
+    pub const ALL: &[DemoMode] = &[DemoMode::Classic, DemoMode::Copy, DemoMode::ZeroCopy];
 
     /// The name on the command line (`--modes`).
     pub fn name(self) -> &'static str {
         match self {
             DemoMode::Classic => "classic",
             DemoMode::Copy => "copy",
-            // DemoMode::ZeroCopy => "zerocopy",
+            DemoMode::ZeroCopy => "zerocopy",
         }
     }
 
@@ -70,7 +64,7 @@ impl DemoMode {
         match self {
             DemoMode::Classic => "perf_demo-classic",
             DemoMode::Copy => "perf_demo-copy",
-            // DemoMode::ZeroCopy => "perf_demo-zerocopy",
+            DemoMode::ZeroCopy => "perf_demo-zerocopy",
         }
     }
 
@@ -79,7 +73,7 @@ impl DemoMode {
         match self {
             DemoMode::Classic => TransportKind::Socket,
             DemoMode::Copy => TransportKind::Ring,
-            // DemoMode::ZeroCopy => TransportKind::Ring,
+            DemoMode::ZeroCopy => TransportKind::Ring,
         }
     }
 
@@ -140,12 +134,11 @@ pub fn session_options(setup: &ServerSetup) -> SessionOptions {
     for mode in &setup.modes {
         options = options.init_channel(mode.transport());
     }
-    // zero copy: added when flowipc::structured::ZeroCopy lands: lend pools for the responses.
-    // 2x the largest message was too small (a 1 MiB file failed with "arena is full": segments
-    // grow by doubling and a 1048832-byte segment is rounded up); 4x plus 16 MiB ran to 100 MiB.
-    // if setup.modes.contains(&DemoMode::ZeroCopy) {
-    //     options = options.arenas(4 * max_message_size(setup.max_file) + (16 << 20));
-    // }
+    // Lend pools for the responses. 2x the largest message was too small (a 1 MiB file failed
+    // with "arena is full": segments grow by doubling and a 1048832-byte segment is rounded up).
+    if setup.modes.contains(&DemoMode::ZeroCopy) {
+        options = options.arenas(4 * max_message_size(setup.max_file) + (16 << 20));
+    }
     options
 }
 
@@ -153,7 +146,7 @@ pub fn session_options(setup: &ServerSetup) -> SessionOptions {
 /// largest file, receiving in the caller. Zero copy adds its one line here.
 pub fn structured_options(
     mode: DemoMode,
-    _session: &Session,
+    session: &Session,
     max_file: u64,
 ) -> Result<StructuredOptions, String> {
     let options = StructuredOptions::new()
@@ -161,8 +154,9 @@ pub fn structured_options(
         .max_message_size(max_message_size(max_file));
     match mode {
         DemoMode::Copy => Ok(options),
-        // zero copy: added when flowipc::structured::ZeroCopy lands:
-        // DemoMode::ZeroCopy => Ok(options.zero_copy(_session.zero_copy().map_err(|e| e.to_string())?)),
+        DemoMode::ZeroCopy => {
+            Ok(options.zero_copy(session.zero_copy().map_err(|e| e.to_string())?))
+        }
         DemoMode::Classic => Err("classic mode has no structured channel".into()),
     }
 }
