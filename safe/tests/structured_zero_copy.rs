@@ -47,7 +47,14 @@ fn pattern(i: usize, seed: u64) -> u8 {
 
 /// A pong with `size` bytes of patterned payload.
 fn pong(ch: &Chan, seq: u64, size: usize) -> flowipc::structured::MsgOut<body::Owned> {
-    let mut m = ch.create_msg();
+    pong_into(ch.create_msg(), seq, size)
+}
+
+fn pong_into(
+    mut m: flowipc::structured::MsgOut<body::Owned>,
+    seq: u64,
+    size: usize,
+) -> flowipc::structured::MsgOut<body::Owned> {
     let mut p = m.body_root().init_pong();
     p.set_seq(seq);
     let data = p.init_payload(size as u32);
@@ -390,4 +397,83 @@ fn a_copy_mode_receiver_refuses_zero_copy_frames() {
         Err(StructuredError::Corrupt { reason }) => assert!(reason.contains("zero copy")),
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+/// As `local_pair`, with the sender's pool jemalloc-backed (`a`'s messages).
+#[cfg(feature = "jemalloc")]
+#[test]
+fn jemalloc_pools_carry_zero_copy_messages() {
+    let a = Arc::new(LendPool::create_jemalloc(64 << 20).unwrap());
+    let b = Arc::new(LendPool::create(16 << 20).unwrap());
+    let (a_to_b, a_setup) = a.add_borrower().unwrap();
+    let (b_to_a, b_setup) = b.add_borrower().unwrap();
+    let seen_by_b = Arc::new(BorrowedPool::open(a_setup).unwrap());
+    let seen_by_a = Arc::new(BorrowedPool::open(b_setup).unwrap());
+    // SAFETY: both ends are this test, which follows the protocol.
+    let (za, zb) = unsafe {
+        (
+            ZeroCopy::from_pools(a, a_to_b, seen_by_a, None),
+            ZeroCopy::from_pools(b, b_to_a, seen_by_b, None),
+        )
+    };
+    let (ca, cb) = Channel::ring_pair().unwrap();
+    let a = StructuredOptions::new()
+        .receive_in_caller(true)
+        .zero_copy(za.clone())
+        .open::<body::Owned>(ca)
+        .unwrap();
+    let b = StructuredOptions::new()
+        .receive_in_caller(true)
+        .zero_copy(zb)
+        .open::<body::Owned>(cb)
+        .unwrap();
+    let base = za.pool_usage();
+    for (seq, size) in [(1u64, 10usize), (2, 5000), (3, 3 << 20)] {
+        a.send(&pong(&a, seq, size)).unwrap();
+        let m = b.recv_timeout(T).unwrap();
+        check_pong(&m, seq, size);
+    }
+    assert_eq!(za.pool_usage(), base);
+    assert_eq!(za.lent(), 0);
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_channels_request_and_answer_in_zero_copy() {
+    let (_a, za, _b, zb) = local_pair();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (ca, cb) = Channel::ring_pair().unwrap();
+        let a = StructuredOptions::new()
+            .zero_copy(za.clone())
+            .open_async::<body::Owned>(ca.into_async().unwrap())
+            .unwrap();
+        let b = StructuredOptions::new()
+            .zero_copy(zb)
+            .open_async::<body::Owned>(cb.into_async().unwrap())
+            .unwrap();
+        let server = async {
+            let req = b.recv().await.unwrap();
+            let body::Ping(p) = req.body_root().unwrap().which().unwrap() else {
+                panic!("expected a ping")
+            };
+            let size = p.unwrap().get_payload_size() as usize;
+            b.send_response(&pong_into(b.create_msg(), 9, size), &req)
+                .await
+                .unwrap();
+        };
+        let client = async {
+            let mut req = a.create_msg();
+            req.body_root().init_ping().set_payload_size(2 << 20);
+            let resp = tokio::time::timeout(T, a.async_request(&req))
+                .await
+                .expect("in time")
+                .unwrap();
+            check_pong(&resp, 9, 2 << 20);
+        };
+        tokio::join!(server, client);
+    });
 }

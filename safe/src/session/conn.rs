@@ -244,7 +244,7 @@ impl Session {
                 &[a.fd()],
             )?;
             arena = Some(a);
-            let pool = LendPool::create(arena_size)?;
+            let pool = offer.options.create_lend_pool(arena_size)?;
             let (id, setup) = pool.add_borrower()?;
             send_control(
                 &mut control,
@@ -396,7 +396,7 @@ impl Session {
         };
         let mut own_pool = None;
         if pool_size > 0 {
-            let pool = LendPool::create(pool_size)?;
+            let pool = options.create_lend_pool(pool_size)?;
             let (id, setup) = pool.add_borrower()?;
             send_control(
                 &mut control,

@@ -228,6 +228,8 @@ pub struct SessionOptions {
     app_arena_size: usize,
     rendezvous_dir: Option<PathBuf>,
     wait_policy: crate::channel::WaitPolicy,
+    #[cfg_attr(not(feature = "jemalloc"), allow(dead_code))]
+    jemalloc_pools: bool,
 }
 
 impl Default for SessionOptions {
@@ -247,6 +249,7 @@ impl Default for SessionOptions {
             app_arena_size: 0,
             rendezvous_dir: None,
             wait_policy: crate::channel::WaitPolicy::default(),
+            jemalloc_pools: false,
         }
     }
 }
@@ -312,6 +315,30 @@ impl SessionOptions {
     pub fn arenas(mut self, bytes: usize) -> Self {
         self.arena_size = bytes;
         self
+    }
+
+    /// This side's lend pool is jemalloc-backed ([`LendPool::create_jemalloc`]: per-thread caches
+    /// in front of jemalloc, the fastest allocator for many small objects and zero-copy
+    /// messages) instead of the core allocator. This side's own choice; the peer reads either
+    /// kind. Only the process that created the session may allocate in it (not a fork child).
+    /// Default off.
+    ///
+    /// [`LendPool::create_jemalloc`]: crate::arena::LendPool::create_jemalloc
+    #[cfg(feature = "jemalloc")]
+    pub fn jemalloc_pools(mut self, yes: bool) -> Self {
+        self.jemalloc_pools = yes;
+        self
+    }
+
+    pub(crate) fn create_lend_pool(
+        &self,
+        bytes: usize,
+    ) -> Result<crate::arena::LendPool, crate::arena::ArenaError> {
+        #[cfg(feature = "jemalloc")]
+        if self.jemalloc_pools {
+            return crate::arena::LendPool::create_jemalloc(bytes);
+        }
+        crate::arena::LendPool::create(bytes)
     }
 
     /// On the server: share one classic arena of `bytes` among all sessions of each client app
