@@ -81,14 +81,16 @@ fn open(session: &mut Session) -> io::Result<Chan> {
         .map_err(other)
 }
 
+/// The last request's flag and sequence number, and its response.
+type Answered = (u8, u64, MsgIn<body::Owned>);
+
 enum Side {
     /// Accepting on a thread until the first message.
     Accepting(Option<JoinHandle<io::Result<(Session, Chan)>>>),
     Client {
         ch: Chan,
         _session: Session,
-        /// The last request's flag and sequence number, and its response.
-        last: Option<(u8, u64, MsgIn<body::Owned>)>,
+        last: Option<Answered>,
     },
     Server {
         ch: Chan,
@@ -104,7 +106,7 @@ struct ZeroCopyEndpoint {
 }
 
 impl ZeroCopyEndpoint {
-    fn client(&mut self) -> io::Result<(&Chan, &mut Option<(u8, u64, MsgIn<body::Owned>)>)> {
+    fn client(&mut self) -> io::Result<(&Chan, &mut Option<Answered>)> {
         if let Side::Accepting(thread) = &mut self.side {
             let (session, ch) = thread
                 .take()
@@ -268,7 +270,7 @@ impl System for ZeroCopySystem {
         // The response, built once in shared memory before the run, every cache line written.
         let mut response = ch.create_msg();
         {
-            let mut pong = response.body_root().init_pong();
+            let pong = response.body_root().init_pong();
             let fill = |data: &mut [u8]| {
                 let msg = Message {
                     size: data.len(),
