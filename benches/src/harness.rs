@@ -265,6 +265,8 @@ pub const MIN_SIZE: usize = 16;
 const OTHER_CPU: usize = 1;
 /// Time not recorded at the start of an rtt run.
 const WARMUP: Duration = Duration::from_millis(50);
+/// Lower bound on recorded round trips.
+const MIN_ROUND_TRIPS: u64 = 3;
 /// Upper bound on recorded round trips, to bound memory and time at tiny latencies.
 const MAX_ROUND_TRIPS: u64 = 5_000_000;
 
@@ -366,7 +368,10 @@ fn client_rtt(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row
     loop {
         let t0 = Instant::now();
         let elapsed = t0 - start;
-        let last = elapsed >= budget || hist.len() >= MAX_ROUND_TRIPS;
+        // At least a few recorded round trips, however long each takes (a 1 GiB copy takes
+        // longer than the whole budget).
+        let last = (elapsed >= budget && hist.len() >= MIN_ROUND_TRIPS)
+            || hist.len() >= MAX_ROUND_TRIPS;
         let flag = if last { FLAG_END } else { FLAG_DATA };
         ep.send_message(&Message { size, seq, flag }, &mut out)?;
         ep.flush()?;

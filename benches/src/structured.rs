@@ -31,6 +31,45 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
 }
 
+/// The channel's message limit for a row: the payload, the framing of its chunks, the envelope.
+fn max_message(size: usize) -> usize {
+    size.max(1 << 20) + (1 << 20)
+}
+
+/// Largest payload in one `Data` field (a capnp list holds at most 2^29 elements); larger
+/// payloads go in `Pong.chunks` of this size.
+pub(crate) const MAX_DATA: usize = 256 << 20;
+
+/// Builds `size` bytes of payload in `pong`: `fill(offset, part)` writes each part, whose first
+/// byte is byte `offset` of the payload.
+pub(crate) fn build_payload(
+    mut pong: crate::ping_capnp::pong::Builder<'_>,
+    size: usize,
+    mut fill: impl FnMut(usize, &mut [u8]),
+) {
+    if size <= MAX_DATA {
+        fill(0, pong.init_payload(size as u32));
+        return;
+    }
+    let n = size.div_ceil(MAX_DATA);
+    let mut chunks = pong.reborrow().init_chunks(n as u32);
+    let mut part = vec![0u8; MAX_DATA];
+    for i in 0..n {
+        let len = MAX_DATA.min(size - i * MAX_DATA);
+        fill(i * MAX_DATA, &mut part[..len]);
+        chunks.set(i as u32, &part[..len]);
+    }
+}
+
+/// The payload of `pong` as its parts (one, or the chunks), in order.
+pub(crate) fn payload_parts(pong: crate::ping_capnp::pong::Reader<'_>) -> capnp::Result<Vec<&[u8]>> {
+    if pong.has_chunks() {
+        pong.get_chunks()?.iter().collect()
+    } else {
+        Ok(vec![pong.get_payload()?])
+    }
+}
+
 struct StructuredEndpoint {
     ch: Chan,
     /// Client: the response of the last request. Server: the request to answer.
@@ -61,9 +100,13 @@ impl Endpoint for StructuredEndpoint {
             // Server: answer the request with `size` bytes of data, built in the message.
             Some(request) => {
                 let mut resp = ch.create_msg();
-                let data = resp.body_root().init_pong().init_payload(msg.size as u32);
-                msg.build(|offset, bytes| {
-                    data[offset..offset + bytes.len()].copy_from_slice(bytes)
+                build_payload(resp.body_root().init_pong(), msg.size, |base, part| {
+                    msg.build(|offset, bytes| {
+                        if (base..base + part.len()).contains(&offset) {
+                            let at = offset - base;
+                            part[at..at + bytes.len()].copy_from_slice(bytes)
+                        }
+                    })
                 });
                 ch.send_response(&resp, &request).map_err(other)
             }
@@ -90,9 +133,12 @@ impl Endpoint for StructuredEndpoint {
             let body::Pong(pong) = root.which().map_err(capnp_err)? else {
                 return Err(io::Error::other("the server answered with something else"));
             };
-            let data = pong.map_err(capnp_err)?.get_payload().map_err(capnp_err)?;
-            return Ok(Received::read(data.len(), |offset, dst| {
-                dst.copy_from_slice(&data[offset..offset + dst.len()])
+            let parts = payload_parts(pong.map_err(capnp_err)?).map_err(capnp_err)?;
+            let len = parts.iter().map(|p| p.len()).sum();
+            return Ok(Received::read(len, |offset, dst| {
+                let part = parts[offset / MAX_DATA];
+                let at = offset % MAX_DATA;
+                dst.copy_from_slice(&part[at..at + dst.len()])
             }));
         }
         // Server: the next request.
@@ -148,11 +194,13 @@ impl StructuredSystem {
         // The envelope and capnp framing add a few dozen bytes to the payload.
         ChannelOptions::new()
             .wait_policy(policy)
+            .max_message_size(max_message(cfg.size))
             .ring_capacity(crate::ring::capacity_for(cfg.size + 256, cfg.kind))
     }
 
     fn endpoint(cfg: &Config, channel: Channel) -> io::Result<Box<dyn Endpoint>> {
         let ch = StructuredOptions::new()
+            .max_message_size(max_message(cfg.size))
             .receive_in_caller(true)
             .open(channel)
             .map_err(other)?;

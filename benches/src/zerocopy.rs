@@ -27,11 +27,9 @@ use flowipc::structured::{MsgIn, MsgOut, StructuredChannel, StructuredOptions};
 
 use crate::harness::{Config, Endpoint, Kind, Message, Mode, Placement, Received, System};
 use crate::ping_capnp::body;
+use crate::structured::{build_payload, payload_parts};
 
 type Chan = StructuredChannel<body::Owned>;
-
-/// Largest payload in one `Data` field; larger ones are split in `chunks`.
-const MAX_DATA: usize = 256 << 20;
 
 /// A request or response waits at most this long (the harness's watchdog ends a stuck run).
 const WAIT: Duration = Duration::from_secs(30);
@@ -196,23 +194,13 @@ impl Endpoint for ZeroCopyEndpoint {
                 let body::Pong(pong) = root.which().map_err(other)? else {
                     return Err(io::Error::other("the server answered with something else"));
                 };
-                let pong = pong.map_err(other)?;
                 // The root is read; touch the first and last byte where the server built them.
-                let len = if pong.has_chunks() {
-                    let chunks = pong.get_chunks().map_err(other)?;
-                    let n = chunks.len();
-                    let first = chunks.get(0).map_err(other)?;
-                    let last = chunks.get(n.saturating_sub(1)).map_err(other)?;
+                let parts = payload_parts(pong.map_err(other)?).map_err(other)?;
+                if let (Some(first), Some(last)) = (parts.first(), parts.last()) {
                     std::hint::black_box((first.first(), last.last()));
-                    // The length is known from the list without touching the data.
-                    (0..n).try_fold(0usize, |acc, i| {
-                        chunks.get(i).map(|c| acc + c.len()).map_err(other)
-                    })?
-                } else {
-                    let data = pong.get_payload().map_err(other)?;
-                    std::hint::black_box((data.first(), data.last()));
-                    data.len()
-                };
+                }
+                // The length is known from the list without touching the data.
+                let len = parts.iter().map(|p| p.len()).sum();
                 Ok(Received { len, flag, seq })
             }
         }
@@ -269,32 +257,19 @@ impl System for ZeroCopySystem {
         let size = cfg.size.max(crate::harness::MIN_SIZE);
         // The response, built once in shared memory before the run, every cache line written.
         let mut response = ch.create_msg();
-        {
-            let pong = response.body_root().init_pong();
-            let fill = |data: &mut [u8]| {
-                let msg = Message {
-                    size: data.len(),
-                    seq: 0,
-                    flag: crate::harness::FLAG_DATA,
-                };
-                msg.build(|offset, bytes| {
-                    data[offset..offset + bytes.len()].copy_from_slice(bytes)
-                });
-            };
-            if size <= MAX_DATA {
-                fill(pong.init_payload(size as u32));
-            } else {
-                // A capnp list holds at most 2^29 elements: larger payloads go in parts.
-                let n = size.div_ceil(MAX_DATA);
-                let mut chunks = pong.init_chunks(n as u32);
-                let mut part = vec![0u8; MAX_DATA];
-                fill(&mut part);
-                for i in 0..n {
-                    let len = MAX_DATA.min(size - i * MAX_DATA);
-                    chunks.set(i as u32, &part[..len]);
+        let msg = Message {
+            size,
+            seq: 0,
+            flag: crate::harness::FLAG_DATA,
+        };
+        build_payload(response.body_root().init_pong(), size, |base, part| {
+            msg.build(|offset, bytes| {
+                if (base..base + part.len()).contains(&offset) {
+                    let at = offset - base;
+                    part[at..at + bytes.len()].copy_from_slice(bytes)
                 }
-            }
-        }
+            })
+        });
         Ok(Box::new(ZeroCopyEndpoint {
             side: Side::Server {
                 ch,
