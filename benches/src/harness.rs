@@ -370,8 +370,8 @@ fn client_rtt(ep: &mut dyn Endpoint, cfg: &Config, name: &str) -> io::Result<Row
         let elapsed = t0 - start;
         // At least a few recorded round trips, however long each takes (a 1 GiB copy takes
         // longer than the whole budget).
-        let last = (elapsed >= budget && hist.len() >= MIN_ROUND_TRIPS)
-            || hist.len() >= MAX_ROUND_TRIPS;
+        let last =
+            (elapsed >= budget && hist.len() >= MIN_ROUND_TRIPS) || hist.len() >= MAX_ROUND_TRIPS;
         let flag = if last { FLAG_END } else { FLAG_DATA };
         ep.send_message(&Message { size, seq, flag }, &mut out)?;
         ep.flush()?;

@@ -62,7 +62,9 @@ pub(crate) fn build_payload(
 }
 
 /// The payload of `pong` as its parts (one, or the chunks), in order.
-pub(crate) fn payload_parts(pong: crate::ping_capnp::pong::Reader<'_>) -> capnp::Result<Vec<&[u8]>> {
+pub(crate) fn payload_parts(
+    pong: crate::ping_capnp::pong::Reader<'_>,
+) -> capnp::Result<Vec<&[u8]>> {
     if pong.has_chunks() {
         pong.get_chunks()?.iter().collect()
     } else {

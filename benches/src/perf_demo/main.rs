@@ -99,6 +99,12 @@ struct Args {
     /// Modes to run, comma-separated: classic, copy, zerocopy (default: all).
     #[arg(long, value_delimiter = ',', value_parser = DemoMode::parse, value_name = "MODE,...")]
     modes: Vec<DemoMode>,
+    /// Measure cold round trips: no untimed small round trip between the check of one response
+    /// and the next timed request. The check reads the whole file, which evicts the caches and
+    /// (in spin-then-block and block) lets the server's thread fall asleep, so each timed round
+    /// trip then also pays the wake-up from idle and cache misses that grow with the file.
+    #[arg(long)]
+    cold: bool,
     /// How flowipc's channels wait: busy-poll, spin-then-block or block.
     #[arg(long, value_parser = parse_wait, default_value = "spin-then-block", value_name = "WAIT")]
     mode: Mode,
@@ -373,6 +379,9 @@ fn measure(
                     )
                 })?;
                 drop(rsp);
+                if !args.cold {
+                    end.rewarm(max_file)?;
+                }
                 if n >= warmup {
                     rtts.push(rtt.as_nanos() as u64);
                 }

@@ -266,11 +266,12 @@ impl StructuredOptions {
     }
 }
 
-/// A new message in the mode `zc` names.
-pub(crate) fn new_message(zc: Option<&ZeroCopy>) -> OutMessage {
+/// A new message in the mode `zc` names; `bytes`, if given, sizes its first segment.
+pub(crate) fn new_message(zc: Option<&ZeroCopy>, bytes: Option<usize>) -> OutMessage {
+    let first_words = bytes.map(|b| u32::try_from(b.div_ceil(8)).unwrap_or(u32::MAX));
     match zc {
-        Some(zc) => OutMessage::Shm(ShmMessage::new(zc)),
-        None => OutMessage::heap(),
+        Some(zc) => OutMessage::Shm(ShmMessage::new(zc, first_words)),
+        None => OutMessage::heap(first_words),
     }
 }
 
@@ -315,7 +316,7 @@ impl<M: Owned> MsgOut<M> {
             OutMessage::Shm(m) => {
                 if m.lent.load(std::sync::atomic::Ordering::Acquire) {
                     // Copy on write: the peer may be reading the sent segments.
-                    let mut fresh = ShmMessage::new(&m.zc);
+                    let mut fresh = ShmMessage::new(&m.zc, None);
                     let copied = m
                         .builder
                         .get_root_as_reader::<capnp::any_pointer::Reader<'_>>()

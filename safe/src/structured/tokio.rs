@@ -114,9 +114,22 @@ impl<M: Owned + 'static> AsyncStructuredChannel<M> {
         Ok(AsyncStructuredChannel { shared, tx, reader })
     }
 
-    /// A new, empty message to build (copy mode: on the heap).
+    /// A new, empty message to build: on the heap in copy mode, in this side's lend pool in zero
+    /// copy.
     pub fn create_msg(&self) -> MsgOut<M> {
-        MsgOut::new(super::new_message(self.shared.zero_copy.as_ref()))
+        MsgOut::new(super::new_message(self.shared.zero_copy.as_ref(), None))
+    }
+
+    /// A new, empty message whose first segment holds `bytes`: a message built to about that
+    /// size has one segment. In zero copy that is one block to lend and one handle on the wire
+    /// (a message built with [`create_msg`](Self::create_msg) has about `log2(size / 4 KiB)`),
+    /// the fewest cache and TLB misses for a peer that reads it cold; in copy mode, one
+    /// allocation. The segment is allocated (and zeroed) now, whatever is built in it.
+    pub fn create_msg_sized(&self, bytes: usize) -> MsgOut<M> {
+        MsgOut::new(super::new_message(
+            self.shared.zero_copy.as_ref(),
+            Some(bytes),
+        ))
     }
 
     /// Sends `msg` as a notification.

@@ -96,8 +96,8 @@ pub(crate) struct ShmMessage {
 }
 
 impl ShmMessage {
-    pub(crate) fn new(zc: &ZeroCopy) -> Self {
-        let alloc = zc.allocator();
+    pub(crate) fn new(zc: &ZeroCopy, first_words: Option<u32>) -> Self {
+        let alloc = zc.allocator(first_words);
         ShmMessage {
             segments: alloc.segments(),
             builder: message::Builder::new(alloc),
@@ -108,8 +108,13 @@ impl ShmMessage {
 }
 
 impl OutMessage {
-    pub(crate) fn heap() -> Self {
-        OutMessage::Heap(message::Builder::new_default())
+    pub(crate) fn heap(first_words: Option<u32>) -> Self {
+        match first_words {
+            Some(w) => OutMessage::Heap(message::Builder::new(
+                message::HeapAllocator::new().first_segment_words(w.max(1)),
+            )),
+            None => OutMessage::Heap(message::Builder::new_default()),
+        }
     }
 
     /// Bytes of the body as it goes on the wire, in copy mode (a zero-copy message sends only

@@ -220,11 +220,14 @@ impl ZeroCopy {
         (&self.pools.own, self.pools.borrower)
     }
 
-    pub(crate) fn allocator(&self) -> ShmAllocator {
+    /// An allocator whose first segment is `first_words` (default: 512 words).
+    pub(crate) fn allocator(&self, first_words: Option<u32>) -> ShmAllocator {
         ShmAllocator {
             pools: self.pools.clone(),
             segments: Arc::new(Mutex::new(Vec::new())),
-            next_words: FIRST_SEGMENT_WORDS,
+            next_words: first_words
+                .unwrap_or(FIRST_SEGMENT_WORDS)
+                .clamp(1, MAX_SEGMENT_WORDS),
         }
     }
 
@@ -689,7 +692,7 @@ mod tests {
     }
 
     fn build(zc: &ZeroCopy, data: &[u8]) -> (message::Builder<ShmAllocator>, SegmentTable) {
-        let alloc = zc.allocator();
+        let alloc = zc.allocator(None);
         let segs = alloc.segments();
         let mut b = message::Builder::new(alloc);
         b.init_root::<capnp::any_pointer::Builder<'_>>()
