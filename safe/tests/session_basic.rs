@@ -743,3 +743,55 @@ fn a_squatter_at_the_servers_socket_is_not_trusted_and_modes_follow_the_permissi
     kill9(&mut squatter);
     let _ = std::fs::remove_dir_all(&copy_dir);
 }
+
+#[test]
+fn a_dropped_server_leaves_nothing_and_binds_race_safely() {
+    if role().is_some() {
+        return;
+    }
+    let dir = fresh_dir("lockfile");
+    let (server, _) = apps("lock-srv");
+    let srv = SessionServer::bind(&server, options(&dir)).unwrap();
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(names(&dir).iter().any(|n| n == "lock-srv.lock"));
+    drop(srv);
+    assert_eq!(
+        names(&dir),
+        Vec::<String>::new(),
+        "socket and lock file removed"
+    );
+    // Servers of one name bound and dropped by racing threads: never two at once, even while
+    // lock files are removed and made again.
+    let live = std::sync::atomic::AtomicUsize::new(0);
+    let bound = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..300 {
+                    match SessionServer::bind(&server, options(&dir)) {
+                        Ok(srv) => {
+                            let n = live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            assert_eq!(n, 0, "two servers of one name at once");
+                            bound.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::yield_now();
+                            live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            drop(srv);
+                        }
+                        Err(SessionError::AlreadyRunning { .. }) => std::thread::yield_now(),
+                        Err(e) => panic!("bind: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    assert!(bound.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert_eq!(names(&dir), Vec::<String>::new());
+}

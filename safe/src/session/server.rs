@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,8 +29,10 @@ use super::{
 /// Holds an exclusive `flock` on `<dir>/<name>.lock` for its whole life, so a second server of
 /// the same name fails to bind with [`SessionError::AlreadyRunning`]; the lock dies with the
 /// process, so the socket a killed server left behind is simply replaced by the next one.
-/// Dropping the server removes its socket (the lock file stays: deleting it would let two later
-/// servers lock two different files of the same name).
+/// Dropping the server removes its socket and its lock file (a server that binds checks, once
+/// it holds the lock, that the lock path still names the file it locked, so two servers never
+/// hold locks on two different files of one name). A killed server leaves both; the next one
+/// reuses them.
 #[derive(Debug)]
 pub struct SessionServer {
     app: ServerApp,
@@ -41,6 +43,7 @@ pub struct SessionServer {
     path: PathBuf,
     /// App-scope arenas by client app name.
     app_arenas: Mutex<HashMap<String, ShmArena>>,
+    lock_path: PathBuf,
     _lock: File,
 }
 
@@ -63,17 +66,36 @@ impl SessionServer {
         let dir = rendezvous::dir(server, &options);
         rendezvous::prepare_server_dir(&dir, server)?;
         let lock_file = lock_path(&dir, &server.app.name);
-        let lock = rendezvous::open_lock(&lock_file)?;
-        match flowipc_sys::session::flock_exclusive_nonblocking(&lock) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => {
-                return Err(SessionError::AlreadyRunning {
-                    server: server.app.name.clone(),
-                    lock: lock_file,
-                })
+        // The lock file is removed when its server drops: a lock taken on a file that has been
+        // removed (or replaced) since we opened it guards nothing, so take it again on the file
+        // the path names now.
+        let lock = loop {
+            let lock = rendezvous::open_lock(&lock_file)?;
+            match flowipc_sys::session::flock_exclusive_nonblocking(&lock) {
+                Ok(()) => {}
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(SessionError::AlreadyRunning {
+                        server: server.app.name.clone(),
+                        lock: lock_file,
+                    })
+                }
+                Err(e) => return Err(SessionError::os("flock", e)),
             }
-            Err(e) => return Err(SessionError::os("flock", e)),
-        }
+            let held = lock
+                .metadata()
+                .map_err(|e| SessionError::io("fstat of the lock file", e))?;
+            match std::fs::metadata(&lock_file) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => break lock,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(SessionError::io(
+                        format!("stat of {}", lock_file.display()),
+                        e,
+                    ))
+                }
+            }
+        };
         let path = dir.join(format!("{}.sock", server.app.name));
         // We hold the lock: whatever socket is there was left by a server that died.
         match std::fs::remove_file(&path) {
@@ -108,6 +130,7 @@ impl SessionServer {
             listener,
             path,
             app_arenas: Mutex::new(HashMap::new()),
+            lock_path: lock_file,
             _lock: lock,
         })
     }
@@ -305,7 +328,10 @@ impl SessionServer {
 
 impl Drop for SessionServer {
     fn drop(&mut self) {
-        // The lock is still held here (fields drop after this), so no new server has bound.
+        // The lock is still held here (fields drop after this), so no new server has bound:
+        // remove the socket, then the lock file (a server that opened it meanwhile sees, once it
+        // gets the lock, that the path no longer names it, and takes a fresh one).
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
