@@ -176,3 +176,77 @@ fn async_spawned_child_session() {
         assert!(wait_bounded(&mut child, T).success());
     });
 }
+
+/// A child spawned with `tokio::process`, whose channel requests the parent takes as a stream
+/// until the child ends the session.
+#[test]
+fn tokio_spawned_child_and_a_stream_of_channel_requests() {
+    if std::env::var_os(flowipc::session::SESSION_FD_ENV).is_some() {
+        return rt().block_on(async {
+            let mut s = AsyncSession::from_env().expect("from_env");
+            for (i, kind) in [
+                TransportKind::Ring,
+                TransportKind::Socket,
+                TransportKind::Mq,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let name = format!("request {i}");
+                match tokio::time::timeout(T, s.open_channel(kind, name.as_bytes()))
+                    .await
+                    .unwrap()
+                {
+                    Ok(mut c) => {
+                        c.send(name.as_bytes()).await.unwrap();
+                    }
+                    Err(SessionError::OpenRefused { reason }) => {
+                        assert_eq!(i, 1, "only the socket request is refused");
+                        assert!(reason.contains("no sockets"));
+                    }
+                    Err(e) => panic!("open {i}: {e}"),
+                }
+            }
+            s.close().unwrap();
+        });
+    }
+    if role().is_some() {
+        return;
+    }
+    let _g = serial();
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "tokio_spawned_child_and_a_stream_of_channel_requests",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let opts = flowipc::session::SessionOptions::new().handshake_timeout(T);
+    rt().block_on(async {
+        let (mut s, mut child) = AsyncSession::spawn_tokio(cmd, &opts).await.expect("spawn");
+        let mut requests = s.channel_requests();
+        let mut got = Vec::new();
+        while let Some(req) = tokio::time::timeout(T, requests.next()).await.unwrap() {
+            let req = req.expect("a request");
+            if req.kind() == TransportKind::Socket {
+                requests.refuse(req, "no sockets today").unwrap();
+                continue;
+            }
+            let want = req.metadata().to_vec();
+            let mut c = requests.grant(req).unwrap();
+            let m = tokio::time::timeout(T, c.recv_owned())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.bytes, want);
+            got.push(String::from_utf8(want).unwrap());
+        }
+        assert_eq!(got, ["request 0", "request 2"]);
+        // The stream ended with the session; the child exits on its own.
+        let status = tokio::time::timeout(T, child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    });
+}

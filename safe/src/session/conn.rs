@@ -495,6 +495,31 @@ impl Session {
         command: &mut Command,
         options: &SessionOptions,
     ) -> Result<(Session, Child), SessionError> {
+        Session::spawn_with(
+            command,
+            options,
+            |c, key, value| {
+                c.env(key, value);
+            },
+            Command::spawn,
+            |child| Some(child.id()),
+            |child| {
+                let _ = child.kill();
+                let _ = child.wait();
+            },
+        )
+    }
+
+    /// [`spawn`](Self::spawn) for any kind of command (std's, tokio's): `env` sets a variable
+    /// on it, `spawn` starts it, `id` names the child, `kill` kills and reaps it.
+    pub(super) fn spawn_with<S, C>(
+        command: &mut S,
+        options: &SessionOptions,
+        env: impl FnOnce(&mut S, &str, String),
+        spawn: impl FnOnce(&mut S) -> std::io::Result<C>,
+        id: impl FnOnce(&C) -> Option<u32>,
+        kill: impl FnOnce(&mut C),
+    ) -> Result<(Session, C), SessionError> {
         options.check()?;
         let (ours, theirs) = flowipc_sys::socket::socketpair_stream()
             .map_err(|e| SessionError::os("socketpair", e))?;
@@ -503,8 +528,8 @@ impl Session {
         flowipc_sys::fd::set_cloexec(theirs.as_fd(), false)
             .map_err(|e| SessionError::os("fcntl(F_SETFD)", e))?;
         let raw = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-        command.env(SESSION_FD_ENV, format!("{raw}:{ino}"));
-        let spawned = command.spawn();
+        env(command, SESSION_FD_ENV, format!("{raw}:{ino}"));
+        let spawned = spawn(command);
         drop(theirs);
         let mut child = spawned.map_err(|e| SessionError::io("spawning the session's child", e))?;
         let control = control_options().from_socket(ours);
@@ -528,12 +553,11 @@ impl Session {
         );
         match result {
             Ok(mut s) => {
-                s.peer_pidfd = pidfd_of(child.id());
+                s.peer_pidfd = id(&child).and_then(pidfd_of);
                 Ok((s, child))
             }
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill(&mut child);
                 Err(e)
             }
         }

@@ -61,7 +61,7 @@ pub use self::auth::PeerIdentity;
 pub use self::conn::{ChannelRequest, Session};
 pub use self::server::SessionServer;
 #[cfg(feature = "tokio")]
-pub use self::tokio::{AsyncSession, AsyncSessionServer};
+pub use self::tokio::{AsyncSession, AsyncSessionServer, ChannelRequests};
 pub use self::wire::HandshakeError;
 
 /// The environment variable through which [`Session::spawn`] tells the child which inherited

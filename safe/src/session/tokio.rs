@@ -136,6 +136,46 @@ impl AsyncSession {
         Ok((AsyncSession::new(session)?, child))
     }
 
+    /// Spawns a [`tokio::process::Command`] with a session to it, as [`Session::spawn`]: the
+    /// child is a [`tokio::process::Child`] (await its exit, kill it, read its pipes
+    /// asynchronously). The handshake runs on the blocking pool.
+    pub async fn spawn_tokio(
+        mut command: tokio::process::Command,
+        options: &SessionOptions,
+    ) -> Result<(Self, tokio::process::Child), SessionError> {
+        let options = options.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            Session::spawn_with(
+                &mut command,
+                &options,
+                |c, key, value| {
+                    c.env(key, value);
+                },
+                tokio::process::Command::spawn,
+                tokio::process::Child::id,
+                |child| {
+                    // SIGKILL; tokio reaps it in the background once it is dropped.
+                    let _ = child.start_kill();
+                },
+            )
+        })
+        .await;
+        let (session, child) = joined(r)?;
+        Ok((AsyncSession::new(session)?, child))
+    }
+
+    /// A stream of the peer's channel requests: `while let Some(request) =
+    /// requests.next().await`; it ends (`None`) when the session does (closed by the peer, or
+    /// the peer gone). Each request is granted or refused through the session
+    /// ([`AsyncSession::grant`] / [`refuse`](AsyncSession::refuse)) once the stream is dropped,
+    /// or with [`ChannelRequests::grant`] / [`refuse`](ChannelRequests::refuse) meanwhile.
+    pub fn channel_requests(&mut self) -> ChannelRequests<'_> {
+        ChannelRequests {
+            session: self,
+            ended: false,
+        }
+    }
+
     /// In a process started with [`Session::spawn`] or [`AsyncSession::spawn`]: takes the session
     /// its parent handed over (the handshake is a few small messages the parent has already sent).
     pub fn from_env() -> Result<Self, SessionError> {
@@ -219,5 +259,40 @@ impl AsyncSession {
     /// Ends the session in an orderly way, as [`Session::close`].
     pub fn close(self) -> Result<(), SessionError> {
         self.session.close()
+    }
+}
+
+/// The peer's channel requests as they come ([`AsyncSession::channel_requests`]).
+#[derive(Debug)]
+pub struct ChannelRequests<'a> {
+    session: &'a mut AsyncSession,
+    ended: bool,
+}
+
+impl ChannelRequests<'_> {
+    /// The next request; `None` once the session has ended (the peer closed it or is gone),
+    /// `Some(Err(..))` for any other failure.
+    pub async fn next(&mut self) -> Option<Result<ChannelRequest, SessionError>> {
+        if self.ended {
+            return None;
+        }
+        match self.session.accept_channel().await {
+            Ok(r) => Some(Ok(r)),
+            Err(SessionError::Closed | SessionError::PeerGone) => {
+                self.ended = true;
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Grants a request, as [`AsyncSession::grant`].
+    pub fn grant(&mut self, request: ChannelRequest) -> Result<AsyncChannel, SessionError> {
+        self.session.grant(request)
+    }
+
+    /// Refuses a request, as [`AsyncSession::refuse`].
+    pub fn refuse(&mut self, request: ChannelRequest, reason: &str) -> Result<(), SessionError> {
+        self.session.refuse(request, reason)
     }
 }
