@@ -136,16 +136,19 @@ fn parse_placement(s: &str) -> Result<Placement, String> {
 
 /// Timed requests per size and mode when `--samples` is not given: enough for a p99 where a round
 /// trip is short, a handful where it takes up to seconds.
-fn default_samples(size: u64) -> usize {
+fn default_samples(size: u64, mode: DemoMode) -> usize {
     const KIB: u64 = 1 << 10;
     const MIB: u64 = 1 << 20;
-    match size {
+    // A zero-copy round trip costs microseconds at any size (only the check after it reads the
+    // file), so its large sizes get enough samples for a p50 that means something.
+    let floor = if mode == DemoMode::ZeroCopy { 20 } else { 1 };
+    floor.max(match size {
         s if s <= 256 * KIB => 500,
         s if s <= 4 * MIB => 200,
         s if s <= 32 * MIB => 40,
         s if s <= 256 * MIB => 10,
         _ => 5,
-    }
+    })
 }
 
 /// Untimed requests before the timed ones when `--warmup` is not given: a tenth of the samples (at
@@ -352,13 +355,16 @@ fn measure(
 ) -> Result<Vec<Measured>, String> {
     let mut out = Vec::new();
     for (i, &size) in args.sizes.iter().enumerate() {
-        let samples = args.samples.unwrap_or_else(|| default_samples(size)).max(1);
-        let warmup = args
-            .warmup
-            .unwrap_or_else(|| default_warmup(samples, size))
-            .max(1);
         let name = file::file_name(size);
         for (&mode, end) in modes.iter().zip(ends.iter_mut()) {
+            let samples = args
+                .samples
+                .unwrap_or_else(|| default_samples(size, mode))
+                .max(1);
+            let warmup = args
+                .warmup
+                .unwrap_or_else(|| default_warmup(samples, size))
+                .max(1);
             eprint!(
                 "[{}/{}] {:>8} {:<9} {warmup} warm-up + {samples} samples ... ",
                 i + 1,
