@@ -477,3 +477,16 @@ fn async_channels_request_and_answer_in_zero_copy() {
         tokio::join!(server, client);
     });
 }
+
+#[test]
+fn a_zero_copy_message_sent_elsewhere_goes_inline() {
+    let (a, za, _b, _zb) = local_pair();
+    // A copy-mode pair: the message built in `a`'s pool still arrives, serialized.
+    let (cc, cd) = Channel::ring_pair().unwrap();
+    let c = StructuredOptions::new().open::<body::Owned>(cc).unwrap();
+    let d = StructuredOptions::new().open::<body::Owned>(cd).unwrap();
+    let m = pong(&a, 5, 3000);
+    c.send(&m).unwrap();
+    check_pong(&d.recv_timeout(T).unwrap(), 5, 3000);
+    assert_eq!(za.lent(), 0, "nothing was lent for an inline send");
+}

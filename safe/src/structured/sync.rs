@@ -53,7 +53,7 @@ impl Tx {
             fd_count,
         };
         self.next_id += 1;
-        match wire::send_frame(&mut self.sender, &env, body, fds) {
+        match wire::send_frame(&mut self.sender, &env, body, fds, shared.zero_copy.as_ref()) {
             Ok(()) => {
                 shared.lock().stats.sent += 1;
                 Ok(id)

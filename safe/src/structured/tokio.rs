@@ -46,7 +46,9 @@ impl AsyncTx {
             kind,
             fd_count,
         };
-        match wire::send_frame_async(&mut self.sender, &env, body, fds).await {
+        match wire::send_frame_async(&mut self.sender, &env, body, fds, shared.zero_copy.as_ref())
+            .await
+        {
             Ok(()) => {
                 shared.lock().stats.sent += 1;
                 Ok(id)
@@ -70,7 +72,7 @@ impl AsyncTx {
                 fd_count: 0,
             };
             self.next_id += 1;
-            let sent = wire::send_frame_async(&mut self.sender, &env, None, &[]).await;
+            let sent = wire::send_frame_async(&mut self.sender, &env, None, &[], None).await;
             let mut st = shared.lock();
             match sent {
                 Ok(()) => st.stats.sent += 1,

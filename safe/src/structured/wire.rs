@@ -129,10 +129,14 @@ impl OutMessage {
     /// The body as it goes in the frame: copy mode serializes it there; zero copy lends the
     /// segments and sends their table (returned with the handles lent, to take back if the send
     /// fails).
-    fn prepare(&self) -> Result<Body<'_>, super::StructuredError> {
+    ///
+    /// A zero-copy message goes as handles only over a channel whose pools it was built in;
+    /// over any other channel (copy mode, or another session's) it is serialized like a
+    /// copy-mode message, so it arrives whatever channel it is sent on.
+    fn prepare(&self, channel: Option<&ZeroCopy>) -> Result<Body<'_>, super::StructuredError> {
         match self {
             OutMessage::Heap(b) => Ok(Body::Inline(b)),
-            OutMessage::Shm(m) => {
+            OutMessage::Shm(m) if channel.is_some_and(|c| c.same_pools(&m.zc)) => {
                 let (table, lent) = zero_copy::lend_segments(&m.zc, &m.builder, &m.segments)?;
                 Ok(Body::Shared {
                     table,
@@ -140,6 +144,7 @@ impl OutMessage {
                     msg: m,
                 })
             }
+            OutMessage::Shm(m) => Ok(Body::InlineShm(&m.builder)),
         }
     }
 }
@@ -147,6 +152,7 @@ impl OutMessage {
 /// A body ready to go in a frame.
 enum Body<'a> {
     Inline(&'a message::Builder<message::HeapAllocator>),
+    InlineShm(&'a message::Builder<ShmAllocator>),
     Shared {
         table: Vec<u8>,
         lent: Vec<flowipc_core::arena::ArenaHandle>,
@@ -157,7 +163,7 @@ enum Body<'a> {
 impl Body<'_> {
     fn encoding(&self) -> envelope::BodyEncoding {
         match self {
-            Body::Inline(_) => envelope::BodyEncoding::InlineSegments,
+            Body::Inline(_) | Body::InlineShm(_) => envelope::BodyEncoding::InlineSegments,
             Body::Shared { .. } => envelope::BodyEncoding::SharedSegments,
         }
     }
@@ -165,6 +171,7 @@ impl Body<'_> {
     fn wire_len(&self) -> usize {
         match self {
             Body::Inline(b) => serialize::compute_serialized_size_in_words(*b) * 8,
+            Body::InlineShm(b) => serialize::compute_serialized_size_in_words(*b) * 8,
             Body::Shared { table, .. } => table.len(),
         }
     }
@@ -172,6 +179,7 @@ impl Body<'_> {
     fn write(&self, w: &mut MessageWriter<'_>) -> capnp::Result<()> {
         match self {
             Body::Inline(b) => serialize::write_message(w, *b),
+            Body::InlineShm(b) => serialize::write_message(w, *b),
             Body::Shared { table, .. } => {
                 std::io::Write::write_all(w, table).map_err(capnp::Error::from)
             }
@@ -230,8 +238,9 @@ pub(crate) fn send_frame(
     env: &Envelope,
     body: Option<&OutMessage>,
     fds: &[BorrowedFd<'_>],
+    zc: Option<&ZeroCopy>,
 ) -> Result<(), super::StructuredError> {
-    let body = body.map(OutMessage::prepare).transpose()?;
+    let body = body.map(|b| b.prepare(zc)).transpose()?;
     let encoding = body
         .as_ref()
         .map_or(envelope::BodyEncoding::InlineSegments, Body::encoding);
@@ -260,8 +269,9 @@ pub(crate) async fn send_frame_async(
     env: &Envelope,
     body: Option<&OutMessage>,
     fds: &[BorrowedFd<'_>],
+    zc: Option<&ZeroCopy>,
 ) -> Result<(), super::StructuredError> {
-    let body = body.map(OutMessage::prepare).transpose()?;
+    let body = body.map(|b| b.prepare(zc)).transpose()?;
     let encoding = body
         .as_ref()
         .map_or(envelope::BodyEncoding::InlineSegments, Body::encoding);

@@ -187,6 +187,11 @@ impl ZeroCopy {
         self
     }
 
+    /// Whether `other` is this link's pools (a clone of the same [`ZeroCopy`]).
+    pub(crate) fn same_pools(&self, other: &ZeroCopy) -> bool {
+        Arc::ptr_eq(&self.pools, &other.pools)
+    }
+
     /// Whether received messages are copied ([`copy_on_receive`](Self::copy_on_receive)).
     pub fn copies_on_receive(&self) -> bool {
         self.copy_on_receive
