@@ -38,6 +38,7 @@ pub mod cache;
 pub mod error;
 pub mod handle;
 pub mod layout;
+pub mod link;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ use core::ptr::NonNull;
 pub use cache::ArenaCache;
 pub use error::{AllocError, BlockError, InitError};
 pub use handle::{ArenaHandle, HandleDecodeError};
+pub use link::BlockLink;
 use layout::{
     class_info, head, head_id, head_tag, round_up, st_alloc, st_field, st_free, st_gen,
     st_is_alloc, ArenaHeader, ClassInfo, BLOCK_BITS, HEADER_SIZE, KIND_CONT, KIND_LARGE,
