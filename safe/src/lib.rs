@@ -76,6 +76,7 @@
 pub mod arena;
 pub mod channel;
 pub mod error;
+pub mod native;
 pub mod raw;
 pub mod ring;
 pub mod session;

@@ -50,7 +50,6 @@ use core::ptr::NonNull;
 pub use cache::ArenaCache;
 pub use error::{AllocError, BlockError, InitError};
 pub use handle::{ArenaHandle, HandleDecodeError};
-pub use link::BlockLink;
 use layout::{
     class_info, head, head_id, head_tag, round_up, st_alloc, st_field, st_free, st_gen,
     st_is_alloc, ArenaHeader, ClassInfo, BLOCK_BITS, HEADER_SIZE, KIND_CONT, KIND_LARGE,
@@ -58,6 +57,7 @@ use layout::{
     VERSION,
 };
 pub use layout::{DEFAULT_SPAN_SHIFT, MAX_SPAN_SHIFT, MIN_SPAN_SHIFT};
+pub use link::BlockLink;
 
 use crate::sync::{fence, AtomicU64, Ordering};
 

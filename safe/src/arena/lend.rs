@@ -80,6 +80,9 @@ impl PoolAllocator {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BorrowerId(u64);
 
+/// A block as the lend table names it: `(offset, generation)`.
+type BlockKey = (u64, u32);
+
 /// The descriptors a borrower needs; send both to it (e.g. with `SCM_RIGHTS`) and give them to
 /// [`BorrowedPool::open`] there.
 #[derive(Debug)]
@@ -95,6 +98,9 @@ struct Borrower {
     returns: RingReceiver,
     /// `(offset, generation) -> references held`.
     lent: HashMap<(u64, u32), u32>,
+    /// Blocks lent together with a root ([`LendPool::lend_tree`]): one list per reference to the
+    /// root, released with it.
+    trees: HashMap<(u64, u32), Vec<Vec<BlockKey>>>,
 }
 
 /// The owner's side of a lend pool: only this process allocates; borrowers only read.
@@ -191,6 +197,7 @@ impl LendPool {
                 _ring: ring,
                 returns,
                 lent: HashMap::new(),
+                trees: HashMap::new(),
             },
         );
         Ok((
@@ -268,6 +275,50 @@ impl LendPool {
         Ok(obj.handle())
     }
 
+    /// Lends `root` to borrower `to` as [`lend`](Self::lend) does, and with it a reference to
+    /// each of `deps` (the blocks the root's bytes link to, e.g. the nodes of a native tree), all
+    /// released together when the borrower gives the root back or is reclaimed. The borrower
+    /// needs only the root's handle.
+    pub(crate) fn lend_tree<'a>(
+        &mut self,
+        root: &ArenaObject,
+        deps: impl IntoIterator<Item = &'a ArenaObject>,
+        to: BorrowerId,
+    ) -> Result<ArenaHandle, ArenaError> {
+        let mut held: Vec<(u64, u32)> = Vec::new();
+        for d in deps {
+            let taken = if d.pool_id != self.pool_id || !d.backend.same(&self.backend) {
+                Err(ArenaError::WrongPool {
+                    expected: self.pool_id,
+                    got: d.pool_id,
+                })
+            } else {
+                self.backend.retain(d.off, d.gen)
+            };
+            if let Err(e) = taken {
+                for &(off, gen) in &held {
+                    let _ = self.backend.release(off, gen);
+                }
+                return Err(e);
+            }
+            held.push((d.off, d.gen));
+        }
+        match self.lend(root, to) {
+            Ok(h) => {
+                if let Some(b) = self.borrowers.get_mut(&to) {
+                    b.trees.entry((root.off, root.gen)).or_default().push(held);
+                }
+                Ok(h)
+            }
+            Err(e) => {
+                for &(off, gen) in &held {
+                    let _ = self.backend.release(off, gen);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Objects (references) borrower `b` holds now.
     pub fn lent_to(&self, b: BorrowerId) -> usize {
         self.borrowers
@@ -307,6 +358,11 @@ impl LendPool {
                 }
             }
         }
+        for (_, lists) in b.trees.drain() {
+            for (off, gen) in lists.into_iter().flatten() {
+                let _ = self.backend.release(off, gen);
+            }
+        }
         Ok(n)
     }
 }
@@ -334,6 +390,14 @@ fn drain(
                         *count -= 1;
                         if *count == 0 {
                             b.lent.remove(&k);
+                        }
+                        if let Some(lists) = b.trees.get_mut(&k) {
+                            for (off, gen) in lists.pop().into_iter().flatten() {
+                                let _ = backend.release(off, gen);
+                            }
+                            if lists.is_empty() {
+                                b.trees.remove(&k);
+                            }
                         }
                         backend.release(k.0, k.1)?;
                         n += 1;
