@@ -19,8 +19,9 @@ use super::ArenaHandle;
 
 /// Names `len` bytes at `offset` of the pool it is stored in, valid while the block is at
 /// `generation`. 24 bytes, `#[repr(C)]`, no padding; the all-zero link is [`NULL`](Self::NULL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct BlockLink {
     /// Byte offset of the block from the start of the pool (0: no block).
