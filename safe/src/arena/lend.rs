@@ -20,10 +20,10 @@ use flowipc_core::arena::ArenaHandle;
 use flowipc_sys::{AsFd, OwnedFd};
 
 use super::{
-    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend, Pod,
+    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend,
     ScopedObject, Source, Which, MEMFD_NAME,
 };
-use crate::raw::arena::{pod_bytes, MappedArena, MappedReader};
+use crate::raw::arena::{MappedArena, MappedReader};
 use crate::raw::{sys as region_sys, Sharing};
 use crate::ring::{RingReceiver, RingRecvError, RingSender, ShmRing};
 
@@ -244,14 +244,17 @@ impl LendPool {
     }
 
     /// Allocates an object holding `value`.
-    pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
+    pub fn alloc_value<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        &self,
+        value: &T,
+    ) -> Result<ArenaObject, ArenaError> {
         let align = std::mem::align_of::<T>().clamp(16, flowipc_core::arena::MAX_ALIGN);
         alloc_in(
             &self.backend,
             self.pool_id,
             std::mem::size_of::<T>(),
             align,
-            Some(pod_bytes(value)),
+            Some(value.as_bytes()),
         )
     }
 

@@ -44,14 +44,14 @@ use std::sync::Arc;
 
 use flowipc_core::arena::{Offset, MAX_ALIGN};
 use flowipc_sys::{BorrowedFd, OwnedFd};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 pub use flowipc_core::arena::{
     AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
 };
 pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolAllocator, PoolUsage};
 
-pub use crate::raw::arena::Pod;
-use crate::raw::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
+use crate::raw::arena::{MappedArena, MappedReader};
 #[cfg(feature = "jemalloc")]
 use crate::raw::jemalloc::JePool;
 use crate::raw::{PoolError, RegionError, Sharing};
@@ -215,15 +215,19 @@ impl ShmArena {
         alloc_zeroed_in(&self.backend, self.pool_id, len)
     }
 
-    /// Allocates an object holding `value`, aligned for `T`.
-    pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
+    /// Allocates an object holding `value`, aligned for `T` (any type with `zerocopy`'s
+    /// `IntoBytes` and `Immutable`: its bytes are all initialised).
+    pub fn alloc_value<T: IntoBytes + Immutable>(
+        &self,
+        value: &T,
+    ) -> Result<ArenaObject, ArenaError> {
         let align = std::mem::align_of::<T>().clamp(16, MAX_ALIGN);
         alloc_in(
             &self.backend,
             self.pool_id,
             std::mem::size_of::<T>(),
             align,
-            Some(pod_bytes(value)),
+            Some(value.as_bytes()),
         )
     }
 
@@ -649,16 +653,20 @@ impl ArenaObject {
     }
 
     /// Writes `value` at byte `at`.
-    pub fn write_value<T: Pod>(&self, at: usize, value: &T) -> Result<(), ArenaError> {
-        self.write(at, pod_bytes(value))
+    pub fn write_value<T: IntoBytes + Immutable>(
+        &self,
+        at: usize,
+        value: &T,
+    ) -> Result<(), ArenaError> {
+        self.write(at, value.as_bytes())
     }
 
-    /// Reads a `T` at byte `at` (any bit pattern is a valid `T`, so a peer's writes cannot make it
-    /// invalid, only wrong).
-    pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
+    /// Reads a `T` at byte `at` (`T: FromBytes`: any bit pattern is a valid `T`, so a peer's
+    /// writes cannot make it invalid, only wrong).
+    pub fn read_value<T: FromBytes>(&self, at: usize) -> Result<T, ArenaError> {
         let mut buf = vec![0u8; std::mem::size_of::<T>()];
         self.read(at, &mut buf)?;
-        Ok(pod_from_bytes(&buf))
+        value_from(&buf)
     }
 
     fn check_range(&self, at: usize, len: usize) -> Result<(), ArenaError> {
@@ -813,6 +821,11 @@ impl Drop for ScopedObject<'_> {
     }
 }
 
+/// A `T` from exactly its size of bytes (copied: no alignment needed).
+fn value_from<T: FromBytes>(bytes: &[u8]) -> Result<T, ArenaError> {
+    T::read_from_bytes(bytes).map_err(|_| BlockError::TooLong.into())
+}
+
 fn check_range(len: u64, at: usize, n: usize) -> Result<(), ArenaError> {
     match at.checked_add(n) {
         Some(end) if end as u64 <= len => Ok(()),
@@ -889,11 +902,11 @@ impl ArenaView<'_> {
         })
     }
 
-    /// Reads a `T` at byte `at`.
-    pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
+    /// Reads a `T` at byte `at` (`T: FromBytes`, as [`ArenaObject::read_value`]).
+    pub fn read_value<T: FromBytes>(&self, at: usize) -> Result<T, ArenaError> {
         let mut buf = vec![0u8; std::mem::size_of::<T>()];
         self.read(at, &mut buf)?;
-        Ok(pod_from_bytes(&buf))
+        value_from(&buf)
     }
 }
 
