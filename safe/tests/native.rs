@@ -9,6 +9,8 @@
 //!   them after the child released them, and the pool returns to its starting usage.
 //! - `killed_borrower_releases_the_tree`: the child is SIGKILLed while holding a lent tree whose
 //!   owner-side container was dropped; `reclaim` gives back every block.
+//! - `lent_through_a_session`: a vector of strings lent with `Session::lend_native` to a spawned
+//!   child, read there through the session's `peer_pool`, released, reclaimed, then changed.
 //! - `lend_release_cycles_do_not_leak`: 100,000 lend / read / release cycles of small trees
 //!   (10,000 in debug builds); usage is back to the baseline after every batch.
 
@@ -378,4 +380,69 @@ fn cycler() {
         }
         send_frame(sock.as_fd(), b"done");
     }
+}
+
+// ---- through a session --------------------------------------------------------------------------
+
+#[test]
+fn lent_through_a_session() {
+    if std::env::var_os(flowipc::session::SESSION_FD_ENV).is_some() {
+        return session_child();
+    }
+    if role().is_some() {
+        return;
+    }
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "lent_through_a_session",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let opts = flowipc::session::SessionOptions::new()
+        .init_channel(flowipc::channel::TransportKind::Socket)
+        .arenas(8 << 20)
+        .handshake_timeout(Duration::from_secs(10));
+    let (mut s, mut child) = flowipc::Session::spawn(&mut cmd, &opts).expect("spawn");
+    let mut ch = s.take_init_channels().pop().unwrap();
+    let alloc = ShmAlloc::from(s.lend_pool().expect("lend pool"));
+    let mut v: ShmVec<StrLink> = ShmVec::new_in(&alloc).unwrap();
+    for i in 0..10 {
+        let l = v.adopt(ShmString::from_str_in(&alloc, &word(i)).unwrap());
+        v.push(l).unwrap();
+    }
+    let h = s.lend_native(&v).unwrap();
+    ch.send(&h.to_bytes()).unwrap();
+    let mut buf = Vec::new();
+    ch.recv_timeout(&mut buf, DEADLINE).unwrap();
+    assert_eq!(buf, b"released");
+    assert_eq!(s.reclaim_lent().unwrap(), 1);
+    let l = v.adopt(ShmString::from_str_in(&alloc, "after").unwrap());
+    v.push(l).unwrap();
+    assert_eq!(v.len(), 11);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < DEADLINE, "child did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+fn session_child() {
+    let mut s = flowipc::Session::from_env().expect("from_env");
+    let mut ch = s.take_init_channels().pop().unwrap();
+    let mut buf = Vec::new();
+    ch.recv_timeout(&mut buf, DEADLINE).unwrap();
+    let h = ArenaHandle::from_bytes(&buf).unwrap();
+    let pool = s.peer_pool().expect("the parent's lend pool");
+    {
+        let v = VecRef::<StrLink>::open(&*pool, &h).unwrap();
+        let got: Vec<String> = v
+            .iter()
+            .map(|l| l.unwrap().open(&*pool).unwrap().to_string().unwrap())
+            .collect();
+        assert_eq!(got, (0..10).map(word).collect::<Vec<_>>());
+    }
+    pool.release(h).unwrap();
+    ch.send(b"released").unwrap();
 }
