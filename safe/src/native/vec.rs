@@ -23,6 +23,9 @@ pub struct ShmVec<T> {
     alloc: ShmAlloc,
     buf: BlockBuf,
     len: usize,
+    /// `push` takes its fast path while `len < limit`: the capacity, or 0 while lent (so that the
+    /// slow path checks whether it still is).
+    limit: Cell<usize>,
     lent: Cell<bool>,
     /// Blocks adopted by this vector (its elements link to them), with their own adoptees.
     deps: Vec<ArenaObject>,
@@ -60,9 +63,11 @@ impl<T: Plain> ShmVec<T> {
             .max(1)
             .checked_mul(Self::SIZE)
             .ok_or(NativeError::TooLarge)?;
+        let buf = BlockBuf::new(alloc.alloc(bytes)?)?;
         Ok(ShmVec {
             alloc: alloc.clone(),
-            buf: BlockBuf::new(alloc.alloc(bytes)?)?,
+            limit: Cell::new(buf.len() / Self::SIZE),
+            buf,
             len: 0,
             lent: Cell::new(false),
             deps: Vec::new(),
@@ -99,6 +104,7 @@ impl<T: Plain> ShmVec<T> {
     /// elements copied over, the old block released.
     pub fn reserve(&mut self, more: usize) -> Result<(), NativeError> {
         check_unlent(&self.lent, self.buf.object())?;
+        self.limit.set(self.capacity());
         let need = self.len.checked_add(more).ok_or(NativeError::TooLarge)?;
         if need <= self.capacity() {
             return Ok(());
@@ -108,13 +114,14 @@ impl<T: Plain> ShmVec<T> {
         let mut new = BlockBuf::new(self.alloc.alloc(bytes)?)?;
         new.copy_from(&self.buf, self.len * Self::SIZE)?;
         self.buf = new;
+        self.limit.set(self.capacity());
         Ok(())
     }
 
     /// Appends `value`, growing through the arena when full.
     #[inline]
     pub fn push(&mut self, value: T) -> Result<(), NativeError> {
-        if self.len == self.capacity() || self.lent.get() {
+        if self.len >= self.limit.get() {
             self.reserve(1)?;
         }
         self.buf.write(self.len * Self::SIZE, value.as_bytes())?;
@@ -225,6 +232,7 @@ impl<T: Plain> ShmNode for ShmVec<T> {
             &self.deps,
         )?;
         self.lent.set(true);
+        self.limit.set(0);
         Ok(h)
     }
 
