@@ -368,3 +368,50 @@ fn forged_maps_are_errors_and_chains_are_bounded() {
     drop((ok, cyc, me, far, f));
     assert_eq!(pool.usage(), PoolUsage::default());
 }
+
+#[test]
+fn lent_twice_and_to_two_borrowers() {
+    let (mut pool, a, mut ba) = pool();
+    let (b, setup) = pool.add_borrower().unwrap();
+    let mut bb = BorrowedPool::open(setup).unwrap();
+    let base = pool.usage();
+    let alloc = ShmAlloc::from(&pool);
+    let mut v: ShmVec<StrLink> = ShmVec::new_in(&alloc).unwrap();
+    let l = v.adopt(ShmString::from_str_in(&alloc, "child").unwrap());
+    v.push(l).unwrap();
+    let h1 = v.lend(&mut pool, a).unwrap();
+    let h2 = v.lend(&mut pool, a).unwrap();
+    let hb = v.lend(&mut pool, b).unwrap();
+    drop(v);
+    ba.release(h1).unwrap();
+    pool.drain_returns(a).unwrap();
+    // `a` still holds one lend of the tree, `b` another: the child is alive for both.
+    for (src, h) in [(&ba, h2), (&bb, hb)] {
+        let r = VecRef::<StrLink>::open(src, &h).unwrap();
+        assert_eq!(
+            r.get(0).unwrap().open(src).unwrap().to_string().unwrap(),
+            "child"
+        );
+    }
+    // A return that names nothing `b` holds releases nothing.
+    let forged = ArenaHandle {
+        generation: hb.generation ^ 1,
+        ..hb
+    };
+    bb.release(forged).unwrap();
+    pool.drain_returns(b).unwrap();
+    assert_eq!(pool.bogus_returns(), 1);
+    bb.release(hb).unwrap();
+    pool.drain_returns(b).unwrap();
+    assert!(
+        pool.usage().objects > base.objects,
+        "a still holds the tree"
+    );
+    pool.reclaim(a).unwrap();
+    assert_eq!(
+        pool.usage(),
+        base,
+        "b's return and a's reclaim released every block"
+    );
+    drop(bb);
+}
