@@ -415,3 +415,32 @@ fn lent_twice_and_to_two_borrowers() {
     );
     drop(bb);
 }
+
+#[cfg(feature = "jemalloc")]
+#[test]
+fn jemalloc_pool_tree_lent_frozen_and_released() {
+    let mut pool = LendPool::create_jemalloc(32 << 20).unwrap();
+    let (id, setup) = pool.add_borrower().unwrap();
+    let mut b = BorrowedPool::open(setup).unwrap();
+    let alloc = ShmAlloc::from(&pool);
+    let mut m: ShmHashMap<StrLink, VecLink<u64>> = ShmHashMap::new_in(&alloc).unwrap();
+    for i in 0..200u64 {
+        let v = m.adopt(ShmVec::from_slice_in(&alloc, &[i; 5]).unwrap());
+        m.insert_str(&format!("k{i}"), v).unwrap();
+    }
+    let h = m.lend(&mut pool, id).unwrap();
+    assert!(matches!(
+        m.insert_str("late", VecLink::NULL),
+        Err(NativeError::Lent)
+    ));
+    {
+        let r = MapRef::<StrLink, VecLink<u64>>::open(&b, &h).unwrap();
+        let v = r.get_str("k123").unwrap().unwrap();
+        assert_eq!(v.open(&b).unwrap().to_vec().unwrap(), [123; 5]);
+    }
+    b.release(h).unwrap();
+    pool.drain_returns(id).unwrap();
+    m.insert_str("late", VecLink::NULL).unwrap();
+    drop(m);
+    assert_eq!(pool.usage(), PoolUsage::default());
+}
