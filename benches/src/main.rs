@@ -10,6 +10,7 @@
 mod alloc;
 mod channel;
 mod harness;
+mod native;
 #[cfg(feature = "peers")]
 mod peers;
 mod plot;
@@ -369,6 +370,7 @@ fn check_targets(rows: &[Row]) {
     structured::check_targets(rows);
     zerocopy::check_targets(rows);
     session::check_targets(rows);
+    native::check_targets(rows);
 }
 
 /// Prints one latency ratio target: `row`'s p50 over the p50 of `reference` (same kind and size,
@@ -442,6 +444,9 @@ fn main() {
     if let Some(code) = session::child_entry() {
         std::process::exit(code);
     }
+    if let Some(code) = native::child_entry() {
+        std::process::exit(code);
+    }
     let systems = systems();
     if std::env::args().nth(1).as_deref() == Some("__child") {
         if let Err(e) = harness::child_main(&systems) {
@@ -454,6 +459,7 @@ fn main() {
     let mut known: Vec<&str> = systems.iter().map(|s| s.name()).collect();
     known.extend(alloc::SYSTEMS);
     known.extend(session::SYSTEMS);
+    known.extend(native::SYSTEMS);
     for o in &args.only {
         if !known.contains(&o.as_str()) {
             eprintln!(
@@ -520,6 +526,18 @@ fn main() {
             .budget_ms
             .unwrap_or(if args.quick { 300 } else { 2000 });
         rows.extend(session::run(args.quick, budget_ms, &args.only));
+    }
+    if args.only.is_empty()
+        || args
+            .only
+            .iter()
+            .any(|o| native::SYSTEMS.contains(&o.as_str()))
+    {
+        eprint!("\rnative: lent ShmVec vs bincode, builds{}", " ".repeat(40));
+        let budget_ms = args
+            .budget_ms
+            .unwrap_or(if args.quick { 300 } else { 2000 });
+        rows.extend(native::run(args.quick, budget_ms, &args.only));
     }
     eprintln!(
         "\rmeasured {} configurations in {:.0} s{}",

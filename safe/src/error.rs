@@ -48,6 +48,9 @@ pub enum Error {
     /// A session operation failed.
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    /// A native shared-memory structure operation failed.
+    #[error(transparent)]
+    Native(#[from] crate::native::NativeError),
 }
 
 /// The core allocator's errors arrive wrapped as an [`ArenaError`].

@@ -18,6 +18,9 @@
 //!   SPSC ring (in-place [`write_chunk`](ring::RingSender::write_chunk), wait policies).
 //! - [`arena`]: shared-memory pools. Objects are allocated in a sealed memfd and cross a channel as a
 //!   32-byte [`ArenaHandle`](arena::ArenaHandle) that the receiver validates before it reads.
+//! - [`native`]: vectors, strings, boxes and hash maps built in a pool with familiar methods,
+//!   nested through offset links, lent to the peer as one handle and read there in place through
+//!   views that check every offset, length and chain ([`native::ShmVec`], [`native::VecRef`]).
 //! - [`structured`]: Cap'n Proto messages of your schema over any channel: notifications,
 //!   requests matched to their responses (sync, callback, async, multi-response), descriptors
 //!   attached ([`StructuredChannel`], [`AsyncStructuredChannel`]).
@@ -76,6 +79,7 @@
 pub mod arena;
 pub mod channel;
 pub mod error;
+pub mod native;
 pub mod raw;
 pub mod ring;
 pub mod session;

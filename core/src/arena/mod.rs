@@ -38,6 +38,7 @@ pub mod cache;
 pub mod error;
 pub mod handle;
 pub mod layout;
+pub mod link;
 
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,7 @@ use layout::{
     VERSION,
 };
 pub use layout::{DEFAULT_SPAN_SHIFT, MAX_SPAN_SHIFT, MIN_SPAN_SHIFT};
+pub use link::BlockLink;
 
 use crate::sync::{fence, AtomicU64, Ordering};
 

@@ -21,10 +21,10 @@ use flowipc_core::arena::ArenaHandle;
 use flowipc_sys::{AsFd, OwnedFd};
 
 use super::{
-    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend, Pod,
+    alloc_in, alloc_zeroed_in, new_pool_id, ArenaError, ArenaObject, ArenaView, Backend,
     ScopedObject, Source, Which, MEMFD_NAME,
 };
-use crate::raw::arena::{pod_bytes, MappedArena, MappedReader};
+use crate::raw::arena::{MappedArena, MappedReader};
 use crate::raw::{sys as region_sys, Sharing};
 use crate::ring::{RingReceiver, RingRecvError, RingSendError, RingSender, ShmRing};
 
@@ -114,6 +114,9 @@ impl PoolAllocator {
     }
 }
 
+/// A block as the lend table names it: `(offset, generation)`.
+type BlockKey = (u64, u32);
+
 /// Names one borrower of a [`LendPool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BorrowerId(u64);
@@ -132,7 +135,10 @@ struct Borrower {
     _ring: ShmRing,
     returns: RingReceiver,
     /// `(offset, generation) -> references held`.
-    lent: HashMap<(u64, u32), u32, FastHash>,
+    lent: HashMap<BlockKey, u32, FastHash>,
+    /// Blocks lent together with a root ([`LendPool::lend_tree`]): one list per reference to the
+    /// root, released with it.
+    trees: HashMap<BlockKey, Vec<Vec<BlockKey>>, FastHash>,
 }
 
 /// The owner's side of a lend pool: only this process allocates; borrowers only read.
@@ -245,6 +251,7 @@ impl LendPool {
                 _ring: ring,
                 returns,
                 lent: HashMap::default(),
+                trees: HashMap::default(),
             },
         );
         Ok((
@@ -290,14 +297,17 @@ impl LendPool {
     }
 
     /// Allocates an object holding `value`.
-    pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
+    pub fn alloc_value<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        &self,
+        value: &T,
+    ) -> Result<ArenaObject, ArenaError> {
         let align = std::mem::align_of::<T>().clamp(16, flowipc_core::arena::MAX_ALIGN);
         alloc_in(
             &self.backend,
             self.pool_id,
             std::mem::size_of::<T>(),
             align,
-            Some(pod_bytes(value)),
+            Some(value.as_bytes()),
         )
     }
 
@@ -364,6 +374,55 @@ impl LendPool {
         Ok(())
     }
 
+    /// Lends `root` to borrower `to` as [`lend`](Self::lend) does, and with it a reference to
+    /// each of `deps` (the blocks the root's bytes link to, e.g. the nodes of a native tree), all
+    /// released together when the borrower gives the root back or is reclaimed. The borrower
+    /// needs only the root's handle. One lock for the whole, so a return of the root drained
+    /// by another thread meanwhile cannot miss the tree.
+    pub(crate) fn lend_tree<'a>(
+        &self,
+        root: &ArenaObject,
+        deps: impl IntoIterator<Item = &'a ArenaObject>,
+        to: BorrowerId,
+    ) -> Result<ArenaHandle, ArenaError> {
+        let mine = |o: &ArenaObject| {
+            if o.pool_id != self.pool_id || !o.backend.same(&self.backend) {
+                Err(ArenaError::WrongPool {
+                    expected: self.pool_id,
+                    got: o.pool_id,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        mine(root)?;
+        let mut st = self.state();
+        let b = st
+            .borrowers
+            .get_mut(&to)
+            .ok_or(ArenaError::UnknownBorrower(to))?;
+        let mut held: Vec<BlockKey> = Vec::new();
+        let undo = |held: &[BlockKey]| {
+            for &(off, gen) in held {
+                let _ = self.backend.release(off, gen);
+            }
+        };
+        for d in deps {
+            if let Err(e) = mine(d).and_then(|()| self.backend.retain(d.off, d.gen)) {
+                undo(&held);
+                return Err(e);
+            }
+            held.push((d.off, d.gen));
+        }
+        if let Err(e) = self.backend.retain(root.off, root.gen) {
+            undo(&held);
+            return Err(e);
+        }
+        *b.lent.entry((root.off, root.gen)).or_insert(0) += 1;
+        b.trees.entry((root.off, root.gen)).or_default().push(held);
+        Ok(root.handle())
+    }
+
     /// Takes back one lend of `handle` to `to` that never reached the borrower (the send that
     /// carried it failed): drops the record and the reference. `false` if there was none.
     pub(crate) fn unlend(&self, handle: &ArenaHandle, to: BorrowerId) -> bool {
@@ -424,6 +483,11 @@ impl LendPool {
         // A corrupt ring must not keep the rest from being reclaimed.
         let mut n = drain(&self.backend, self.pool_id, &mut b, &mut st.bogus_returns).unwrap_or(0);
         drop(st);
+        for (_, lists) in b.trees.drain() {
+            for (off, gen) in lists.into_iter().flatten() {
+                let _ = self.backend.release(off, gen);
+            }
+        }
         for ((off, gen), refs) in b.lent.drain() {
             for _ in 0..refs {
                 if self.backend.release(off, gen).is_ok() {
@@ -461,6 +525,14 @@ fn drain(
                             *count -= 1;
                             if *count == 0 {
                                 b.lent.remove(&k);
+                            }
+                            if let Some(lists) = b.trees.get_mut(&k) {
+                                for (off, gen) in lists.pop().into_iter().flatten() {
+                                    let _ = backend.release(off, gen);
+                                }
+                                if lists.is_empty() {
+                                    b.trees.remove(&k);
+                                }
                             }
                             backend.release(k.0, k.1)?;
                             n += 1;

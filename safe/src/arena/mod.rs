@@ -44,14 +44,14 @@ use std::sync::Arc;
 
 use flowipc_core::arena::{Offset, MAX_ALIGN};
 use flowipc_sys::{BorrowedFd, OwnedFd};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 pub use flowipc_core::arena::{
     AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
 };
 pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolAllocator, PoolUsage};
 
-pub use crate::raw::arena::Pod;
-use crate::raw::arena::{pod_bytes, pod_from_bytes, MappedArena, MappedReader};
+use crate::raw::arena::{MappedArena, MappedReader};
 #[cfg(feature = "jemalloc")]
 use crate::raw::jemalloc::JePool;
 use crate::raw::{PoolError, RegionError, Sharing};
@@ -215,15 +215,19 @@ impl ShmArena {
         alloc_zeroed_in(&self.backend, self.pool_id, len)
     }
 
-    /// Allocates an object holding `value`, aligned for `T`.
-    pub fn alloc_value<T: Pod>(&self, value: &T) -> Result<ArenaObject, ArenaError> {
+    /// Allocates an object holding `value`, aligned for `T` (any type with `zerocopy`'s
+    /// `IntoBytes` and `Immutable`: its bytes are all initialised).
+    pub fn alloc_value<T: IntoBytes + Immutable>(
+        &self,
+        value: &T,
+    ) -> Result<ArenaObject, ArenaError> {
         let align = std::mem::align_of::<T>().clamp(16, MAX_ALIGN);
         alloc_in(
             &self.backend,
             self.pool_id,
             std::mem::size_of::<T>(),
             align,
-            Some(pod_bytes(value)),
+            Some(value.as_bytes()),
         )
     }
 
@@ -398,6 +402,21 @@ impl Backend {
             Which::Core(m) => Ok(m.block_ptr(Offset::new(off), gen, len)?),
             #[cfg(feature = "jemalloc")]
             Which::Je(p) => Ok(p.block_ptr(off, gen, len)?),
+        }
+    }
+
+    /// The block's references now (any process), checking that it is live at `gen`.
+    fn refcount(&self, off: u64, gen: u32) -> Result<u32, ArenaError> {
+        match self.which() {
+            Which::Core(m) => {
+                let info = m.arena().info(Offset::new(off))?;
+                if info.generation != gen {
+                    return Err(BlockError::StaleGeneration.into());
+                }
+                Ok(info.refcount)
+            }
+            #[cfg(feature = "jemalloc")]
+            Which::Je(p) => Ok(p.info(off, gen)?.refcount),
         }
     }
 
@@ -634,16 +653,20 @@ impl ArenaObject {
     }
 
     /// Writes `value` at byte `at`.
-    pub fn write_value<T: Pod>(&self, at: usize, value: &T) -> Result<(), ArenaError> {
-        self.write(at, pod_bytes(value))
+    pub fn write_value<T: IntoBytes + Immutable>(
+        &self,
+        at: usize,
+        value: &T,
+    ) -> Result<(), ArenaError> {
+        self.write(at, value.as_bytes())
     }
 
-    /// Reads a `T` at byte `at` (any bit pattern is a valid `T`, so a peer's writes cannot make it
-    /// invalid, only wrong).
-    pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
+    /// Reads a `T` at byte `at` (`T: FromBytes`: any bit pattern is a valid `T`, so a peer's
+    /// writes cannot make it invalid, only wrong).
+    pub fn read_value<T: FromBytes>(&self, at: usize) -> Result<T, ArenaError> {
         let mut buf = vec![0u8; std::mem::size_of::<T>()];
         self.read(at, &mut buf)?;
-        Ok(pod_from_bytes(&buf))
+        value_from(&buf)
     }
 
     fn check_range(&self, at: usize, len: usize) -> Result<(), ArenaError> {
@@ -655,6 +678,12 @@ impl ArenaObject {
     /// the object and state their own aliasing model where they form references over it.
     pub(crate) fn as_mut_ptr(&self) -> Result<NonNull<u8>, ArenaError> {
         self.backend.block_ptr(self.off, self.gen, self.len())
+    }
+
+    /// References to the block now, in every process (1: only this object). For the native
+    /// structures, which refuse to change a block someone else holds.
+    pub(crate) fn refcount(&self) -> Result<u32, ArenaError> {
+        self.backend.refcount(self.off, self.gen)
     }
 }
 
@@ -792,6 +821,11 @@ impl Drop for ScopedObject<'_> {
     }
 }
 
+/// A `T` from exactly its size of bytes (copied: no alignment needed).
+fn value_from<T: FromBytes>(bytes: &[u8]) -> Result<T, ArenaError> {
+    T::read_from_bytes(bytes).map_err(|_| BlockError::TooLong.into())
+}
+
 fn check_range(len: u64, at: usize, n: usize) -> Result<(), ArenaError> {
     match at.checked_add(n) {
         Some(end) if end as u64 <= len => Ok(()),
@@ -854,7 +888,7 @@ impl ArenaView<'_> {
     /// Re-checks the handle and returns a pointer to its `len()` bytes, valid for `'a` (the
     /// mapping's borrow). For the crate's zero-copy readers, which state their own model of the
     /// peer's writes where they form references over it.
-    #[allow(dead_code)] // For the native shared-memory types; zero copy reads through the pool.
+    #[allow(dead_code)] // Used by tests; zero copy and the native types read through the pool.
     pub(crate) fn as_ptr(&self) -> Result<NonNull<u8>, ArenaError> {
         Ok(match self.src {
             Source::Rw(m) => {
@@ -867,11 +901,11 @@ impl ArenaView<'_> {
         })
     }
 
-    /// Reads a `T` at byte `at`.
-    pub fn read_value<T: Pod>(&self, at: usize) -> Result<T, ArenaError> {
+    /// Reads a `T` at byte `at` (`T: FromBytes`, as [`ArenaObject::read_value`]).
+    pub fn read_value<T: FromBytes>(&self, at: usize) -> Result<T, ArenaError> {
         let mut buf = vec![0u8; std::mem::size_of::<T>()];
         self.read(at, &mut buf)?;
-        Ok(pod_from_bytes(&buf))
+        value_from(&buf)
     }
 }
 

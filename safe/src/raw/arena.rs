@@ -19,39 +19,6 @@ use flowipc_sys::{BorrowedFd, OwnedFd};
 use super::jemalloc::JeReader;
 use super::{PoolError, RegionError, SharedRegion, Sharing};
 
-/// Plain old data: a `Copy` type for which every bit pattern is a valid value and that has no
-/// padding bytes, so it can be copied to and from shared memory that a peer may have written.
-///
-/// # Safety
-///
-/// Implement it only for types that are `#[repr(C)]` or `#[repr(transparent)]` (or primitive),
-/// contain no padding, no pointers or references, and accept every bit pattern (so no `bool`,
-/// `char`, enums or `NonZero*`).
-pub unsafe trait Pod: Copy + 'static {}
-
-macro_rules! pod {
-    ($($t:ty),*) => { $(
-        // SAFETY: primitive integers and floats accept every bit pattern and have no padding.
-        unsafe impl Pod for $t {}
-    )* };
-}
-pod!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
-// SAFETY: an array of `Pod` has no padding between elements and accepts every bit pattern.
-unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
-
-/// The bytes of a `Pod` value.
-pub(crate) fn pod_bytes<T: Pod>(v: &T) -> &[u8] {
-    // SAFETY: `T: Pod` has no padding, so all `size_of::<T>()` bytes are initialised.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
-
-/// A `Pod` value from bytes (`bytes.len() == size_of::<T>()`).
-pub(crate) fn pod_from_bytes<T: Pod>(bytes: &[u8]) -> T {
-    assert_eq!(bytes.len(), std::mem::size_of::<T>());
-    // SAFETY: the length matches and `T: Pod` accepts every bit pattern; unaligned read.
-    unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
-}
-
 /// The first byte of a region mapped read-write (as every region this process creates or opens
 /// for writing is).
 fn writable_base(region: &SharedRegion) -> Result<NonNull<u8>, RegionError> {

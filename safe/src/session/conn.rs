@@ -805,6 +805,21 @@ impl Session {
         Ok(pool.lend(object, *to)?)
     }
 
+    /// Lends a native structure ([`ShmVec`](crate::native::ShmVec) and the others, allocated in
+    /// this side's [`lend_pool`](Self::lend_pool)) to the peer with every block it adopted: the
+    /// handle to send. The structure is frozen until the peer releases it and
+    /// [`reclaim_lent`](Self::reclaim_lent) has drained the release.
+    pub fn lend_native<N: crate::native::ShmNode>(
+        &self,
+        root: &N,
+    ) -> Result<ArenaHandle, crate::native::NativeError> {
+        let (pool, to) = self
+            .own_pool
+            .as_ref()
+            .ok_or(crate::native::NativeError::NoLendPool)?;
+        root.lend(pool, *to)
+    }
+
     /// Takes back what the peer has released of the objects lent to it; returns how many.
     pub fn reclaim_lent(&self) -> Result<usize, SessionError> {
         match self.own_pool.as_ref() {
