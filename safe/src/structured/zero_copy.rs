@@ -804,8 +804,25 @@ mod tests {
         ] {
             cases.push((what, table(&[forged], 1, 0)));
         }
+        let mut trailing = body.clone();
+        trailing.extend_from_slice(&[0; 8]);
+        cases.push(("trailing bytes", trailing));
+        // Cases another check would also catch: each must be refused by its own check (the
+        // reason says which), so that removing that check fails this test.
+        let own_check = [
+            ("too many", "1 to 512"),
+            ("other pool", "not the peer's pool"),
+            ("misaligned", "aligned words"),
+            ("trailing bytes", "in 48 bytes"),
+        ];
         for (what, bytes) in cases {
-            assert!(read_segments(&b, &bytes).is_err(), "{what} was accepted");
+            let reason = match read_segments(&b, &bytes) {
+                Err(reason) => reason,
+                Ok(_) => panic!("{what} was accepted"),
+            };
+            if let Some((_, want)) = own_check.iter().find(|(w, _)| *w == what) {
+                assert!(reason.contains(want), "{what}: refused for {reason:?}");
+            }
         }
         // The valid table still reads (nothing above released what it names twice over: the
         // owner ignores returns of what the borrower does not hold).
