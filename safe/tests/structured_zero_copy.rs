@@ -320,8 +320,15 @@ fn sender_killed_while_the_receiver_reads_a_large_message() {
 /// Two zero-copy ends in one process over fresh pools (the protocol does not care whether the
 /// pools' owners are two processes; the kill tests above cover that).
 fn local_pair() -> (Chan, ZeroCopy, Chan, ZeroCopy) {
-    let a = Arc::new(LendPool::create(64 << 20).unwrap());
-    let b = Arc::new(LendPool::create(64 << 20).unwrap());
+    pair_over(
+        LendPool::create(64 << 20).unwrap(),
+        LendPool::create(64 << 20).unwrap(),
+    )
+}
+
+/// Two zero-copy ends over a ring pair, `a` building in `pool_a`, `b` in `pool_b`.
+fn pair_over(pool_a: LendPool, pool_b: LendPool) -> (Chan, ZeroCopy, Chan, ZeroCopy) {
+    let (a, b) = (Arc::new(pool_a), Arc::new(pool_b));
     let (a_to_b, a_setup) = a.add_borrower().unwrap();
     let (b_to_a, b_setup) = b.add_borrower().unwrap();
     let seen_by_b = Arc::new(BorrowedPool::open(a_setup).unwrap());
@@ -403,30 +410,10 @@ fn a_copy_mode_receiver_refuses_zero_copy_frames() {
 #[cfg(feature = "jemalloc")]
 #[test]
 fn jemalloc_pools_carry_zero_copy_messages() {
-    let a = Arc::new(LendPool::create_jemalloc(64 << 20).unwrap());
-    let b = Arc::new(LendPool::create(16 << 20).unwrap());
-    let (a_to_b, a_setup) = a.add_borrower().unwrap();
-    let (b_to_a, b_setup) = b.add_borrower().unwrap();
-    let seen_by_b = Arc::new(BorrowedPool::open(a_setup).unwrap());
-    let seen_by_a = Arc::new(BorrowedPool::open(b_setup).unwrap());
-    // SAFETY: both ends are this test, which follows the protocol.
-    let (za, zb) = unsafe {
-        (
-            ZeroCopy::from_pools(a, a_to_b, seen_by_a, None),
-            ZeroCopy::from_pools(b, b_to_a, seen_by_b, None),
-        )
-    };
-    let (ca, cb) = Channel::ring_pair().unwrap();
-    let a = StructuredOptions::new()
-        .receive_in_caller(true)
-        .zero_copy(za.clone())
-        .open::<body::Owned>(ca)
-        .unwrap();
-    let b = StructuredOptions::new()
-        .receive_in_caller(true)
-        .zero_copy(zb)
-        .open::<body::Owned>(cb)
-        .unwrap();
+    let (a, za, b, _zb) = pair_over(
+        LendPool::create_jemalloc(64 << 20).unwrap(),
+        LendPool::create(16 << 20).unwrap(),
+    );
     let base = za.pool_usage();
     for (seq, size) in [(1u64, 10usize), (2, 5000), (3, 3 << 20)] {
         a.send(&pong(&a, seq, size)).unwrap();

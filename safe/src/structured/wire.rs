@@ -232,6 +232,55 @@ fn envelope_bytes(
     Ok(out)
 }
 
+/// A frame ready to go: the envelope's bytes and the body as it goes on the wire.
+struct Frame<'a> {
+    head: [u8; ENVELOPE_LEN],
+    body: Option<Body<'a>>,
+}
+
+impl<'a> Frame<'a> {
+    fn new(
+        env: &Envelope,
+        body: Option<&'a OutMessage>,
+        zc: Option<&ZeroCopy>,
+    ) -> Result<Self, super::StructuredError> {
+        let body = body.map(|b| b.prepare(zc)).transpose()?;
+        let encoding = body
+            .as_ref()
+            .map_or(envelope::BodyEncoding::InlineSegments, Body::encoding);
+        Ok(Frame {
+            head: envelope_bytes(env, encoding)?,
+            body,
+        })
+    }
+
+    fn len(&self) -> usize {
+        ENVELOPE_LEN + self.body.as_ref().map_or(0, Body::wire_len)
+    }
+
+    fn write(&self, w: &mut MessageWriter<'_>) -> capnp::Result<()> {
+        std::io::Write::write_all(w, &self.head).map_err(capnp::Error::from)?;
+        match &self.body {
+            Some(body) => body.write(w),
+            None => Ok(()),
+        }
+    }
+
+    /// The send's outcome, after settling the body's lends by it.
+    fn settle(
+        &self,
+        sent: Result<capnp::Result<()>, crate::channel::SendError>,
+    ) -> Result<(), super::StructuredError> {
+        let sent = sent
+            .map_err(super::StructuredError::from)
+            .and_then(|wrote| wrote.map_err(super::StructuredError::from));
+        if let Some(body) = &self.body {
+            body.settle(sent.is_ok());
+        }
+        sent
+    }
+}
+
 /// Serializes the frame once, straight into the transport.
 pub(crate) fn send_frame(
     tx: &mut ChannelSender,
@@ -240,26 +289,8 @@ pub(crate) fn send_frame(
     fds: &[BorrowedFd<'_>],
     zc: Option<&ZeroCopy>,
 ) -> Result<(), super::StructuredError> {
-    let body = body.map(|b| b.prepare(zc)).transpose()?;
-    let encoding = body
-        .as_ref()
-        .map_or(envelope::BodyEncoding::InlineSegments, Body::encoding);
-    let head = envelope_bytes(env, encoding)?;
-    let len = ENVELOPE_LEN + body.as_ref().map_or(0, Body::wire_len);
-    let sent = tx
-        .send_in_place_with_fds(len, fds, |w| {
-            std::io::Write::write_all(w, &head).map_err(capnp::Error::from)?;
-            match &body {
-                Some(body) => body.write(w),
-                None => Ok(()),
-            }
-        })
-        .map_err(super::StructuredError::from)
-        .and_then(|wrote| wrote.map_err(super::StructuredError::from));
-    if let Some(body) = &body {
-        body.settle(sent.is_ok());
-    }
-    sent
+    let frame = Frame::new(env, body, zc)?;
+    frame.settle(tx.send_in_place_with_fds(frame.len(), fds, |w| frame.write(w)))
 }
 
 /// Sends a frame on the async sender.
@@ -271,27 +302,11 @@ pub(crate) async fn send_frame_async(
     fds: &[BorrowedFd<'_>],
     zc: Option<&ZeroCopy>,
 ) -> Result<(), super::StructuredError> {
-    let body = body.map(|b| b.prepare(zc)).transpose()?;
-    let encoding = body
-        .as_ref()
-        .map_or(envelope::BodyEncoding::InlineSegments, Body::encoding);
-    let head = envelope_bytes(env, encoding)?;
-    let len = ENVELOPE_LEN + body.as_ref().map_or(0, Body::wire_len);
+    let frame = Frame::new(env, body, zc)?;
     let sent = tx
-        .send_in_place_with_fds(len, fds, |w| {
-            std::io::Write::write_all(w, &head).map_err(capnp::Error::from)?;
-            match &body {
-                Some(body) => body.write(w),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(super::StructuredError::from)
-        .and_then(|wrote| wrote.map_err(super::StructuredError::from));
-    if let Some(body) = &body {
-        body.settle(sent.is_ok());
-    }
-    sent
+        .send_in_place_with_fds(frame.len(), fds, |w| frame.write(w))
+        .await;
+    frame.settle(sent)
 }
 
 /// A received frame's bytes, 8-byte aligned as capnp needs: the receive buffer itself when the
