@@ -131,14 +131,18 @@ pub struct BorrowerSetup {
     pub return_ring_fd: OwnedFd,
 }
 
+/// Keeps the blocks of a lent tree alive (a native container's list of adopted blocks, shared):
+/// the lend table holds one per lend of the tree's root and drops it when the root comes back.
+pub(crate) type TreeKeeper = std::sync::Arc<dyn Send + Sync>;
+
 struct Borrower {
     _ring: ShmRing,
     returns: RingReceiver,
     /// `(offset, generation) -> references held`.
     lent: HashMap<BlockKey, u32, FastHash>,
-    /// Blocks lent together with a root ([`LendPool::lend_tree`]): one list per reference to the
-    /// root, released with it.
-    trees: HashMap<BlockKey, Vec<Vec<BlockKey>>, FastHash>,
+    /// What keeps the blocks lent together with a root alive ([`LendPool::lend_tree`]): one
+    /// keeper per reference to the root, dropped when that reference comes back.
+    trees: HashMap<BlockKey, Vec<TreeKeeper>, FastHash>,
 }
 
 /// The owner's side of a lend pool: only this process allocates; borrowers only read.
@@ -374,53 +378,29 @@ impl LendPool {
         Ok(())
     }
 
-    /// Lends `root` to borrower `to` as [`lend`](Self::lend) does, and with it a reference to
-    /// each of `deps` (the blocks the root's bytes link to, e.g. the nodes of a native tree), all
-    /// released together when the borrower gives the root back or is reclaimed. The borrower
-    /// needs only the root's handle. One lock for the whole, so a return of the root drained
-    /// by another thread meanwhile cannot miss the tree.
-    pub(crate) fn lend_tree<'a>(
+    /// Lends `root` to borrower `to` as [`lend`](Self::lend) does, and with it `keeper`, which
+    /// keeps the blocks the root's bytes link to alive (e.g. the nodes of a native tree) until
+    /// the borrower gives the root back or is reclaimed. The borrower needs only the root's
+    /// handle. O(1) whatever the tree's size: one reference on the root, one on the keeper.
+    pub(crate) fn lend_tree(
         &self,
         root: &ArenaObject,
-        deps: impl IntoIterator<Item = &'a ArenaObject>,
+        keeper: TreeKeeper,
         to: BorrowerId,
     ) -> Result<ArenaHandle, ArenaError> {
-        let mine = |o: &ArenaObject| {
-            if o.pool_id != self.pool_id || !o.backend.same(&self.backend) {
-                Err(ArenaError::WrongPool {
-                    expected: self.pool_id,
-                    got: o.pool_id,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        mine(root)?;
+        let h = self.lend(root, to)?;
         let mut st = self.state();
-        let b = st
-            .borrowers
-            .get_mut(&to)
-            .ok_or(ArenaError::UnknownBorrower(to))?;
-        let mut held: Vec<BlockKey> = Vec::new();
-        let undo = |held: &[BlockKey]| {
-            for &(off, gen) in held {
-                let _ = self.backend.release(off, gen);
+        match st.borrowers.get_mut(&to) {
+            Some(b) => {
+                b.trees
+                    .entry((root.off, root.gen))
+                    .or_default()
+                    .push(keeper);
+                Ok(h)
             }
-        };
-        for d in deps {
-            if let Err(e) = mine(d).and_then(|()| self.backend.retain(d.off, d.gen)) {
-                undo(&held);
-                return Err(e);
-            }
-            held.push((d.off, d.gen));
+            // Reclaimed between the two locks (the borrower died): the lend is void.
+            None => Err(ArenaError::UnknownBorrower(to)),
         }
-        if let Err(e) = self.backend.retain(root.off, root.gen) {
-            undo(&held);
-            return Err(e);
-        }
-        *b.lent.entry((root.off, root.gen)).or_insert(0) += 1;
-        b.trees.entry((root.off, root.gen)).or_default().push(held);
-        Ok(root.handle())
     }
 
     /// Takes back one lend of `handle` to `to` that never reached the borrower (the send that
@@ -469,7 +449,12 @@ impl LendPool {
         let b = borrowers
             .get_mut(&from)
             .ok_or(ArenaError::UnknownBorrower(from))?;
-        drain(&self.backend, self.pool_id, b, bogus_returns)
+        let mut done = Vec::new();
+        let n = drain(&self.backend, self.pool_id, b, bogus_returns, &mut done);
+        // The trees' blocks are released here, after the lock.
+        drop(st);
+        drop(done);
+        n
     }
 
     /// Forgets borrower `from` (it exited or died): drains its return ring, then releases every
@@ -481,13 +466,18 @@ impl LendPool {
             .remove(&from)
             .ok_or(ArenaError::UnknownBorrower(from))?;
         // A corrupt ring must not keep the rest from being reclaimed.
-        let mut n = drain(&self.backend, self.pool_id, &mut b, &mut st.bogus_returns).unwrap_or(0);
+        let mut done = Vec::new();
+        let mut n = drain(
+            &self.backend,
+            self.pool_id,
+            &mut b,
+            &mut st.bogus_returns,
+            &mut done,
+        )
+        .unwrap_or(0);
         drop(st);
-        for (_, lists) in b.trees.drain() {
-            for (off, gen) in lists.into_iter().flatten() {
-                let _ = self.backend.release(off, gen);
-            }
-        }
+        drop(done);
+        b.trees.clear();
         for ((off, gen), refs) in b.lent.drain() {
             for _ in 0..refs {
                 if self.backend.release(off, gen).is_ok() {
@@ -504,6 +494,7 @@ fn drain(
     pool_id: u64,
     b: &mut Borrower,
     bogus: &mut u64,
+    done: &mut Vec<TreeKeeper>,
 ) -> Result<usize, ArenaError> {
     let mut n = 0;
     let mut buf = [0u8; ArenaHandle::ENCODED_LEN * RETURN_BATCH];
@@ -526,11 +517,9 @@ fn drain(
                             if *count == 0 {
                                 b.lent.remove(&k);
                             }
-                            if let Some(lists) = b.trees.get_mut(&k) {
-                                for (off, gen) in lists.pop().into_iter().flatten() {
-                                    let _ = backend.release(off, gen);
-                                }
-                                if lists.is_empty() {
+                            if let Some(keepers) = b.trees.get_mut(&k) {
+                                done.extend(keepers.pop());
+                                if keepers.is_empty() {
                                     b.trees.remove(&k);
                                 }
                             }

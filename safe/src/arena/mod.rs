@@ -49,6 +49,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 pub use flowipc_core::arena::{
     AllocError, ArenaHandle, ArenaStats, BlockError, ClassStats, HandleDecodeError, InitError,
 };
+pub(crate) use lend::TreeKeeper;
 pub use lend::{BorrowedPool, BorrowerId, BorrowerSetup, LendPool, PoolAllocator, PoolUsage};
 
 use crate::raw::arena::{MappedArena, MappedReader};

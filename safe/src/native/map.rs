@@ -23,6 +23,7 @@ use flowipc_core::arena::BlockLink;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use super::block::BlockBuf;
+use super::Adopted;
 use super::{
     check_unlent, handle_of, lend_blocks, sealed, MapLink, NativeError, NativeSource, Plain,
     ShmAlloc, ShmNode, StrLink,
@@ -102,7 +103,7 @@ pub struct ShmHashMap<K, V> {
     index: HashMap<Vec<u8>, u32>,
     hashes: Vec<u64>,
     lent: Cell<bool>,
-    deps: Vec<ArenaObject>,
+    deps: Adopted,
     _t: PhantomData<(K, V)>,
 }
 
@@ -142,7 +143,7 @@ impl<K: Plain, V: Plain> ShmHashMap<K, V> {
             index: HashMap::new(),
             hashes: Vec::new(),
             lent: Cell::new(false),
-            deps: Vec::new(),
+            deps: Adopted::default(),
             _t: PhantomData,
         })
     }
@@ -289,7 +290,7 @@ impl<K: Plain, V: Plain> ShmHashMap<K, V> {
     /// As [`ShmVec::adopt`](super::ShmVec::adopt): the child lives (and is lent) with this map.
     pub fn adopt<N: ShmNode>(&mut self, child: N) -> N::Link {
         let link = child.link();
-        self.deps.extend(child.into_blocks());
+        self.deps.adopt(child.into_blocks());
         link
     }
 
@@ -345,10 +346,8 @@ impl<K: Plain, V: Plain> ShmNode for ShmHashMap<K, V> {
         handle_of(self.buf.object(), self.layout.total)
     }
 
-    fn into_blocks(self) -> Vec<ArenaObject> {
-        let mut v = self.deps;
-        v.push(self.buf.into_object());
-        v
+    fn into_blocks(self) -> (ArenaObject, Adopted) {
+        (self.buf.into_object(), self.deps)
     }
 }
 

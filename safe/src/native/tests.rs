@@ -100,6 +100,55 @@ fn lent_tree_is_frozen_and_kept_alive_until_drained() {
 }
 
 #[test]
+fn a_child_adopted_while_lent_keeps_its_tree_for_both() {
+    let (pool, id, b) = pool();
+    let base = pool.usage();
+    let alloc = ShmAlloc::from(&pool);
+    let mut child: ShmVec<VecLink<u8>> = ShmVec::new_in(&alloc).unwrap();
+    let leaf = child.adopt(ShmVec::from_slice_in(&alloc, b"leaf").unwrap());
+    child.push(leaf).unwrap();
+    let child_h = child.lend(&pool, id).unwrap();
+    // Adopted while its own lend is out: the child's list is shared with the lend table.
+    let mut root: ShmVec<VecLink<VecLink<u8>>> = ShmVec::new_in(&alloc).unwrap();
+    let link = root.adopt(child);
+    root.push(link).unwrap();
+    let root_h = root.lend(&pool, id).unwrap();
+    drop(root);
+    let objects = pool.usage().objects;
+    // Each lend alone keeps the leaf: give back the root first, then the child.
+    b.release(root_h).unwrap();
+    pool.drain_returns(id).unwrap();
+    assert!(pool.usage().objects < objects, "the root's block went");
+    let c = VecRef::<VecLink<u8>>::open(&b, &child_h).unwrap();
+    let leaf = c.get(0).unwrap().open(&b).unwrap().to_vec().unwrap();
+    assert_eq!(leaf, b"leaf", "the child's lend still holds the leaf");
+    b.release(child_h).unwrap();
+    pool.drain_returns(id).unwrap();
+    assert_eq!(pool.usage(), base, "everything went with the last lend");
+}
+
+#[test]
+fn lending_a_large_tree_takes_one_reference() {
+    let (pool, id, b) = pool();
+    let alloc = ShmAlloc::from(&pool);
+    let mut file: ShmVec<VecLink<u8>> = ShmVec::new_in(&alloc).unwrap();
+    for i in 0..1000u32 {
+        let data = file.adopt(ShmVec::from_slice_in(&alloc, &i.to_le_bytes()).unwrap());
+        file.push(data).unwrap();
+    }
+    let h = file.lend(&pool, id).unwrap();
+    assert_eq!(pool.lent_to(id), 1, "one reference, on the root");
+    drop(file);
+    // The leaves stay alive through the list the lend shares.
+    let r = VecRef::<VecLink<u8>>::open(&b, &h).unwrap();
+    let last = r.get(999).unwrap().open(&b).unwrap().to_vec().unwrap();
+    assert_eq!(last, 999u32.to_le_bytes());
+    b.release(h).unwrap();
+    pool.drain_returns(id).unwrap();
+    assert_eq!(pool.lent_to(id), 0);
+}
+
+#[test]
 fn reclaim_releases_the_tree() {
     let (pool, id, _b) = pool();
     let base = pool.usage();

@@ -7,6 +7,7 @@ use flowipc_core::arena::BlockLink;
 use zerocopy::IntoBytes;
 
 use super::block::BlockBuf;
+use super::Adopted;
 use super::{
     check_unlent, handle_of, lend_blocks, sealed, BoxLink, NativeError, NativeSource, Plain,
     ShmAlloc, ShmNode, StrLink, VecLink,
@@ -28,7 +29,7 @@ pub struct ShmVec<T> {
     limit: Cell<usize>,
     lent: Cell<bool>,
     /// Blocks adopted by this vector (its elements link to them), with their own adoptees.
-    deps: Vec<ArenaObject>,
+    deps: Adopted,
     _t: PhantomData<T>,
 }
 
@@ -70,7 +71,7 @@ impl<T: Plain> ShmVec<T> {
             buf,
             len: 0,
             lent: Cell::new(false),
-            deps: Vec::new(),
+            deps: Adopted::default(),
             _t: PhantomData,
         })
     }
@@ -203,7 +204,7 @@ impl<T: Plain> ShmVec<T> {
     /// and are lent with it.
     pub fn adopt<N: ShmNode>(&mut self, child: N) -> N::Link {
         let link = child.link();
-        self.deps.extend(child.into_blocks());
+        self.deps.adopt(child.into_blocks());
         link
     }
 
@@ -240,10 +241,8 @@ impl<T: Plain> ShmNode for ShmVec<T> {
         handle_of(self.buf.object(), self.len * Self::SIZE)
     }
 
-    fn into_blocks(self) -> Vec<ArenaObject> {
-        let mut v = self.deps;
-        v.push(self.buf.into_object());
-        v
+    fn into_blocks(self) -> (ArenaObject, Adopted) {
+        (self.buf.into_object(), self.deps)
     }
 }
 
@@ -320,7 +319,7 @@ impl ShmNode for ShmString {
     fn handle(&self) -> ArenaHandle {
         self.0.handle()
     }
-    fn into_blocks(self) -> Vec<ArenaObject> {
+    fn into_blocks(self) -> (ArenaObject, Adopted) {
         self.0.into_blocks()
     }
 }
@@ -376,7 +375,7 @@ impl<T: Plain> ShmNode for ShmBox<T> {
     fn handle(&self) -> ArenaHandle {
         self.0.handle()
     }
-    fn into_blocks(self) -> Vec<ArenaObject> {
+    fn into_blocks(self) -> (ArenaObject, Adopted) {
         self.0.into_blocks()
     }
 }
