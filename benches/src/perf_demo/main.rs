@@ -141,7 +141,7 @@ fn default_samples(size: u64, mode: DemoMode) -> usize {
     const MIB: u64 = 1 << 20;
     // A zero-copy round trip costs microseconds at any size (only the check after it reads the
     // file), so its large sizes get enough samples for a p50 that means something.
-    let floor = if mode == DemoMode::ZeroCopy { 20 } else { 1 };
+    let floor = if mode.is_zero_copy() { 20 } else { 1 };
     floor.max(match size {
         s if s <= 256 * KIB => 500,
         s if s <= 4 * MIB => 200,
@@ -277,7 +277,13 @@ fn client(args: &Args) -> Result<(), String> {
         let channels = session.take_init_channels();
         let mut ends = Vec::new();
         for (&mode, channel) in modes.iter().zip(channels) {
-            ends.push(modes::open_end(mode, channel, &session, &setup)?);
+            ends.push(modes::open_end(
+                mode,
+                modes::Side::Client,
+                channel,
+                &session,
+                &setup,
+            )?);
         }
         measure(args, &modes, &mut ends, max_file)
     })();
@@ -377,7 +383,7 @@ fn measure(
             for n in 0..warmup + samples {
                 let (rtt, rsp) = end.request(&name, max_file)?;
                 // The check, after the timer: every part's length and hash.
-                file::verify(rsp.body()?, size).map_err(|e| {
+                rsp.verify(size).map_err(|e| {
                     format!(
                         "{} {}: the response failed the check: {e}",
                         mode.name(),

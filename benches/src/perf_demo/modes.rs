@@ -11,6 +11,12 @@
 //!   again (`send_response`); the client waits with `sync_request` and reads the `MsgIn` where it
 //!   was received. Both ends receive in the caller (no reader thread).
 //!
+//! - `native`: no capnp. The server holds the file as a [`ShmVec`] of [`NativePart`]s in its
+//!   session lend pool (each part's bytes a vector of their own, adopted by the root) and answers
+//!   a request by lending the root: a 32-byte handle on a ring init channel. The client opens a
+//!   checked [`VecRef`] over the server's pool, mapped read-only, reads in place and gives the
+//!   handle back when it drops the response.
+//!
 //! Zero copy is copy mode plus the setup in [`structured_options`] and [`session_options`]; nothing
 //! else changes, since the structured channel's API is the same in both modes.
 
@@ -19,11 +25,14 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use flowipc::channel::{Channel, TransportKind};
+use flowipc::arena::{ArenaHandle, BorrowedPool, BorrowerId, LendPool};
+use flowipc::channel::{Channel, RecvError, TransportKind};
+use flowipc::native::{NativeError, ShmAlloc, ShmVec, VecLink, VecRef};
 use flowipc::ring::WaitPolicy;
 use flowipc::session::{Session, SessionOptions};
 use flowipc::structured::{MsgIn, MsgOut, StructuredChannel, StructuredError, StructuredOptions};
 use serde::{Deserialize, Serialize};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::file;
 use crate::harness::Mode;
@@ -42,13 +51,18 @@ pub enum DemoMode {
     Copy,
     /// flowipc structured channel, zero copy (segments in the session's lend pools).
     ZeroCopy,
-    // native: added when the native SHM types land (the file as a shared-memory vector of parts,
-    // lent by handle): a `Native` variant, system `perf_demo-native`.
+    /// flowipc native shared-memory types: the file as a vector of parts, lent by handle.
+    Native,
 }
 
 impl DemoMode {
     /// Every mode, in the order they run and are drawn.
-    pub const ALL: &[DemoMode] = &[DemoMode::Classic, DemoMode::Copy, DemoMode::ZeroCopy];
+    pub const ALL: &[DemoMode] = &[
+        DemoMode::Classic,
+        DemoMode::Copy,
+        DemoMode::ZeroCopy,
+        DemoMode::Native,
+    ];
 
     /// The name on the command line (`--modes`).
     pub fn name(self) -> &'static str {
@@ -56,6 +70,7 @@ impl DemoMode {
             DemoMode::Classic => "classic",
             DemoMode::Copy => "copy",
             DemoMode::ZeroCopy => "zerocopy",
+            DemoMode::Native => "native",
         }
     }
 
@@ -65,6 +80,7 @@ impl DemoMode {
             DemoMode::Classic => "perf_demo-classic",
             DemoMode::Copy => "perf_demo-copy",
             DemoMode::ZeroCopy => "perf_demo-zerocopy",
+            DemoMode::Native => "perf_demo-native",
         }
     }
 
@@ -72,8 +88,7 @@ impl DemoMode {
     pub fn transport(self) -> TransportKind {
         match self {
             DemoMode::Classic => TransportKind::Socket,
-            DemoMode::Copy => TransportKind::Ring,
-            DemoMode::ZeroCopy => TransportKind::Ring,
+            DemoMode::Copy | DemoMode::ZeroCopy | DemoMode::Native => TransportKind::Ring,
         }
     }
 
@@ -84,6 +99,12 @@ impl DemoMode {
             DemoMode::Classic => Mode::Block,
             _ => asked,
         }
+    }
+
+    /// Whether the response lies in the server's shared memory and only a handle travels: its
+    /// round trip does not grow with the file.
+    pub fn is_zero_copy(self) -> bool {
+        matches!(self, DemoMode::ZeroCopy | DemoMode::Native)
     }
 
     /// The mode called `name` (`--modes`).
@@ -142,8 +163,16 @@ pub fn session_options(setup: &ServerSetup) -> SessionOptions {
     }
     // Lend pools for the responses. 2x the largest message was too small (a 1 MiB file failed
     // with "arena is full": segments grow by doubling and a 1048832-byte segment is rounded up).
+    // The native file is its bytes plus a 32-byte part per 16 KiB, in blocks of the pool.
+    let mut pool = 0;
     if setup.modes.contains(&DemoMode::ZeroCopy) {
-        options = options.arenas(4 * max_message_size(setup.max_file) + (16 << 20));
+        pool += 4 * max_message_size(setup.max_file);
+    }
+    if setup.modes.contains(&DemoMode::Native) {
+        pool += max_message_size(setup.max_file) + (setup.max_file / 8) as usize;
+    }
+    if pool > 0 {
+        options = options.arenas(pool + (16 << 20));
     }
     options
 }
@@ -163,7 +192,9 @@ pub fn structured_options(
         DemoMode::ZeroCopy => {
             Ok(options.zero_copy(session.zero_copy().map_err(|e| e.to_string())?))
         }
-        DemoMode::Classic => Err("classic mode has no structured channel".into()),
+        DemoMode::Classic | DemoMode::Native => {
+            Err(format!("{} mode has no structured channel", mode.name()))
+        }
     }
 }
 
@@ -175,8 +206,17 @@ fn wait_policy(mode: Mode) -> WaitPolicy {
     }
 }
 
-/// One end of a mode, client or server.
-pub enum End {
+/// Which program an end is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: requests and measures.
+    Client,
+    /// The server: holds the files and answers.
+    Server,
+}
+
+/// One end of a mode, client or server; a native end reads or lends through the session `'s`.
+pub enum End<'s> {
     /// The socket, buffered as a user would (a `BufReader` for `read_message`, a `BufWriter` for
     /// `write_message`).
     Classic {
@@ -187,17 +227,27 @@ pub enum End {
     },
     /// The structured channel.
     Structured(Chan),
+    /// A ring channel carrying file names one way and root handles the other.
+    Native {
+        /// The channel (boxed: it is the largest variant by far).
+        ch: Box<Channel>,
+        /// The session's pools (the server lends from its own, the client reads the server's).
+        pools: NativePools<'s>,
+        /// Receive buffer.
+        buf: Vec<u8>,
+    },
 }
 
 /// Builds this side's end of `mode` from its init channel (before anything was received on it).
 /// A session's channels wait with the default policy; a flowipc channel is re-made from its
 /// descriptors with the `--mode` policy.
-pub fn open_end(
+pub fn open_end<'s>(
     mode: DemoMode,
+    side: Side,
     channel: Channel,
-    session: &Session,
+    session: &'s Session,
     setup: &ServerSetup,
-) -> Result<End, String> {
+) -> Result<End<'s>, String> {
     let fds = channel
         .into_fds()
         .map_err(|e| format!("{}: {e}", mode.name()))?;
@@ -223,6 +273,20 @@ pub fn open_end(
                 .wait_policy(wait_policy(setup.wait))
                 .from_fds(fds)
                 .map_err(|e| format!("{}: {e}", mode.name()))?;
+            if mode == DemoMode::Native {
+                let no_pool = || "native: the session has no lend pools".to_string();
+                let pools = if side == Side::Server {
+                    let (pool, to) = session.lend_target().ok_or_else(no_pool)?;
+                    NativePools::Lender(pool, to)
+                } else {
+                    NativePools::Reader(session.peer_pool().ok_or_else(no_pool)?)
+                };
+                return Ok(End::Native {
+                    ch: Box::new(channel),
+                    pools,
+                    buf: Vec::with_capacity(64),
+                });
+            }
             let ch = structured_options(mode, session, setup.max_file)?
                 .open(channel)
                 .map_err(|e| format!("{}: {e}", mode.name()))?;
@@ -231,20 +295,144 @@ pub fn open_end(
     }
 }
 
+/// The pools a native end works with, taken from the session (which is not `Sync`: the server
+/// serves each mode in a thread of its own).
+pub enum NativePools<'s> {
+    /// The server's: its lend pool and the client's id in it.
+    Lender(&'s LendPool, BorrowerId),
+    /// The client's: the server's pool, mapped read-only.
+    Reader(&'s BorrowedPool),
+}
+
 /// A response the client received, read where it was received.
-pub enum Response {
+pub enum Response<'s> {
     /// Read by `capnp::serialize::read_message` into its own buffers.
     Classic(capnp::message::Reader<capnp::serialize::OwnedSegments>),
     /// As the structured channel received it.
     Structured(MsgIn<body::Owned>),
+    /// A lent file in the server's pool.
+    Native(NativeResponse<'s>),
 }
 
-impl Response {
-    /// The body's root.
-    pub fn body(&self) -> Result<body::Reader<'_>, String> {
-        match self {
-            Response::Classic(m) => m.get_root().map_err(|e| e.to_string()),
-            Response::Structured(m) => m.body_root().map_err(|e| e.to_string()),
+impl Response<'_> {
+    /// Checks that the response holds the file of `size` bytes, every part's length and hash
+    /// ([`file::verify`], [`NativeResponse::verify`]).
+    pub fn verify(&self, size: u64) -> Result<(), String> {
+        let body = match self {
+            Response::Classic(m) => m.get_root().map_err(|e| e.to_string())?,
+            Response::Structured(m) => m.body_root().map_err(|e| e.to_string())?,
+            Response::Native(n) => return n.verify(size),
+        };
+        file::verify(body, size).map_err(|e| e.to_string())
+    }
+}
+
+/// One part of the native file: its bytes (a vector of their own, adopted by the file's vector)
+/// and the length and hash the capnp `FilePart` carries.
+#[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct NativePart {
+    /// The part's bytes.
+    pub data: VecLink<u8>,
+    /// Their length.
+    pub size: u64,
+    /// [`file::part_hash`] of them.
+    pub hash: u64,
+}
+
+/// Builds the file of `size` bytes as a vector of parts in `alloc` (the server's lend pool).
+fn build_native(alloc: &ShmAlloc, size: u64) -> Result<ShmVec<NativePart>, NativeError> {
+    let n = file::part_count(size);
+    let mut parts = ShmVec::with_capacity_in(alloc, n as usize)?;
+    let mut bytes = vec![0u8; file::PART_SIZE as usize];
+    for k in 0..n {
+        let len = file::part_len(size, k);
+        let chunk = &mut bytes[..len as usize];
+        file::fill(chunk, k * file::PART_SIZE);
+        let hash = file::part_hash(chunk);
+        let data = parts.adopt(ShmVec::from_slice_in(alloc, chunk)?);
+        parts.push(NativePart {
+            data,
+            size: len,
+            hash,
+        })?;
+    }
+    Ok(parts)
+}
+
+/// The native response: the root handle the server lent (none for an empty file), given back to
+/// the server's pool when dropped.
+pub struct NativeResponse<'s> {
+    pool: &'s BorrowedPool,
+    handle: Option<ArenaHandle>,
+}
+
+impl NativeResponse<'_> {
+    /// The first byte of the first part (0 for an empty file): what the timer waits for.
+    fn first_byte(&self) -> Result<u8, String> {
+        let Some(handle) = &self.handle else {
+            return Ok(0);
+        };
+        let parts = VecRef::<NativePart>::open(self.pool, handle).map_err(|e| e.to_string())?;
+        if parts.is_empty() {
+            return Ok(0);
+        }
+        let first = parts.get(0).map_err(|e| e.to_string())?;
+        let data = first.data.open(self.pool).map_err(|e| e.to_string())?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        data.get(0).map_err(|e| e.to_string())
+    }
+
+    /// As [`file::verify`]: the part count, and each part's length and hash, read through the
+    /// checked views.
+    fn verify(&self, size: u64) -> Result<(), String> {
+        let want = file::part_count(size);
+        let Some(handle) = &self.handle else {
+            return if want == 0 {
+                Ok(())
+            } else {
+                Err(format!("no file lent, the file has {want} parts"))
+            };
+        };
+        let parts = VecRef::<NativePart>::open(self.pool, handle).map_err(|e| e.to_string())?;
+        if parts.len() as u64 != want {
+            return Err(format!("{} parts lent, the file has {want}", parts.len()));
+        }
+        for k in 0..want {
+            let part = parts.get(k as usize).map_err(|e| e.to_string())?;
+            let data = part
+                .data
+                .open(self.pool)
+                .and_then(|d| d.to_vec())
+                .map_err(|e| format!("part {k}: {e}"))?;
+            let (got, want) = (data.len() as u64, file::part_len(size, k));
+            if got != part.size || got != want {
+                return Err(format!(
+                    "part {k}: {got} bytes of data, the part says {}, the file has {want}",
+                    part.size
+                ));
+            }
+            let got = file::part_hash(&data);
+            if got != part.hash {
+                return Err(format!(
+                    "part {k}: the data hashes to {got:#018x}, the part says {:#018x}",
+                    part.hash
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NativeResponse<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // Never blocks: queued if the return ring is full, pushed with the next release.
+            if let Err(e) = self.pool.release_later(h) {
+                eprintln!("perf_demo native: giving the file back failed: {e}");
+            }
         }
     }
 }
@@ -264,11 +452,15 @@ fn classic_reader_options(max_file: u64) -> capnp::message::ReaderOptions {
     options
 }
 
-impl End {
+impl<'s> End<'s> {
     /// Client: asks for `name` and returns the round trip, from just before sending the request
     /// to just after reading the response's root and the first byte of its first part, with the
     /// response (checked by the caller after the timer).
-    pub fn request(&mut self, name: &str, max_file: u64) -> Result<(Duration, Response), String> {
+    pub fn request(
+        &mut self,
+        name: &str,
+        max_file: u64,
+    ) -> Result<(Duration, Response<'s>), String> {
         match self {
             End::Classic { rx, tx } => {
                 let mut req = capnp::message::Builder::new_default();
@@ -303,6 +495,28 @@ impl End {
                 std::hint::black_box(first);
                 let rtt = t0.elapsed();
                 Ok((rtt, Response::Structured(msg)))
+            }
+            End::Native { ch, pools, buf } => {
+                let NativePools::Reader(pool) = *pools else {
+                    return Err("native: a server end does not request".into());
+                };
+                let t0 = Instant::now();
+                ch.send(name.as_bytes())
+                    .map_err(|e| format!("native: sending the request: {e}"))?;
+                ch.recv_timeout(buf, RESPONSE_TIMEOUT)
+                    .map_err(|e| format!("native: receiving the response: {e}"))?;
+                let handle = match buf.len() {
+                    0 => None,
+                    _ => Some(
+                        ArenaHandle::from_bytes(buf)
+                            .map_err(|e| format!("native: the response is not a handle: {e:?}"))?,
+                    ),
+                };
+                let rsp = NativeResponse { pool, handle };
+                let first = rsp.first_byte()?;
+                std::hint::black_box(first);
+                let rtt = t0.elapsed();
+                Ok((rtt, Response::Native(rsp)))
             }
         }
     }
@@ -381,6 +595,52 @@ impl End {
                     ch.send_response(rsp, &req).map_err(|e| e.to_string())?;
                 }
             }
+            End::Native {
+                mut ch,
+                pools,
+                mut buf,
+            } => {
+                let NativePools::Lender(pool, to) = pools else {
+                    return Err("native: a client end does not serve".into());
+                };
+                let alloc = ShmAlloc::from(pool);
+                let mut cached: Option<(String, ShmVec<NativePart>)> = None;
+                loop {
+                    match ch.recv(&mut buf) {
+                        Ok(_) => {}
+                        Err(RecvError::Closed | RecvError::PeerGone) => return Ok(()),
+                        Err(e) => return Err(format!("native server: {e}")),
+                    }
+                    let name = std::str::from_utf8(&buf)
+                        .map_err(|_| "native server: a file name that is not UTF-8".to_string())?
+                        .to_owned();
+                    // Take back the files the client has given back, so the pool does not fill.
+                    pool.drain_returns(to)
+                        .map_err(|e| format!("native server: {e}"))?;
+                    if name.is_empty() || name == REWARM {
+                        if name.is_empty() {
+                            cached = None;
+                        }
+                        ch.send(&[]).map_err(|e| format!("native server: {e}"))?;
+                        continue;
+                    }
+                    let root = match &cached {
+                        Some((have, root)) if *have == name => root,
+                        _ => {
+                            cached = None;
+                            let size = checked_size(&name, max_file)?;
+                            let root = build_native(&alloc, size)
+                                .map_err(|e| format!("native server: building {name}: {e}"))?;
+                            &cached.insert((name, root)).1
+                        }
+                    };
+                    let handle = root
+                        .lend(pool, to)
+                        .map_err(|e| format!("native server: lending the file: {e}"))?;
+                    ch.send(&handle.to_bytes())
+                        .map_err(|e| format!("native server: {e}"))?;
+                }
+            }
         }
     }
 
@@ -389,13 +649,13 @@ impl End {
     /// last response: the server's thread awake, the channel's state in cache.
     pub fn rewarm(&mut self, max_file: u64) -> Result<(), String> {
         let (_, rsp) = self.request(REWARM, max_file)?;
-        file::verify(rsp.body()?, 0).map_err(|e| e.to_string())
+        rsp.verify(0)
     }
 
     /// Client: asks the server to drop the file it holds for this mode.
     pub fn release(&mut self, max_file: u64) -> Result<(), String> {
         let (_, rsp) = self.request("", max_file)?;
-        file::verify(rsp.body()?, 0).map_err(|e| e.to_string())
+        rsp.verify(0)
     }
 }
 

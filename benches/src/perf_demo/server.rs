@@ -26,7 +26,13 @@ pub fn run() -> Result<(), String> {
     }
     let mut ends = Vec::new();
     for (&mode, channel) in setup.modes.iter().zip(channels) {
-        ends.push(modes::open_end(mode, channel, &session, &setup)?);
+        ends.push(modes::open_end(
+            mode,
+            modes::Side::Server,
+            channel,
+            &session,
+            &setup,
+        )?);
     }
     let max_file = setup.max_file;
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
