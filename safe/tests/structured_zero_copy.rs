@@ -395,7 +395,7 @@ fn a_copy_mode_receiver_refuses_zero_copy_frames() {
     let (_a, za, _b, _zb) = local_pair();
     let (ca, cb) = Channel::ring_pair().unwrap();
     let a = StructuredOptions::new()
-        .zero_copy(za.clone())
+        .zero_copy(za.clone().inline_max(0))
         .open::<body::Owned>(ca)
         .unwrap();
     let b = StructuredOptions::new().open::<body::Owned>(cb).unwrap();
@@ -476,4 +476,41 @@ fn a_zero_copy_message_sent_elsewhere_goes_inline() {
     c.send(&m).unwrap();
     check_pong(&d.recv_timeout(T).unwrap(), 5, 3000);
     assert_eq!(za.lent(), 0, "nothing was lent for an inline send");
+}
+
+#[test]
+fn small_messages_travel_inline_and_large_ones_as_handles() {
+    let (a, za, b, zb) = local_pair();
+    // A pong of 100 bytes serializes to well under the default 1 KiB: copied, nothing lent.
+    a.send(&pong(&a, 1, 100)).unwrap();
+    let small = b.recv_timeout(T).unwrap();
+    assert_eq!(za.lent(), 0, "a small message is copied, not lent");
+    assert!(small.body_root().is_ok());
+    // 4 KiB: lent, held by the receiver until it drops the message.
+    a.send(&pong(&a, 2, 4096)).unwrap();
+    let large = b.recv_timeout(T).unwrap();
+    assert!(za.lent() > 0, "a large message is lent");
+    drop(large);
+    drop(small);
+    let deadline = Instant::now() + T;
+    while za.lent() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(za.lent(), 0, "given back on drop");
+    // inline_max(0) lends even the smallest.
+    let (ca, cb) = Channel::ring_pair().unwrap();
+    let a0 = StructuredOptions::new()
+        .receive_in_caller(true)
+        .zero_copy(za.clone().inline_max(0))
+        .open::<body::Owned>(ca)
+        .unwrap();
+    let b0 = StructuredOptions::new()
+        .receive_in_caller(true)
+        .zero_copy(zb.clone())
+        .open::<body::Owned>(cb)
+        .unwrap();
+    a0.send(&pong(&a0, 3, 10)).unwrap();
+    let tiny = b0.recv_timeout(T).unwrap();
+    assert!(za.lent() > 0, "lent with inline_max(0)");
+    drop(tiny);
 }

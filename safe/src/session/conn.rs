@@ -796,9 +796,10 @@ impl Session {
         self.own_pool.as_ref().map(|(p, _)| &**p)
     }
 
-    /// This side's lend pool with the peer's borrower id in it: what [`ShmVec::lend`]
-    /// (crate::native::ShmVec::lend), [`LendPool::lend`] and [`LendPool::drain_returns`] take.
-    /// For code that lends from other threads: the pool is `Sync`, the session is not.
+    /// This side's lend pool with the peer's borrower id in it: what
+    /// [`ShmVec::lend`](crate::native::ShmVec::lend), [`LendPool::lend`] and
+    /// [`LendPool::drain_returns`] take. For code that lends from other threads: the pool is
+    /// `Sync`, the session is not.
     pub fn lend_target(&self) -> Option<(&LendPool, BorrowerId)> {
         self.own_pool.as_ref().map(|(p, to)| (&**p, *to))
     }

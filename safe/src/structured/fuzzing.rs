@@ -198,8 +198,9 @@ impl FuzzZeroCopy {
         // values", which this single thread cannot produce).
         let (sender, receiver) = unsafe {
             (
-                super::ZeroCopy::from_pools(a, a_to_b, seen_by_a, None),
-                super::ZeroCopy::from_pools(b, b_to_a, seen_by_b, None),
+                // Every message lent, however small: the handle path is what is fuzzed.
+                super::ZeroCopy::from_pools(a, a_to_b, seen_by_a, None).inline_max(0),
+                super::ZeroCopy::from_pools(b, b_to_a, seen_by_b, None).inline_max(0),
             )
         };
         FuzzZeroCopy {

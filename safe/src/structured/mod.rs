@@ -112,7 +112,7 @@ pub use self::sync::{RequestId, Responses, StructuredChannel};
 #[cfg(feature = "tokio")]
 pub use self::tokio::{AsyncResponses, AsyncStructuredChannel};
 pub use self::wire::MsgKind;
-pub use self::zero_copy::ZeroCopy;
+pub use self::zero_copy::{ZeroCopy, DEFAULT_INLINE_MAX};
 
 use self::wire::{BodySegments, OutMessage, ShmMessage};
 

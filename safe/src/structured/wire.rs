@@ -130,13 +130,19 @@ impl OutMessage {
     /// segments and sends their table (returned with the handles lent, to take back if the send
     /// fails).
     ///
-    /// A zero-copy message goes as handles only over a channel whose pools it was built in;
-    /// over any other channel (copy mode, or another session's) it is serialized like a
-    /// copy-mode message, so it arrives whatever channel it is sent on.
+    /// A zero-copy message goes as handles only over a channel whose pools it was built in, and
+    /// only if it is larger than that channel's [`ZeroCopy::inline_max`]; otherwise (a small
+    /// message, copy mode, or another session's channel) it is serialized like a copy-mode
+    /// message, so it arrives whatever channel it is sent on.
     fn prepare(&self, channel: Option<&ZeroCopy>) -> Result<Body<'_>, super::StructuredError> {
         match self {
             OutMessage::Heap(b) => Ok(Body::Inline(b)),
-            OutMessage::Shm(m) if channel.is_some_and(|c| c.same_pools(&m.zc)) => {
+            OutMessage::Shm(m)
+                if channel.is_some_and(|c| {
+                    c.same_pools(&m.zc)
+                        && !c.inlines(serialize::compute_serialized_size_in_words(&m.builder) * 8)
+                }) =>
+            {
                 let (table, lent) = zero_copy::lend_segments(&m.zc, &m.builder, &m.segments)?;
                 Ok(Body::Shared {
                     table,

@@ -19,7 +19,9 @@
 //!   lends are taken back. The sender's own `MsgOut` keeps its references, so it can be sent
 //!   again; after a send, its next [`body_root`](super::MsgOut::body_root) copies the message to
 //!   fresh segments first ("copy on write"), so safe code never writes a segment the receiver may
-//!   be reading.
+//!   be reading. A message of at most [`ZeroCopy::inline_max`] bytes (default 1 KiB) is copied
+//!   into the frame instead (`bodyEncoding = inlineSegments`, as in copy mode): for it the lend,
+//!   the check and the return cost more than the copy.
 //! - **Receive** (`read_segments`). The receiver checks the table (1..=512 segments, the exact
 //!   length, reserved bits zero) and every handle against the sender's pool as it maps it
 //!   (pool id, 8-byte aligned offset and length, a live block of that generation whose capacity
@@ -125,7 +127,13 @@ const EXIT_GRACE: Duration = Duration::from_millis(500);
 pub struct ZeroCopy {
     pools: Arc<Pools>,
     copy_on_receive: bool,
+    inline_max: usize,
 }
+
+/// Default of [`ZeroCopy::inline_max`]: lending a message and giving it back costs both sides
+/// about a microsecond of bookkeeping (the lend table, the segment check, the return ring),
+/// more than copying a kilobyte twice.
+pub const DEFAULT_INLINE_MAX: usize = 1024;
 
 pub(crate) struct Pools {
     own: Arc<LendPool>,
@@ -142,6 +150,7 @@ impl fmt::Debug for ZeroCopy {
             .field("own_pool", &self.pools.own.pool_id())
             .field("peer_pool", &self.pools.peer.pool_id())
             .field("copy_on_receive", &self.copy_on_receive)
+            .field("inline_max", &self.inline_max)
             .finish()
     }
 }
@@ -176,7 +185,22 @@ impl ZeroCopy {
                 reclaimed: AtomicBool::new(false),
             }),
             copy_on_receive: false,
+            inline_max: DEFAULT_INLINE_MAX,
         }
+    }
+
+    /// Messages of at most `bytes` (serialized) sent over channels with this setting are copied
+    /// into the frame instead of lent: for small messages the lend costs more than the copy.
+    /// Default [`DEFAULT_INLINE_MAX`]; 0 lends every message. Receivers need no setting: a
+    /// frame says how its body travels.
+    pub fn inline_max(mut self, bytes: usize) -> Self {
+        self.inline_max = bytes;
+        self
+    }
+
+    /// Whether a message of `bytes` serialized goes inline ([`inline_max`](Self::inline_max)).
+    pub(crate) fn inlines(&self, bytes: usize) -> bool {
+        bytes <= self.inline_max
     }
 
     /// Received messages are copied into private memory (and their segments given back) before
@@ -690,8 +714,8 @@ mod tests {
         // SAFETY: both ends are this test, which follows the protocol.
         unsafe {
             (
-                ZeroCopy::from_pools(a, a_to_b, b_seen_by_a, None),
-                ZeroCopy::from_pools(b, b_to_a, a_seen_by_b, None),
+                ZeroCopy::from_pools(a, a_to_b, b_seen_by_a, None).inline_max(0),
+                ZeroCopy::from_pools(b, b_to_a, a_seen_by_b, None).inline_max(0),
             )
         }
     }
