@@ -72,7 +72,8 @@ impl FuzzReceiver {
         if self.router.end.is_some() {
             return Fed::Ended;
         }
-        match wire::decode(bytes, fds, &self.limits, None).and_then(|d| self.router.route(d)) {
+        match wire::decode(bytes, fds, &self.limits, None, None).and_then(|d| self.router.route(d))
+        {
             // Callbacks are never registered here, so the actions are only unexpected
             // responses: drop them as a handler-less channel does.
             Ok(_actions) => Fed::Routed,
@@ -254,7 +255,7 @@ impl FuzzZeroCopy {
         };
         self.next_id += 1;
         let frame = wire::encode_shared_to_vec(&env, table);
-        let decoded = wire::decode(frame, Vec::new(), &self.limits, Some(&self.receiver))?;
+        let decoded = wire::decode(frame, Vec::new(), &self.limits, Some(&self.receiver), None)?;
         let wire::Decoded::Msg { body, .. } = decoded else {
             return Err("not a message".into());
         };

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::error::End;
@@ -318,12 +318,15 @@ pub(crate) struct Shared<M> {
     pub(crate) inbox_capacity: usize,
     /// Zero copy: where the peer's segments are read, and the pools to reclaim if it dies.
     pub(crate) zero_copy: Option<ZeroCopy>,
+    /// Receive buffers given back by dropped messages, for the next frames.
+    pub(crate) buffers: Arc<super::wire::RecvBuffers>,
 }
 
 impl<M> Shared<M> {
     pub(crate) fn new(inbox_capacity: usize, zero_copy: Option<ZeroCopy>) -> Self {
         Shared {
             zero_copy,
+            buffers: Arc::default(),
             state: Mutex::new(Router::new()),
             cond: Condvar::new(),
             sleepers: AtomicUsize::new(0),
@@ -421,8 +424,14 @@ impl<M> Shared<M> {
         fds: Vec<std::os::fd::OwnedFd>,
         limits: &super::wire::BodyLimits,
     ) -> bool {
-        let routed = super::wire::decode(bytes, fds, limits, self.zero_copy.as_ref())
-            .and_then(|d| self.lock().route(d));
+        let routed = super::wire::decode(
+            bytes,
+            fds,
+            limits,
+            self.zero_copy.as_ref(),
+            Some(&self.buffers),
+        )
+        .and_then(|d| self.lock().route(d));
         match routed {
             Ok(actions) => {
                 self.wake();

@@ -444,7 +444,7 @@ impl<M: Owned + 'static> StructuredChannel<M> {
             };
             drop(st);
             // Routed while the receiver is held, so frames are routed in the order they came.
-            let mut buf = Vec::new();
+            let mut buf = self.shared.buffers.take();
             match receiver.recv_timeout(&mut buf, slice) {
                 Ok(meta) => {
                     self.shared.receive(buf, meta.fds, &self.limits);
@@ -542,7 +542,7 @@ fn reader_loop<M>(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut buf = Vec::new();
+        let mut buf = shared.buffers.take();
         match rx.recv_timeout(&mut buf, READER_TICK) {
             Ok(meta) => {
                 if !shared.receive(buf, meta.fds, limits) {

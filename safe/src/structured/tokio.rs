@@ -346,7 +346,7 @@ async fn reader_task<M: 'static>(
             }
             notified.await;
         }
-        let mut buf = Vec::new();
+        let mut buf = shared.buffers.take();
         match rx.recv(&mut buf).await {
             Ok(meta) => {
                 if !shared.receive(buf, meta.fds, &limits) {

@@ -20,6 +20,7 @@ use capnp::serialize::{self, BufferSegments};
 use capnp::Word;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::zero_copy::{self, SegmentTable, ShmAllocator, ZcBody, ZeroCopy};
 use crate::channel::{ChannelSender, MessageWriter};
@@ -351,6 +352,51 @@ impl Deref for RecvBuf {
 pub(crate) struct BodyBytes {
     buf: RecvBuf,
     start: usize,
+    /// Where the buffer goes back when the message is dropped.
+    home: Option<Arc<RecvBuffers>>,
+}
+
+impl Drop for BodyBytes {
+    fn drop(&mut self) {
+        if let (Some(home), RecvBuf::Bytes(bytes)) = (&self.home, &mut self.buf) {
+            home.give(std::mem::take(bytes));
+        }
+    }
+}
+
+/// Receive buffers a channel recycles: a copy-mode message's bytes go back here when its
+/// `MsgIn` is dropped, and the next frame is received into them. A fresh buffer per message
+/// costs a page fault per 4 KiB once it is large enough for the allocator to map it afresh
+/// (a 1 MiB response took 470 us instead of 52 us). Bounded: at most [`Self::KEEP`] buffers and
+/// [`Self::KEEP_BYTES`] of capacity are kept.
+#[derive(Debug, Default)]
+pub(crate) struct RecvBuffers(Mutex<Vec<Vec<u8>>>);
+
+impl RecvBuffers {
+    const KEEP: usize = 4;
+    const KEEP_BYTES: usize = 64 << 20;
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty buffer, with the capacity of a recycled one if there is one.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        self.list().pop().unwrap_or_default()
+    }
+
+    /// Keeps `bytes`' allocation for a later [`take`](Self::take), within the bounds.
+    pub(crate) fn give(&self, mut bytes: Vec<u8>) {
+        if bytes.capacity() == 0 || bytes.capacity() > Self::KEEP_BYTES {
+            return;
+        }
+        bytes.clear();
+        let mut list = self.list();
+        let kept: usize = list.iter().map(Vec::capacity).sum();
+        if list.len() < Self::KEEP && kept + bytes.capacity() <= Self::KEEP_BYTES {
+            list.push(bytes);
+        }
+    }
 }
 
 impl Deref for BodyBytes {
@@ -419,6 +465,7 @@ pub(crate) fn decode(
     fds: Vec<OwnedFd>,
     limits: &BodyLimits,
     zc: Option<&ZeroCopy>,
+    buffers: Option<&Arc<RecvBuffers>>,
 ) -> Result<Decoded, String> {
     if bytes.len() < ENVELOPE_LEN || bytes.len() % 8 != 0 {
         return Err(corrupt(format!(
@@ -493,6 +540,9 @@ pub(crate) fn decode(
             ));
         };
         let segments = zero_copy::read_segments(zc, &buf[body_start..])?;
+        if let (Some(home), RecvBuf::Bytes(bytes)) = (buffers, buf) {
+            home.give(bytes);
+        }
         // Traversal: `amplification` times the message's actual size, capped only by a limit
         // the user set (the channel's message size does not bound a zero-copy message).
         let traversal = limits
@@ -523,6 +573,7 @@ pub(crate) fn decode(
         BodyBytes {
             buf,
             start: body_start,
+            home: buffers.cloned(),
         },
         table_options,
     )
@@ -580,4 +631,42 @@ pub(crate) fn encode_to_vec(env: &Envelope, body: Option<&OutMessage>) -> Vec<u8
         out.extend_from_slice(&serialize::write_message_to_words(b));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecvBuffers;
+
+    #[test]
+    fn recv_buffers_recycle_within_bounds() {
+        let b = RecvBuffers::default();
+        assert_eq!(b.take().capacity(), 0, "empty at first");
+        let mut v = Vec::with_capacity(1 << 20);
+        v.extend_from_slice(&[1, 2, 3]);
+        b.give(v);
+        let v = b.take();
+        assert!(v.is_empty(), "given back cleared");
+        assert!(v.capacity() >= 1 << 20, "with its allocation");
+        // Too large to keep.
+        b.give(Vec::with_capacity(RecvBuffers::KEEP_BYTES + 1));
+        assert_eq!(b.take().capacity(), 0);
+        // At most KEEP buffers.
+        for _ in 0..RecvBuffers::KEEP + 2 {
+            b.give(Vec::with_capacity(4096));
+        }
+        let mut n = 0;
+        while b.take().capacity() > 0 {
+            n += 1;
+        }
+        assert_eq!(n, RecvBuffers::KEEP);
+        // At most KEEP_BYTES in all.
+        b.give(Vec::with_capacity(RecvBuffers::KEEP_BYTES / 2 + 1));
+        b.give(Vec::with_capacity(RecvBuffers::KEEP_BYTES / 2 + 1));
+        assert!(b.take().capacity() > 0);
+        assert_eq!(
+            b.take().capacity(),
+            0,
+            "the second did not fit the byte bound"
+        );
+    }
 }
