@@ -9,14 +9,18 @@
 //! each with its length and a hash of its bytes ([`file`](mod@file)). The server is this program re-run as
 //! `perf_demo __server`, connected to the client through a flowipc session (`Session::spawn` /
 //! `Session::from_env`) whose init channels carry the modes ([`modes`]): `classic` (capnp over a
-//! Unix socket, what a program without flowipc does) and `copy` (flowipc's structured channel in
-//! copy mode over a ring channel); zero copy and native shared-memory types join when they land.
+//! Unix socket, what a program without flowipc does), `copy` (flowipc's structured channel in
+//! copy mode over a ring channel), `zerocopy` (the same channel with the session's zero copy) and
+//! `native` (the file as a shared-memory vector of parts, lent by handle).
 //!
 //! What is measured, per mode and size: the round trip from just before the client sends the request
 //! to just after it has read the response's root and the first byte of the first part. The server
 //! builds each file's response once, on the first request (a warm-up request, not timed), and sends
 //! the same message for every later request. After the timer stops, the client checks every part's
-//! length and hash; a failed check ends the run with an error. Many samples per size after a warm-up
+//! length and hash; a failed check ends the run with an error. The check streams the whole file
+//! through the caches, so before the next timed request the client makes an untimed one for the
+//! same file (its response not checked): each timed request starts where a stream of requests
+//! would, not right after a pass over 1 GiB (`--cold` leaves this out). Many samples per size after a warm-up
 //! (fewer at the large sizes, where one round trip takes up to seconds), p50 / p99 / p99.9 by
 //! nearest rank. The client runs on CPU 0, the server on CPU 1 (`cross-core`) or CPU 0 too
 //! (`same-core`), pinned as flowipc-bench pins; flowipc's channels wait as `--mode` says, the Unix
@@ -96,13 +100,14 @@ struct Args {
     /// the samples, at most 20, and at least two laps of the ring channel's 4 MiB rings).
     #[arg(long, value_name = "N")]
     warmup: Option<usize>,
-    /// Modes to run, comma-separated: classic, copy, zerocopy (default: all).
+    /// Modes to run, comma-separated: classic, copy, zerocopy, native (default: all).
     #[arg(long, value_delimiter = ',', value_parser = DemoMode::parse, value_name = "MODE,...")]
     modes: Vec<DemoMode>,
-    /// Measure cold round trips: no untimed small round trip between the check of one response
-    /// and the next timed request. The check reads the whole file, which evicts the caches and
-    /// (in spin-then-block and block) lets the server's thread fall asleep, so each timed round
-    /// trip then also pays the wake-up from idle and cache misses that grow with the file.
+    /// Measure cold round trips: no untimed request of the same file between the check of one
+    /// response and the next timed request. The check reads the whole file, which evicts the
+    /// caches and TLB and (in spin-then-block and block) lets the server's thread fall asleep, so
+    /// each timed round trip then also pays the wake-up from idle and cache misses that grow with
+    /// the file (with zero copy, a few microseconds at 1 GiB).
     #[arg(long)]
     cold: bool,
     /// How flowipc's channels wait: busy-poll, spin-then-block or block.
@@ -392,7 +397,7 @@ fn measure(
                 })?;
                 drop(rsp);
                 if !args.cold {
-                    end.rewarm(max_file)?;
+                    end.rewarm(&name, max_file)?;
                 }
                 if n >= warmup {
                     rtts.push(rtt.as_nanos() as u64);

@@ -437,9 +437,6 @@ impl Drop for NativeResponse<'_> {
     }
 }
 
-/// The name of the re-warm request ([`End::rewarm`]): answered with an empty response.
-pub const REWARM: &str = "rewarm";
-
 /// How long the client waits for a response (the first request of a 1 GiB file waits while the
 /// server builds it).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -538,10 +535,8 @@ impl<'s> End<'s> {
                         Err(e) => return Err(format!("classic server: {e}")),
                     };
                     let name = requested_name(req.get_root().map_err(|e| e.to_string())?)?;
-                    let rsp = if name.is_empty() || name == REWARM {
-                        if name.is_empty() {
-                            cached = None;
-                        }
+                    let rsp = if name.is_empty() {
+                        cached = None;
                         let mut empty = capnp::message::Builder::new_default();
                         file::build_empty_response(empty.init_root());
                         write_flush(&mut tx, &empty)?;
@@ -571,10 +566,8 @@ impl<'s> End<'s> {
                         Err(e) => return Err(format!("structured server: {e}")),
                     };
                     let name = requested_name(req.body_root().map_err(|e| e.to_string())?)?;
-                    if name.is_empty() || name == REWARM {
-                        if name.is_empty() {
-                            cached = None;
-                        }
+                    if name.is_empty() {
+                        cached = None;
                         let mut empty = ch.create_msg();
                         file::build_empty_response(empty.body_root());
                         ch.send_response(&empty, &req).map_err(|e| e.to_string())?;
@@ -617,10 +610,8 @@ impl<'s> End<'s> {
                     // Take back the files the client has given back, so the pool does not fill.
                     pool.drain_returns(to)
                         .map_err(|e| format!("native server: {e}"))?;
-                    if name.is_empty() || name == REWARM {
-                        if name.is_empty() {
-                            cached = None;
-                        }
+                    if name.is_empty() {
+                        cached = None;
                         ch.send(&[]).map_err(|e| format!("native server: {e}"))?;
                         continue;
                     }
@@ -644,12 +635,14 @@ impl<'s> End<'s> {
         }
     }
 
-    /// Client: an untimed small round trip (an empty response; the server keeps its file), to
-    /// bring both sides back to where a timed round trip should start after the check of the
-    /// last response: the server's thread awake, the channel's state in cache.
-    pub fn rewarm(&mut self, max_file: u64) -> Result<(), String> {
-        let (_, rsp) = self.request(REWARM, max_file)?;
-        rsp.verify(0)
+    /// Client: an untimed request of the same file, its response dropped without the check. The
+    /// check of the last response streamed the whole file through the caches and gave the
+    /// server's thread time to fall asleep; this brings both sides back to the state a stream of
+    /// requests leaves them in (the server's thread awake; the channel, the pools' block headers
+    /// and the response's first lines, and their TLB entries, in cache) before the next timed
+    /// request.
+    pub fn rewarm(&mut self, name: &str, max_file: u64) -> Result<(), String> {
+        self.request(name, max_file).map(drop)
     }
 
     /// Client: asks the server to drop the file it holds for this mode.
