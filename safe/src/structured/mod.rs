@@ -94,6 +94,7 @@ mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod heap;
 mod router;
 mod sync;
 #[cfg(feature = "tokio")]

@@ -82,7 +82,7 @@ fn envelope_options() -> ReaderOptions {
 /// A message being built, with the allocator of its mode.
 pub(crate) enum OutMessage {
     /// Copy mode: capnp's growing heap allocator; the segments are serialized into the frame.
-    Heap(message::Builder<message::HeapAllocator>),
+    Heap(message::Builder<super::heap::RecyclingHeap>),
     /// Zero copy: segments in this side's lend pool; only their handles go in the frame.
     Shm(ShmMessage),
 }
@@ -111,10 +111,8 @@ impl ShmMessage {
 impl OutMessage {
     pub(crate) fn heap(first_words: Option<u32>) -> Self {
         match first_words {
-            Some(w) => OutMessage::Heap(message::Builder::new(
-                message::HeapAllocator::new().first_segment_words(w.max(1)),
-            )),
-            None => OutMessage::Heap(message::Builder::new_default()),
+            Some(w) => OutMessage::Heap(message::Builder::new(super::heap::RecyclingHeap::new(w))),
+            None => OutMessage::Heap(message::Builder::new(super::heap::RecyclingHeap::default())),
         }
     }
 
@@ -158,7 +156,7 @@ impl OutMessage {
 
 /// A body ready to go in a frame.
 enum Body<'a> {
-    Inline(&'a message::Builder<message::HeapAllocator>),
+    Inline(&'a message::Builder<super::heap::RecyclingHeap>),
     InlineShm(&'a message::Builder<ShmAllocator>),
     Shared {
         table: Vec<u8>,
