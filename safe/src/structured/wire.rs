@@ -204,37 +204,93 @@ impl Body<'_> {
     }
 }
 
-/// Writes `env` into `words` (stack space) and returns its bytes; no allocation.
-fn envelope_bytes(
-    env: &Envelope,
-    encoding: envelope::BodyEncoding,
-) -> capnp::Result<[u8; ENVELOPE_LEN]> {
-    let mut scratch = [capnp::word(0, 0, 0, 0, 0, 0, 0, 0); 8];
-    let mut builder = message::Builder::new(message::ScratchSpaceHeapAllocator::new(
-        Word::words_to_bytes_mut(&mut scratch),
-    ));
-    {
-        let mut root = builder.init_root::<envelope::Builder<'_>>();
-        root.set_id(env.id);
-        root.set_originating_id(env.originating_id);
-        root.set_kind(match env.kind {
-            WireKind::Msg(MsgKind::Notification) => envelope::Kind::Notification,
-            WireKind::Msg(MsgKind::Request) => envelope::Kind::Request,
-            WireKind::Msg(MsgKind::Response) => envelope::Kind::Response,
-            WireKind::UnexpectedResponse => envelope::Kind::UnexpectedResponse,
-        });
-        root.set_fd_count(env.fd_count);
-        root.set_body_encoding(encoding);
-    }
+/// The first 16 bytes of every envelope flowipc writes: capnp's stream framing of one segment of
+/// 4 words (`segment count - 1 = 0`, `4`), then the root struct pointer (offset 0, 3 data words,
+/// no pointers).
+const ENVELOPE_HEAD: [u8; 16] = [0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0];
+
+/// `env` as the bytes `capnp::serialize::write_message` gives for an `Envelope` message holding
+/// it (the framing, then the data section: `id` at byte 0, `originatingId` at 8, then the
+/// `kind`, `fdCount` and `bodyEncoding` 16-bit fields at 16, 18 and 20), written directly instead
+/// of through a message builder (a test checks that both give the same bytes).
+fn envelope_bytes(env: &Envelope, encoding: envelope::BodyEncoding) -> [u8; ENVELOPE_LEN] {
+    let kind = match env.kind {
+        WireKind::Msg(MsgKind::Notification) => envelope::Kind::Notification,
+        WireKind::Msg(MsgKind::Request) => envelope::Kind::Request,
+        WireKind::Msg(MsgKind::Response) => envelope::Kind::Response,
+        WireKind::UnexpectedResponse => envelope::Kind::UnexpectedResponse,
+    };
     let mut out = [0u8; ENVELOPE_LEN];
-    let mut dst: &mut [u8] = &mut out;
-    serialize::write_message(&mut dst, &builder)?;
-    if !dst.is_empty() {
-        return Err(capnp::Error::failed(
-            "envelope shorter than expected".into(),
-        ));
-    }
-    Ok(out)
+    out[..16].copy_from_slice(&ENVELOPE_HEAD);
+    out[16..24].copy_from_slice(&env.id.to_le_bytes());
+    out[24..32].copy_from_slice(&env.originating_id.to_le_bytes());
+    out[32..34].copy_from_slice(&(kind as u16).to_le_bytes());
+    out[34..36].copy_from_slice(&env.fd_count.to_le_bytes());
+    out[36..38].copy_from_slice(&(encoding as u16).to_le_bytes());
+    out
+}
+
+/// Reads the envelope at the start of `frame`: its fields, where the body starts, and how the
+/// body is encoded. An envelope in flowipc's own layout ([`ENVELOPE_HEAD`]) is read directly; any
+/// other valid capnp encoding of an `Envelope` (another writer's, a later version's with more
+/// fields) through capnp's reader, with the envelope's limits.
+fn read_envelope(frame: &[u8]) -> Result<(Envelope, usize, envelope::BodyEncoding), String> {
+    let u16_at = |at: usize| u16::from_le_bytes([frame[at], frame[at + 1]]);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&frame[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (id, originating_id, kind, fd_count, encoding, body_start) = if frame.len() >= ENVELOPE_LEN
+        && frame[..16] == ENVELOPE_HEAD
+    {
+        let kind = envelope::Kind::try_from(u16_at(32))
+            .map_err(|capnp::NotInSchema(k)| corrupt(format!("unknown message kind {k}")))?;
+        let encoding = envelope::BodyEncoding::try_from(u16_at(36))
+            .map_err(|capnp::NotInSchema(k)| corrupt(format!("unknown body encoding {k}")))?;
+        (
+            u64_at(16),
+            u64_at(24),
+            kind,
+            u16_at(34),
+            encoding,
+            ENVELOPE_LEN,
+        )
+    } else {
+        let mut rest: &[u8] = frame;
+        let msg = serialize::read_message_from_flat_slice_no_alloc(&mut rest, envelope_options())
+            .map_err(|e| corrupt(format!("malformed envelope: {e}")))?;
+        let root = msg
+            .get_root::<envelope::Reader<'_>>()
+            .map_err(|e| corrupt(format!("malformed envelope: {e}")))?;
+        let kind = root
+            .get_kind()
+            .map_err(|capnp::NotInSchema(k)| corrupt(format!("unknown message kind {k}")))?;
+        let encoding = root
+            .get_body_encoding()
+            .map_err(|capnp::NotInSchema(k)| corrupt(format!("unknown body encoding {k}")))?;
+        (
+            root.get_id(),
+            root.get_originating_id(),
+            kind,
+            root.get_fd_count(),
+            encoding,
+            frame.len() - rest.len(),
+        )
+    };
+    let kind = match kind {
+        envelope::Kind::Notification => WireKind::Msg(MsgKind::Notification),
+        envelope::Kind::Request => WireKind::Msg(MsgKind::Request),
+        envelope::Kind::Response => WireKind::Msg(MsgKind::Response),
+        envelope::Kind::UnexpectedResponse => WireKind::UnexpectedResponse,
+    };
+    let env = Envelope {
+        id,
+        originating_id,
+        kind,
+        fd_count,
+    };
+    Ok((env, body_start, encoding))
 }
 
 /// A frame ready to go: the envelope's bytes and the body as it goes on the wire.
@@ -254,7 +310,7 @@ impl<'a> Frame<'a> {
             .as_ref()
             .map_or(envelope::BodyEncoding::InlineSegments, Body::encoding);
         Ok(Frame {
-            head: envelope_bytes(env, encoding)?,
+            head: envelope_bytes(env, encoding),
             body,
         })
     }
@@ -472,32 +528,7 @@ pub(crate) fn decode(
         )));
     }
     let buf = RecvBuf::aligned(bytes);
-    let (env, body_start, encoding) = {
-        let mut rest: &[u8] = &buf;
-        let total = rest.len();
-        let msg = serialize::read_message_from_flat_slice_no_alloc(&mut rest, envelope_options())
-            .map_err(|e| corrupt(format!("malformed envelope: {e}")))?;
-        let root = msg
-            .get_root::<envelope::Reader<'_>>()
-            .map_err(|e| corrupt(format!("malformed envelope: {e}")))?;
-        let kind = match root.get_kind() {
-            Ok(envelope::Kind::Notification) => WireKind::Msg(MsgKind::Notification),
-            Ok(envelope::Kind::Request) => WireKind::Msg(MsgKind::Request),
-            Ok(envelope::Kind::Response) => WireKind::Msg(MsgKind::Response),
-            Ok(envelope::Kind::UnexpectedResponse) => WireKind::UnexpectedResponse,
-            Err(capnp::NotInSchema(k)) => return Err(corrupt(format!("unknown message kind {k}"))),
-        };
-        let encoding = root
-            .get_body_encoding()
-            .map_err(|capnp::NotInSchema(k)| corrupt(format!("unknown body encoding {k}")))?;
-        let env = Envelope {
-            id: root.get_id(),
-            originating_id: root.get_originating_id(),
-            kind,
-            fd_count: root.get_fd_count(),
-        };
-        (env, total - rest.len(), encoding)
-    };
+    let (env, body_start, encoding) = read_envelope(&buf)?;
     if env.id == 0 {
         return Err(corrupt("message id 0"));
     }
@@ -612,9 +643,7 @@ pub(crate) fn decode(
 /// For fuzzing: a zero-copy frame (envelope, then the segment table `table` as given).
 #[cfg(fuzzing)]
 pub(crate) fn encode_shared_to_vec(env: &Envelope, table: &[u8]) -> Vec<u8> {
-    let mut out = envelope_bytes(env, envelope::BodyEncoding::SharedSegments)
-        .map(|h| h.to_vec())
-        .unwrap_or_default();
+    let mut out = envelope_bytes(env, envelope::BodyEncoding::SharedSegments).to_vec();
     out.extend_from_slice(table);
     out
 }
@@ -622,9 +651,7 @@ pub(crate) fn encode_shared_to_vec(env: &Envelope, table: &[u8]) -> Vec<u8> {
 /// For tests and fuzzing: the frame bytes of a message, as the sender would write them.
 #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
 pub(crate) fn encode_to_vec(env: &Envelope, body: Option<&OutMessage>) -> Vec<u8> {
-    let mut out = envelope_bytes(env, envelope::BodyEncoding::InlineSegments)
-        .map(|h| h.to_vec())
-        .unwrap_or_default();
+    let mut out = envelope_bytes(env, envelope::BodyEncoding::InlineSegments).to_vec();
     if let Some(OutMessage::Heap(b)) = body {
         out.extend_from_slice(&serialize::write_message_to_words(b));
     }
@@ -633,7 +660,96 @@ pub(crate) fn encode_to_vec(env: &Envelope, body: Option<&OutMessage>) -> Vec<u8
 
 #[cfg(test)]
 mod tests {
-    use super::RecvBuffers;
+    use super::*;
+
+    /// The envelope as capnp's builder and `write_message` make it.
+    fn capnp_envelope(env: &Envelope, encoding: envelope::BodyEncoding) -> Vec<u8> {
+        let mut builder = message::Builder::new_default();
+        {
+            let mut root = builder.init_root::<envelope::Builder<'_>>();
+            root.set_id(env.id);
+            root.set_originating_id(env.originating_id);
+            root.set_kind(match env.kind {
+                WireKind::Msg(MsgKind::Notification) => envelope::Kind::Notification,
+                WireKind::Msg(MsgKind::Request) => envelope::Kind::Request,
+                WireKind::Msg(MsgKind::Response) => envelope::Kind::Response,
+                WireKind::UnexpectedResponse => envelope::Kind::UnexpectedResponse,
+            });
+            root.set_fd_count(env.fd_count);
+            root.set_body_encoding(encoding);
+        }
+        serialize::write_message_to_words(&builder)
+    }
+
+    fn kinds() -> [WireKind; 4] {
+        [
+            WireKind::Msg(MsgKind::Notification),
+            WireKind::Msg(MsgKind::Request),
+            WireKind::Msg(MsgKind::Response),
+            WireKind::UnexpectedResponse,
+        ]
+    }
+
+    #[test]
+    fn envelope_bytes_are_capnps_and_read_back() {
+        for kind in kinds() {
+            for encoding in [
+                envelope::BodyEncoding::InlineSegments,
+                envelope::BodyEncoding::SharedSegments,
+            ] {
+                let env = Envelope {
+                    id: 0x0102_0304_0506_0708,
+                    originating_id: u64::MAX - 5,
+                    kind,
+                    fd_count: 253,
+                };
+                let ours = envelope_bytes(&env, encoding);
+                assert_eq!(ours.to_vec(), capnp_envelope(&env, encoding));
+                let (back, start, enc) = read_envelope(&ours).unwrap();
+                assert_eq!(
+                    (back.id, back.originating_id, back.fd_count),
+                    (env.id, env.originating_id, 253)
+                );
+                assert_eq!(back.kind, kind);
+                assert_eq!((start, enc), (ENVELOPE_LEN, encoding));
+            }
+        }
+    }
+
+    #[test]
+    fn other_layouts_go_through_capnps_reader_and_bad_enums_are_refused() {
+        // Two segments (a far pointer to the struct): valid capnp, not our layout.
+        let env = Envelope {
+            id: 7,
+            originating_id: 0,
+            kind: WireKind::Msg(MsgKind::Request),
+            fd_count: 1,
+        };
+        let mut builder =
+            message::Builder::new(message::HeapAllocator::new().first_segment_words(1));
+        {
+            let mut root = builder.init_root::<envelope::Builder<'_>>();
+            root.set_id(7);
+            root.set_kind(envelope::Kind::Request);
+            root.set_fd_count(1);
+        }
+        let bytes = serialize::write_message_to_words(&builder);
+        assert_ne!(bytes[..16], ENVELOPE_HEAD);
+        let (back, start, _) = read_envelope(&bytes).unwrap();
+        assert_eq!((back.id, back.kind, back.fd_count), (7, env.kind, 1));
+        assert_eq!(start, bytes.len());
+        // Our layout with an unknown kind or encoding.
+        let mut bad = envelope_bytes(&env, envelope::BodyEncoding::InlineSegments);
+        bad[32] = 9;
+        assert!(read_envelope(&bad)
+            .unwrap_err()
+            .contains("unknown message kind 9"));
+        let mut bad = envelope_bytes(&env, envelope::BodyEncoding::InlineSegments);
+        bad[36] = 2;
+        assert!(read_envelope(&bad)
+            .unwrap_err()
+            .contains("unknown body encoding 2"));
+    }
 
     #[test]
     fn recv_buffers_recycle_within_bounds() {
