@@ -320,6 +320,16 @@ impl LendPool {
     ///
     /// Do not write to a lent object: the borrower reads it concurrently.
     pub fn lend(&self, obj: &ArenaObject, to: BorrowerId) -> Result<ArenaHandle, ArenaError> {
+        self.lend_keeping(obj, to, None)
+    }
+
+    /// [`lend`](Self::lend), recording `keeper` with the reference under the same lock.
+    fn lend_keeping(
+        &self,
+        obj: &ArenaObject,
+        to: BorrowerId,
+        keeper: Option<TreeKeeper>,
+    ) -> Result<ArenaHandle, ArenaError> {
         if obj.pool_id != self.pool_id || !obj.backend.same(&self.backend) {
             return Err(ArenaError::WrongPool {
                 expected: self.pool_id,
@@ -333,6 +343,9 @@ impl LendPool {
             .ok_or(ArenaError::UnknownBorrower(to))?;
         self.backend.retain(obj.off, obj.gen)?;
         *b.lent.entry((obj.off, obj.gen)).or_insert(0) += 1;
+        if let Some(keeper) = keeper {
+            b.trees.entry((obj.off, obj.gen)).or_default().push(keeper);
+        }
         Ok(obj.handle())
     }
 
@@ -388,19 +401,9 @@ impl LendPool {
         keeper: TreeKeeper,
         to: BorrowerId,
     ) -> Result<ArenaHandle, ArenaError> {
-        let h = self.lend(root, to)?;
-        let mut st = self.state();
-        match st.borrowers.get_mut(&to) {
-            Some(b) => {
-                b.trees
-                    .entry((root.off, root.gen))
-                    .or_default()
-                    .push(keeper);
-                Ok(h)
-            }
-            // Reclaimed between the two locks (the borrower died): the lend is void.
-            None => Err(ArenaError::UnknownBorrower(to)),
-        }
+        // One lock for the reference and its keeper: a return drained by another thread meanwhile
+        // finds both or neither.
+        self.lend_keeping(root, to, Some(keeper))
     }
 
     /// Takes back one lend of `handle` to `to` that never reached the borrower (the send that

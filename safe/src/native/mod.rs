@@ -283,11 +283,6 @@ impl Adopted {
         self.list().len()
     }
 
-    /// Whether nothing was adopted.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.list().is_empty()
-    }
-
     /// What the lend table holds to keep the list alive.
     fn keeper(&self) -> crate::arena::TreeKeeper {
         self.0.clone()
@@ -400,11 +395,10 @@ fn lend_blocks(
     len: usize,
     deps: &Adopted,
 ) -> Result<ArenaHandle, NativeError> {
-    let mut h = if deps.is_empty() {
-        pool.lend(root, to)?
-    } else {
-        pool.lend_tree(root, deps.keeper(), to)?
-    };
+    // Always with a keeper, even for a tree without children yet: every lend of a root pops one
+    // keeper when it comes back, so a later lend with children never loses its keeper to the
+    // return of an earlier lend made without one.
+    let mut h = pool.lend_tree(root, deps.keeper(), to)?;
     h.len = len as u64;
     Ok(h)
 }

@@ -128,6 +128,27 @@ fn a_child_adopted_while_lent_keeps_its_tree_for_both() {
 }
 
 #[test]
+fn a_lend_before_adopting_does_not_take_the_later_lends_keeper() {
+    let (pool, id, b) = pool();
+    let base = pool.usage();
+    let alloc = ShmAlloc::from(&pool);
+    let mut root: ShmVec<VecLink<u8>> = ShmVec::with_capacity_in(&alloc, 4).unwrap();
+    let first = root.lend(&pool, id).unwrap(); // no children yet
+                                               // Adopting changes no shared byte, so it is allowed while lent.
+    let child = root.adopt(ShmVec::from_slice_in(&alloc, b"child").unwrap());
+    let second = root.lend(&pool, id).unwrap();
+    drop(root);
+    // The first lend comes back: the second still holds the child.
+    b.release(first).unwrap();
+    pool.drain_returns(id).unwrap();
+    let read = child.open(&b).unwrap().to_vec().unwrap();
+    assert_eq!(read, b"child");
+    b.release(second).unwrap();
+    pool.drain_returns(id).unwrap();
+    assert_eq!(pool.usage(), base);
+}
+
+#[test]
 fn lending_a_large_tree_takes_one_reference() {
     let (pool, id, b) = pool();
     let alloc = ShmAlloc::from(&pool);
