@@ -349,20 +349,42 @@ impl LendPool {
         Ok(obj.handle())
     }
 
-    /// Lends every object of `objs` to `to` under one lock (as [`lend`](Self::lend) each);
-    /// pushes their handles on `out`. On an error, the lends this call made are taken back.
-    pub(crate) fn lend_many<'o>(
+    /// Drains what `to` gave back (as [`drain_returns`](Self::drain_returns)), then lends every
+    /// object of `objs` to it (as [`lend`](Self::lend) each), all under one lock; pushes their
+    /// handles on `out`. On an error, the lends this call made are taken back. How a zero-copy
+    /// send frees what the receiver returned and lends its segments with one lock, not two.
+    pub(crate) fn drain_and_lend_many<'o>(
         &self,
         objs: impl Iterator<Item = &'o ArenaObject>,
         to: BorrowerId,
         out: &mut Vec<ArenaHandle>,
     ) -> Result<(), ArenaError> {
-        let start = out.len();
+        let mut done = Vec::new();
         let mut st = self.state();
-        let b = st
-            .borrowers
+        let LendState {
+            borrowers,
+            bogus_returns,
+            ..
+        } = &mut *st;
+        let b = borrowers
             .get_mut(&to)
             .ok_or(ArenaError::UnknownBorrower(to))?;
+        drain(&self.backend, self.pool_id, b, bogus_returns, &mut done)?;
+        let lent = self.lend_all(b, objs, out);
+        // Trees given back are released after the lock.
+        drop(st);
+        drop(done);
+        lent
+    }
+
+    /// The lending of [`drain_and_lend_many`](Self::drain_and_lend_many), under its lock.
+    fn lend_all<'o>(
+        &self,
+        b: &mut Borrower,
+        objs: impl Iterator<Item = &'o ArenaObject>,
+        out: &mut Vec<ArenaHandle>,
+    ) -> Result<(), ArenaError> {
+        let start = out.len();
         for obj in objs {
             let lent = if obj.pool_id != self.pool_id || !obj.backend.same(&self.backend) {
                 Err(ArenaError::WrongPool {

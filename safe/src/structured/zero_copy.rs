@@ -417,11 +417,6 @@ pub(crate) fn lend_segments(
     if pools.reclaimed.load(Ordering::Acquire) {
         return Err(StructuredError::PeerGone);
     }
-    // Free what the peer gave back before adding to its table.
-    pools
-        .own
-        .drain_returns(pools.borrower)
-        .map_err(StructuredError::Lend)?;
     let out = builder.get_segments_for_output();
     if out.len() > MAX_SEGMENTS {
         return Err(StructuredError::Usage(
@@ -450,9 +445,10 @@ pub(crate) fn lend_segments(
         }
     }
     let mut lent = Vec::with_capacity(out.len());
+    // Frees what the peer gave back before adding to its table, under the same lock.
     pools
         .own
-        .lend_many(objs.into_iter(), pools.borrower, &mut lent)
+        .drain_and_lend_many(objs.into_iter(), pools.borrower, &mut lent)
         .map_err(StructuredError::Lend)?;
     let mut body = Vec::with_capacity(8 + out.len() * HANDLE_LEN);
     body.extend_from_slice(&(out.len() as u32).to_le_bytes());
