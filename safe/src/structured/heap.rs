@@ -153,6 +153,34 @@ mod tests {
         unsafe { alloc.deallocate_segment(ptr, words, 0) };
     }
 
+    /// Written straight through the allocator, so that nothing of capnp's (a builder clearing the
+    /// old root when a new one is set) zeroes the words before they come back: only
+    /// `deallocate_segment` can.
+    #[test]
+    fn used_words_are_zeroed_when_a_segment_comes_back() {
+        SPARES.with(|s| s.borrow_mut().clear());
+        let mut alloc = RecyclingHeap::default();
+        let (ptr, words) = alloc.allocate_segment(1);
+        assert_eq!(words, FIRST_SEGMENT_WORDS);
+        let used = 300u32;
+        // SAFETY: `ptr` is `words * 8` bytes this test owns until the deallocation below.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0xcd, used as usize * 8) };
+        // SAFETY: as allocated above; `used` words were written.
+        unsafe { alloc.deallocate_segment(ptr, words, used) };
+        assert_eq!(spares(), 1);
+        let mut alloc = RecyclingHeap::default();
+        let (again, words) = alloc.allocate_segment(1);
+        assert_eq!(again, ptr, "the same segment is handed out again");
+        // SAFETY: `again` is `words * 8` bytes this test owns until the deallocation below.
+        let bytes = unsafe { std::slice::from_raw_parts(again.as_ptr(), words as usize * 8) };
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "the words written before the segment came back are zero again"
+        );
+        // SAFETY: as allocated above; nothing was written.
+        unsafe { alloc.deallocate_segment(again, words, 0) };
+    }
+
     #[test]
     fn larger_segments_and_a_full_spare_list_are_freed() {
         SPARES.with(|s| s.borrow_mut().clear());
