@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
-# Mutation testing of the ring's checks with cargo-mutants (not run in CI; about 15 minutes on
-# 2 cores). It mutates the functions of core/src/ring/mod.rs that validate what the peer wrote or
-# bound a position (frame location, position refreshes, reservation, attach), runs core's unit
-# tests against each mutant, and lists the survivors in $OUT/mutants.out/missed.txt.
+# Mutation testing with cargo-mutants (not run in CI). Two sets:
 #
-#   cargo install cargo-mutants --locked
-#   scripts/mutants.sh                      # the ring's checks
-#   RE='Arena::' FILE=core/src/arena/mod.rs scripts/mutants.sh
+#   scripts/mutants.sh core   # every function of flowipc-core; core's unit tests (about 60 min on 2 cores)
+#   scripts/mutants.sh safe   # the flowipc functions that parse what a peer wrote (scripts/mutants-safe.re),
+#                             # against the unit tests and the hostile-peer integration tests (about 90 min)
+#   scripts/mutants.sh ring   # only the ring's checks (about 15 min)
 #
-# The threaded tests are skipped (28 s in a debug build, against 4 s for the rest): cargo-mutants
-# does not mutate memory orderings, which are what they check (loom and miri do).
-# --gitignore=true keeps the copy of the tree from including other target directories.
+# Survivors are listed in $OUT/mutants.out/missed.txt (OUT defaults to target/mutants-<set>).
+# Install the tool with `cargo install cargo-mutants --locked`.
+#
+# Core's threaded tests are skipped (28 s in a debug build, against 3 s for the rest):
+# cargo-mutants does not mutate memory orderings, which are what they check (loom and miri do).
+# safe's run skips the 100,000-message leak test (7 s; the smaller tests see the same checks).
+# Debug and Display impls are not mutated. --gitignore=true keeps other target directories out of
+# cargo-mutants' copy of the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILE=${FILE:-core/src/ring/mod.rs}
-RE=${RE:-'Consumer::locate|Consumer::refresh_tail|Producer::reserve|Producer::layout_for|RawRing::check_region|Producer::refresh_head|Consumer::closed_and_drained|Producer::check_len|RawRing::attach|RawRing::producer|RawRing::consumer|Consumer::peek'}
-OUT=${OUT:-target/mutants}
-
+SET=${1:-core}
+OUT=${OUT:-target/mutants-$SET}
+JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-cargo mutants -p flowipc-core -f "$FILE" -F "$RE" -j 1 --timeout 30 --no-shuffle \
-    --gitignore=true -o "$OUT" -- --lib -- --skip threaded
+common=(--gitignore=true -j "$JOBS" --no-shuffle -o "$OUT" -E 'fmt::Result|Debug|Display')
+
+case "$SET" in
+core)
+    cargo mutants -p flowipc-core "${common[@]}" --timeout 60 -- --lib -- --skip threaded
+    ;;
+ring)
+    RE='Consumer::locate|Consumer::refresh_tail|Producer::reserve|Producer::layout_for|RawRing::check_region|Producer::refresh_head|Consumer::closed_and_drained|Producer::check_len|RawRing::attach|RawRing::producer|RawRing::consumer|Consumer::peek'
+    cargo mutants -p flowipc-core -f core/src/ring/mod.rs -F "$RE" "${common[@]}" --timeout 30 \
+        -- --lib -- --skip threaded
+    ;;
+safe)
+    filters=()
+    while read -r re; do filters+=(-F "$re"); done < scripts/mutants-safe.re
+    cargo mutants -p flowipc "${filters[@]}" "${common[@]}" --timeout 90 \
+        -- --lib --test channel_hostile --test hostile_peer --test structured_hostile --test native \
+        --test structured_zero_copy --test channel_ring -- --skip no_leak_over_100k
+    ;;
+*)
+    echo "usage: $0 core|safe|ring" >&2
+    exit 2
+    ;;
+esac

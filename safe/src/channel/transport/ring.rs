@@ -507,15 +507,8 @@ impl RingTransport {
             // Try first; wait (per `block`) only for an empty ring, then look again.
             if wait {
                 wait = false;
-                let deadline = match block {
-                    Blocking::Never => return Ok(None),
-                    Blocking::Forever => None,
-                    Blocking::Until(d) => Some(d),
-                };
-                match rx.wait_for_message(deadline) {
-                    Ok(()) => {}
-                    Err(RingRecvError::Timeout) => return Ok(None),
-                    Err(e) => return Err(map_recv(e)),
+                if !wait_for_frame(rx, block)? {
+                    return Ok(None);
                 }
             }
             let chunk = match rx.try_read_chunk() {
@@ -527,37 +520,8 @@ impl RingTransport {
                 Err(e) => return Err(map_recv(e)),
             };
             let tag = chunk.tag();
-            let len = chunk.len();
-            let flags = tag & FLAGS;
-            let nfds = usize::from(tag >> 8);
-            if flags & !(FIRST | LAST | CLOSE | CHANNEL) != 0
-                || (flags & CHANNEL != 0 && flags & FIRST == 0)
-            {
-                return Err(Corruption::BadHeader(u64::from(tag)).into());
-            }
-            // Decode the carrier (the tag, and the total a multi-frame message's first frame
-            // starts with); the shared validator checks the sequence.
-            let first = flags & FIRST != 0;
-            let (total, skip) = match (first, flags & LAST != 0) {
-                (true, true) => (Some(len as u64), 0),
-                (true, false) => {
-                    let mut word = [0u8; 8];
-                    if chunk.read(0, &mut word) != 8 {
-                        return Err(
-                            Corruption::BadChunk("first frame shorter than its header").into()
-                        );
-                    }
-                    (Some(u64::from_le_bytes(word)), 8)
-                }
-                (false, _) => (None, 0),
-            };
-            let frame = Chunk {
-                flags: (flags & (FIRST | LAST | CLOSE)) as u8,
-                nfds,
-                index: None,
-                total,
-                len: len - skip,
-            };
+            let Carrier { frame, skip } = carrier(&chunk)?;
+            let first = frame.flags & FIRST as u8 != 0;
             let (last, nfds) = match self.seq.accept(&frame, self.limits.max_message_size)? {
                 Accepted::Close => {
                     drop(chunk);
@@ -567,8 +531,8 @@ impl RingTransport {
                 Accepted::Bytes { last, nfds, .. } => (last, nfds),
             };
             if first {
-                self.last_channel = flags & CHANNEL != 0;
-                if in_place && last && flags & CHANNEL == 0 {
+                self.last_channel = tag & CHANNEL != 0;
+                if in_place && last && tag & CHANNEL == 0 {
                     // Stays in the ring for the caller; descriptors first, as on the copy path.
                     let fds = take_fds(&self.sock, &mut self.fdbuf, &self.limits, nfds)?;
                     chunk.keep();
@@ -589,6 +553,63 @@ impl RingTransport {
             }
         }
     }
+}
+
+/// Waits (per `block`) for a frame in an empty ring: `Ok(false)` if none may be waited for or
+/// none came by the deadline.
+fn wait_for_frame(rx: &mut RingReceiver, block: Blocking) -> Result<bool, RecvError> {
+    let deadline = match block {
+        Blocking::Never => return Ok(false),
+        Blocking::Forever => None,
+        Blocking::Until(d) => Some(d),
+    };
+    match rx.wait_for_message(deadline) {
+        Ok(()) => Ok(true),
+        Err(RingRecvError::Timeout) => Ok(false),
+        Err(e) => Err(map_recv(e)),
+    }
+}
+
+/// A frame's carrier, decoded for the shared sequence validator.
+struct Carrier {
+    frame: Chunk,
+    /// Bytes of the frame before the payload: the total length a multi-frame message's first
+    /// frame starts with.
+    skip: usize,
+}
+
+/// Decodes a frame's carrier: its tag (flags, descriptor count) and, on the first frame of a
+/// multi-frame message, the total length it starts with. Unknown flags, `CHANNEL` on a frame
+/// that is not a message's first, and a first frame too short for its total are [`Corruption`];
+/// the sequence itself is checked by [`Sequence::accept`].
+fn carrier(chunk: &RingReadChunk<'_>) -> Result<Carrier, RecvError> {
+    let tag = chunk.tag();
+    let flags = tag & FLAGS;
+    if flags & !(FIRST | LAST | CLOSE | CHANNEL) != 0
+        || (flags & CHANNEL != 0 && flags & FIRST == 0)
+    {
+        return Err(Corruption::BadHeader(u64::from(tag)).into());
+    }
+    let len = chunk.len();
+    let (total, skip) = match (flags & FIRST != 0, flags & LAST != 0) {
+        (true, true) => (Some(len as u64), 0),
+        (true, false) => {
+            let mut word = [0u8; 8];
+            if chunk.read(0, &mut word) != 8 {
+                return Err(Corruption::BadChunk("first frame shorter than its header").into());
+            }
+            (Some(u64::from_le_bytes(word)), 8)
+        }
+        (false, _) => (None, 0),
+    };
+    let frame = Chunk {
+        flags: (flags & (FIRST | LAST | CLOSE)) as u8,
+        nfds: usize::from(tag >> 8),
+        index: None,
+        total,
+        len: len - skip,
+    };
+    Ok(Carrier { frame, skip })
 }
 
 impl RingTransport {

@@ -1,0 +1,12 @@
+channel/framing\.rs
+structured/wire\.rs:.*(read_envelope|decode|RecvBuf|get_segment|RecvBuffers)
+session/wire\.rs
+jemalloc/reader\.rs
+raw/arena\.rs:.*(span|read|check|checked_ptr|open|copy_from_handle)
+raw/mod\.rs:.*(from_fd|identity)
+ring_region\.rs:.*(open|take)
+zero_copy\.rs:.*(read_segments|check_ranges|give_back|copy_out|::get|words)
+arena/lend\.rs:.*(drain|reclaim|unlend|view|checked_ptr|release|flush)
+native/vec\.rs:.*(VecRef|StrRef|BoxRef)
+native/map\.rs:.*(MapRef|check_index|find|read|round_up|Layout::new)
+transport/ring\.rs:.*(recv_step|take_fds|from_received|open|map_recv)
