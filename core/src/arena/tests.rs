@@ -717,3 +717,24 @@ fn threads_with_caches_and_without() {
     });
     assert_eq!(a.stats().blocks_in_use(), 0);
 }
+
+/// Killed mutants of `check_align`: an alignment above the span size is refused even where it is
+/// below `MAX_ALIGN` (only arenas with spans under 4 KiB have such alignments).
+#[test]
+fn alignment_above_a_small_span_is_refused() {
+    let a = Arena::new_owned(1 << 16, MIN_SPAN_SHIFT).unwrap();
+    assert_eq!(
+        a.alloc(8, 1 << (MIN_SPAN_SHIFT + 1)),
+        Err(AllocError::BadAlign)
+    );
+    assert!(a.alloc(8, 1 << MIN_SPAN_SHIFT).is_ok());
+}
+
+/// Killed mutants of `alloc_large`'s size check: a request for more spans than the arena has is
+/// `TooLarge` (the caller can never get it), not `OutOfMemory` (try again later).
+#[test]
+fn a_request_beyond_the_arena_is_too_large() {
+    let a = arena(1 << 20);
+    assert_eq!(a.alloc(2 << 20, 1), Err(AllocError::TooLarge));
+    assert_eq!(a.alloc((1 << 20) + 1, 1), Err(AllocError::TooLarge));
+}
