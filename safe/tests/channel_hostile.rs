@@ -389,6 +389,14 @@ fn hostile_ring_frames() {
             vec![(FIRST | LAST | (9 << 8), b"x".to_vec())],
         ),
         ("close marker with data", vec![(4, b"x".to_vec())]),
+        (
+            // Otherwise a complete, valid sequence: only the CHANNEL flag's place is wrong.
+            "channel flag on a continuation frame",
+            vec![
+                (FIRST, with_total(10, b"abc")),
+                (0x08 | LAST, b"defghij".to_vec()),
+            ],
+        ),
     ];
     for (name, frames) in cases {
         let before = open_fds();
