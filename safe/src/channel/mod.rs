@@ -1374,6 +1374,16 @@ impl ChannelReceiver {
         self.0.recv_timeout(buf, timeout)
     }
 
+    /// [`recv`](Self::recv), waiting until `deadline` at the latest ([`RecvError::TimedOut`]):
+    /// for callers that already hold a deadline (no clock read to turn it into a timeout).
+    pub(crate) fn recv_until(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Instant,
+    ) -> Result<RecvMeta, RecvError> {
+        self.0.recv_until(buf, Some(deadline), false)
+    }
+
     /// See [`Channel::set_nonblocking`].
     pub fn set_nonblocking(&mut self, nonblocking: bool) {
         self.0.set_nonblocking(nonblocking);

@@ -385,7 +385,10 @@ pub struct MsgIn<M> {
     id: u64,
     originating_id: u64,
     kind: MsgKind,
-    body: capnp::message::Reader<BodySegments>,
+    /// Boxed: the reader is most of a message's size, and a `MsgIn` moves several times
+    /// between the receive and its taker (a 160-byte copy each; boxed, the rest fits in
+    /// registers).
+    body: Box<capnp::message::Reader<BodySegments>>,
     fds: Vec<OwnedFd>,
     _root: PhantomData<fn() -> M>,
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -314,8 +314,17 @@ pub(crate) struct Shared<M> {
     sleepers: AtomicUsize,
     #[cfg(feature = "tokio")]
     pub(crate) notify: ::tokio::sync::Notify,
+    /// The async face waits on `notify`; the sync face never does, and skips waking it (an
+    /// atomic read-modify-write per wake, two per received frame).
+    #[cfg(feature = "tokio")]
+    asynchronous: bool,
     pub(crate) handler: Mutex<Option<UnexpectedHandler<M>>>,
     pub(crate) inbox_capacity: usize,
+    /// Frames sent, counted outside the state lock (the sending path takes no state lock).
+    sent: AtomicU64,
+    /// Set under the state lock when a report is queued, cleared under it when the queue is
+    /// found empty: a hint that lets every send and receive skip the lock when nothing waits.
+    reports_waiting: AtomicBool,
     /// Zero copy: where the peer's segments are read, and the pools to reclaim if it dies.
     pub(crate) zero_copy: Option<ZeroCopy>,
     /// Receive buffers given back by dropped messages, for the next frames.
@@ -323,7 +332,14 @@ pub(crate) struct Shared<M> {
 }
 
 impl<M> Shared<M> {
-    pub(crate) fn new(inbox_capacity: usize, zero_copy: Option<ZeroCopy>) -> Self {
+    /// `asynchronous`: for the async face, whose waiters wait on `notify`.
+    pub(crate) fn new(
+        inbox_capacity: usize,
+        zero_copy: Option<ZeroCopy>,
+        asynchronous: bool,
+    ) -> Self {
+        #[cfg(not(feature = "tokio"))]
+        let _ = asynchronous;
         Shared {
             zero_copy,
             buffers: Arc::default(),
@@ -332,14 +348,49 @@ impl<M> Shared<M> {
             sleepers: AtomicUsize::new(0),
             #[cfg(feature = "tokio")]
             notify: ::tokio::sync::Notify::new(),
+            #[cfg(feature = "tokio")]
+            asynchronous,
             handler: Mutex::new(None),
             inbox_capacity,
+            sent: AtomicU64::new(0),
+            reports_waiting: AtomicBool::new(false),
         }
     }
 
     /// Locks the state (a panic in a user callback elsewhere does not poison it for good).
     pub(crate) fn lock(&self) -> MutexGuard<'_, Router<M>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a frame sent. Called only by the holder of the sending half (`&mut Tx` or
+    /// `&mut AsyncTx`, behind their lock), so a load and a store count exactly, without a
+    /// read-modify-write.
+    pub(crate) fn count_sent(&self) {
+        let sent = self.sent.load(Ordering::Relaxed);
+        self.sent.store(sent + 1, Ordering::Relaxed);
+    }
+
+    /// The channel's counters.
+    pub(crate) fn stats(&self) -> StructuredStats {
+        let mut stats = self.lock().stats;
+        stats.sent = self.sent.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// Whether reports of unexpected responses may wait to be sent (a hint: a report queued
+    /// this instant may be seen on the next call).
+    pub(crate) fn has_reports(&self) -> bool {
+        self.reports_waiting.load(Ordering::Relaxed)
+    }
+
+    /// The oldest report waiting to be sent, left queued; `None` clears the hint.
+    pub(crate) fn next_report(&self) -> Option<u64> {
+        let st = self.lock();
+        let next = st.reports.front().copied();
+        if next.is_none() {
+            self.reports_waiting.store(false, Ordering::Relaxed);
+        }
+        next
     }
 
     /// Sleeps on the condition variable for at most `timeout` (`None`: until woken), giving up
@@ -373,7 +424,9 @@ impl<M> Shared<M> {
             self.cond.notify_all();
         }
         #[cfg(feature = "tokio")]
-        self.notify.notify_waiters();
+        if self.asynchronous {
+            self.notify.notify_waiters();
+        }
     }
 
     /// Runs the actions routing produced, outside the state lock.
@@ -424,6 +477,19 @@ impl<M> Shared<M> {
         fds: Vec<std::os::fd::OwnedFd>,
         limits: &super::wire::BodyLimits,
     ) -> bool {
+        self.receive_and_take(bytes, fds, limits, |_| None::<()>).0
+    }
+
+    /// [`receive`](Self::receive), then `take` under the lock that routed the frame: a caller
+    /// that routes and then looks for what it waits for locks the state once per frame.
+    /// Returns whether the frame was sound, and what `take` took.
+    pub(crate) fn receive_and_take<T>(
+        &self,
+        bytes: Vec<u8>,
+        fds: Vec<std::os::fd::OwnedFd>,
+        limits: &super::wire::BodyLimits,
+        take: impl FnOnce(&mut Router<M>) -> Option<T>,
+    ) -> (bool, Option<T>) {
         let routed = super::wire::decode(
             bytes,
             fds,
@@ -431,17 +497,24 @@ impl<M> Shared<M> {
             self.zero_copy.as_ref(),
             Some(&self.buffers),
         )
-        .and_then(|d| self.lock().route(d));
+        .and_then(|d| {
+            let mut st = self.lock();
+            let actions = st.route(d)?;
+            if !st.reports.is_empty() {
+                self.reports_waiting.store(true, Ordering::Relaxed);
+            }
+            Ok((actions, take(&mut st)))
+        });
         match routed {
-            Ok(actions) => {
+            Ok((actions, got)) => {
                 self.wake();
                 self.run(actions);
-                true
+                (true, got)
             }
             Err(reason) => {
                 tracing::warn!("structured channel poisoned: {reason}");
                 self.finish(End::Corrupt(reason));
-                false
+                (false, None)
             }
         }
     }

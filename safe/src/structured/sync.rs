@@ -55,7 +55,7 @@ impl Tx {
         self.next_id += 1;
         match wire::send_frame(&mut self.sender, &env, body, fds, shared.zero_copy.as_ref()) {
             Ok(()) => {
-                shared.lock().stats.sent += 1;
+                shared.count_sent();
                 Ok(id)
             }
             Err(e) => {
@@ -67,10 +67,10 @@ impl Tx {
 
     /// Sends queued unexpected-response reports without waiting; keeps what does not fit.
     pub(crate) fn flush_reports<M>(&mut self, shared: &Shared<M>) {
-        loop {
-            let Some(response_id) = shared.lock().reports.front().copied() else {
-                return;
-            };
+        if !shared.has_reports() {
+            return;
+        }
+        while let Some(response_id) = shared.next_report() {
             let env = Envelope {
                 id: self.next_id,
                 originating_id: response_id,
@@ -81,9 +81,8 @@ impl Tx {
             match self.sender.try_send(&frame) {
                 Ok(()) => {
                     self.next_id += 1;
-                    let mut st = shared.lock();
-                    st.reports.pop_front();
-                    st.stats.sent += 1;
+                    shared.lock().reports.pop_front();
+                    shared.count_sent();
                 }
                 Err(SendError::WouldBlock) => return,
                 Err(_) => {
@@ -142,6 +141,7 @@ impl<M: Owned + 'static> StructuredChannel<M> {
         let shared = Arc::new(Shared::new(
             options.inbox_capacity,
             options.zero_copy_setting().cloned(),
+            false,
         ));
         let tx = Arc::new(Mutex::new(Tx { sender, next_id: 1 }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -362,7 +362,7 @@ impl<M: Owned + 'static> StructuredChannel<M> {
 
     /// The channel's counters.
     pub fn stats(&self) -> StructuredStats {
-        self.shared.lock().stats
+        self.shared.stats()
     }
 
     /// Closes this side for sending: the peer's reader ends with [`StructuredError::Closed`]
@@ -414,16 +414,9 @@ impl<M: Owned + 'static> StructuredChannel<M> {
     ) -> Result<T, StructuredError> {
         let mut attempted = false;
         loop {
-            let now = Instant::now();
-            let slice = match deadline {
-                Some(deadline) if attempted && now >= deadline => {
-                    return Err(StructuredError::TimedOut);
-                }
-                Some(deadline) => deadline.saturating_duration_since(now).min(READER_TICK),
-                None => READER_TICK,
-            };
-            attempted = true;
             let mut st = self.shared.lock();
+            // What the last round routed is taken before the deadline is looked at: a frame
+            // that arrived in time is not lost to a timeout (a `try_recv` gets what is there).
             if let Some(got) = take(&mut st) {
                 drop(st);
                 self.shared.wake();
@@ -439,25 +432,68 @@ impl<M: Owned + 'static> StructuredChannel<M> {
             let Some(mut receiver) = receiver else {
                 // Another thread receives (it wakes us after routing), or the inbox is full
                 // (a taker wakes us), or the channel ended (`take` reports it next round).
+                let until = Self::wait_bound(deadline, attempted)?;
+                attempted = true;
+                let slice = until.saturating_duration_since(Instant::now());
                 drop(self.shared.wait_for(st, Some(slice)));
                 continue;
             };
             drop(st);
             // Routed while the receiver is held, so frames are routed in the order they came.
+            // A frame already there is taken without reading the clock; only an empty channel
+            // costs the deadline arithmetic.
             let mut buf = self.shared.buffers.take();
-            match receiver.recv_timeout(&mut buf, slice) {
+            let received = match receiver.try_recv(&mut buf) {
+                // The non-blocking attempt counts: a deadline already past ends the wait here.
+                Err(RecvError::WouldBlock) => match Self::wait_bound(deadline, true) {
+                    Ok(until) => receiver.recv_until(&mut buf, until),
+                    Err(timed_out) => {
+                        self.shared.buffers.give(buf);
+                        return Err(timed_out);
+                    }
+                },
+                other => other,
+            };
+            attempted = true;
+            let got = match received {
                 Ok(meta) => {
-                    self.shared.receive(buf, meta.fds, &self.limits);
+                    self.shared
+                        .receive_and_take(buf, meta.fds, &self.limits, &mut take)
+                        .1
                 }
-                Err(RecvError::TimedOut) => {}
-                Err(e) => self.shared.finish(End::from_recv(e)),
-            }
+                Err(RecvError::TimedOut) => {
+                    self.shared.buffers.give(buf);
+                    None
+                }
+                Err(e) => {
+                    self.shared.finish(End::from_recv(e));
+                    None
+                }
+            };
             drop(receiver);
-            if !self.shared.lock().reports.is_empty() {
+            if self.shared.has_reports() {
                 if let Ok(mut tx) = self.tx.try_lock() {
                     tx.flush_reports(&self.shared);
                 }
             }
+            if let Some(got) = got {
+                return got;
+            }
+        }
+    }
+}
+
+impl<M: Owned + 'static> StructuredChannel<M> {
+    /// The latest instant the next wait may last to: the deadline, and at most one
+    /// [`READER_TICK`] from now. [`StructuredError::TimedOut`] once the deadline passed, after
+    /// at least one attempt.
+    fn wait_bound(deadline: Option<Instant>, attempted: bool) -> Result<Instant, StructuredError> {
+        let now = Instant::now();
+        let tick = now + READER_TICK;
+        match deadline {
+            Some(deadline) if attempted && now >= deadline => Err(StructuredError::TimedOut),
+            Some(deadline) => Ok(deadline.min(tick)),
+            None => Ok(tick),
         }
     }
 }
@@ -556,7 +592,7 @@ fn reader_loop<M>(
             }
         }
         // Reports of unexpected responses go out when the sender is free; never wait here.
-        if !shared.lock().reports.is_empty() {
+        if shared.has_reports() {
             if let Ok(mut tx) = tx.try_lock() {
                 tx.flush_reports(shared);
             }

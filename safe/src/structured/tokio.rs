@@ -50,7 +50,7 @@ impl AsyncTx {
             .await
         {
             Ok(()) => {
-                shared.lock().stats.sent += 1;
+                shared.count_sent();
                 Ok(id)
             }
             Err(e) => {
@@ -61,7 +61,10 @@ impl AsyncTx {
     }
 
     async fn flush_reports<M>(&mut self, shared: &Shared<M>) {
-        loop {
+        if !shared.has_reports() {
+            return;
+        }
+        while shared.next_report().is_some() {
             let Some(response_id) = shared.lock().reports.pop_front() else {
                 return;
             };
@@ -72,11 +75,9 @@ impl AsyncTx {
                 fd_count: 0,
             };
             self.next_id += 1;
-            let sent = wire::send_frame_async(&mut self.sender, &env, None, &[], None).await;
-            let mut st = shared.lock();
-            match sent {
-                Ok(()) => st.stats.sent += 1,
-                Err(_) => st.stats.reports_dropped += 1,
+            match wire::send_frame_async(&mut self.sender, &env, None, &[], None).await {
+                Ok(()) => shared.count_sent(),
+                Err(_) => shared.lock().stats.reports_dropped += 1,
             }
         }
     }
@@ -109,6 +110,7 @@ impl<M: Owned + 'static> AsyncStructuredChannel<M> {
         let shared = Arc::new(Shared::new(
             options.inbox_capacity,
             options.zero_copy_setting().cloned(),
+            true,
         ));
         let tx = Arc::new(::tokio::sync::Mutex::new(AsyncTx { sender, next_id: 1 }));
         let limits = options.body_limits();
@@ -239,7 +241,7 @@ impl<M: Owned + 'static> AsyncStructuredChannel<M> {
 
     /// The channel's counters.
     pub fn stats(&self) -> StructuredStats {
-        self.shared.lock().stats
+        self.shared.stats()
     }
 
     /// Closes this side for sending (the peer ends with [`StructuredError::Closed`]).
