@@ -108,6 +108,7 @@ fn freed_blocks_are_reused() {
 
 #[test]
 fn exhaustion_then_recovery() {
+    // 7 spans of 4 KiB, each 7 blocks of 512 B after a 512-byte slot of state words.
     let a = arena(32 << 10);
     let mut v = Vec::new();
     loop {
@@ -116,9 +117,11 @@ fn exhaustion_then_recovery() {
             Err(AllocError::OutOfMemory) => break,
             Err(e) => panic!("{e}"),
         }
+        // Bounded, so that a bump pointer that does not move fails here instead of hanging.
+        assert!(v.len() <= 49, "more blocks than the region holds");
     }
-    assert!(!v.is_empty());
     let n = v.len();
+    assert_eq!(n, 49);
     for o in v.drain(..) {
         a.free(o).unwrap();
     }
@@ -378,7 +381,13 @@ fn corrupt_large_list_is_reported_not_followed() {
     let mut runs = Vec::new();
     while let Ok(r) = a.alloc(3000, 1) {
         runs.push(r);
+        // Bounded, so that a bump pointer that does not move fails here instead of hanging.
+        assert!(
+            runs.len() <= 15,
+            "more one-span runs than the region's 15 spans"
+        );
     }
+    assert_eq!(runs.len(), 15);
     let last = *runs.last().unwrap();
     assert_eq!(last.get(), a.data_off + ((a.span_count - 1) << SHIFT));
     a.free(last).unwrap();
@@ -565,6 +574,7 @@ fn cache_alloc_free_and_flush() {
     while a.stats().classes[1].spans == spans {
         a.alloc(32, 1).unwrap();
         n += 1;
+        assert!(n <= spans * per + 1, "a new span was never carved");
     }
     assert_eq!(n - 1, spans * per, "blocks lost in the cache");
 }
@@ -737,4 +747,270 @@ fn a_request_beyond_the_arena_is_too_large() {
     let a = arena(1 << 20);
     assert_eq!(a.alloc(2 << 20, 1), Err(AllocError::TooLarge));
     assert_eq!(a.alloc((1 << 20) + 1, 1), Err(AllocError::TooLarge));
+}
+
+/// Killed mutants of `Arena::overhead` (its value was never asserted). Expected values follow the
+/// layout: the header (640 B) and a 16-byte entry per span, rounded up to the span size, plus what
+/// is left past the last whole span.
+#[test]
+fn overhead_is_what_is_not_in_spans() {
+    // 12 KiB of 4 KiB spans: header and table fill span-sized slot 0, then 2 spans.
+    assert_eq!(Arena::overhead(3 * 4096, SHIFT), Some(4096));
+    // 1 MiB of 4 KiB spans: 254 spans (640 + 254 * 16 = 4704 rounds up to 8192).
+    assert_eq!(Arena::overhead(1 << 20, SHIFT), Some(8192));
+    // 1 MiB of 256 KiB spans: 3 spans after one span-sized header slot.
+    assert_eq!(
+        Arena::overhead(1 << 20, DEFAULT_SPAN_SHIFT),
+        Some(256 << 10)
+    );
+    // 1 MiB + 100 B: the 100 B tail is overhead too.
+    assert_eq!(Arena::overhead((1 << 20) + 100, SHIFT), Some(8192 + 100));
+    // Not even one span fits.
+    assert_eq!(Arena::overhead(4096, SHIFT), None);
+}
+
+/// Killed mutants of `Arena::block_size_for` (its value was never asserted): small sizes round up
+/// to a power of two of at least 16 B while a class of that size fits a span (at 4 KiB spans,
+/// classes up to 2 KiB); larger ones to a power-of-two multiple of the span size.
+#[test]
+fn block_size_for_follows_the_classes_and_runs() {
+    let a = arena(1 << 20);
+    for (size, want) in [
+        (0, 16),
+        (1, 16),
+        (16, 16),
+        (17, 32),
+        (100, 128),
+        (2048, 2048),
+        // 4 KiB blocks do not fit a 4 KiB span with their state word: a one-span run.
+        (2049, 4096),
+        (4096, 4096),
+        (5000, 8192),
+        (3 * 4096, 4 * 4096),
+        (65536, 65536),
+        (65537, 32 * 4096),
+    ] {
+        assert_eq!(a.block_size_for(size), want, "size {size}");
+    }
+    // With 256 KiB spans every class fits: 64 KiB is still a small block; one more byte is a span.
+    let b = Arena::new_owned(512 << 10, DEFAULT_SPAN_SHIFT).unwrap();
+    assert_eq!(b.block_size_for(65536), 65536);
+    assert_eq!(b.block_size_for(65537), 256 << 10);
+    assert_eq!(b.block_size_for(3), 16);
+}
+
+/// Killed mutants of `Arena::carve` (`cur + n` as `cur * n` left the bump pointer at 0, so every
+/// span was carved again): each carve hands out the next `n` spans and moves the bump pointer past
+/// them; a request that does not fit the remaining spans is `OutOfMemory` and moves nothing.
+#[test]
+fn carve_bumps_by_the_spans_taken() {
+    let a = arena(64 << 10);
+    let n = a.span_count;
+    assert_eq!(n, 15);
+    let next = || a.header().next_span.load(Ordering::Relaxed);
+    assert_eq!(a.carve(1), Ok(0));
+    assert_eq!(next(), 1);
+    assert_eq!(a.carve(3), Ok(1));
+    assert_eq!(next(), 4);
+    assert_eq!(a.carve(2), Ok(4));
+    assert_eq!(next(), 6);
+    assert_eq!(a.carve(n - 5), Err(AllocError::OutOfMemory));
+    assert_eq!(next(), 6);
+    assert_eq!(a.carve(n - 6), Ok(6));
+    assert_eq!(next(), n);
+    assert_eq!(a.carve(1), Err(AllocError::OutOfMemory));
+    // A bump pointer the peer moved past the end is refused, not subtracted from.
+    a.header().next_span.store(n + 1, Ordering::Relaxed);
+    assert_eq!(a.carve(1), Err(AllocError::OutOfMemory));
+
+    // Through `alloc`: two classes and a run take distinct spans, in order.
+    let a = arena(64 << 10);
+    let x = a.alloc(16, 1).unwrap();
+    let y = a.alloc(32, 1).unwrap();
+    let z = a.alloc(5000, 1).unwrap();
+    let span_of = |o: Offset| (o.get() - a.data_off) >> SHIFT;
+    assert_eq!((span_of(x), span_of(y), span_of(z)), (0, 1, 2));
+    assert_eq!(z.get(), a.data_off + (2 << SHIFT));
+    assert_eq!(a.stats().spans_carved, 4);
+}
+
+/// Killed mutants of `locate`'s index arithmetic: every block of every class is found with its
+/// exact id, state word and capacity, and offsets between blocks, in the state words, or past the
+/// last block are not blocks.
+#[test]
+fn locate_finds_every_block_exactly() {
+    let a = arena(64 << 10);
+    for c in 0..NUM_CLASSES {
+        let block = 16u64 << c;
+        let count = a.classes[c].count;
+        if count == 0 {
+            // 4 KiB blocks and up do not fit a 4 KiB span with their state words: runs.
+            assert!(block >= 4096, "class {c}");
+            continue;
+        }
+        let x0 = a.alloc(block as usize, 1).unwrap();
+        // A fresh class takes a fresh span and hands out its block 0.
+        let span = (x0.get() - a.data_off) >> SHIFT;
+        let base = a.data_off + (span << SHIFT);
+        let first = x0.get() - base;
+        assert!(first >= 8 * count && first % block == 0 && first + count * block <= 4096);
+        let mut indices = [0, 1, 2, 3, count / 2, count - 1];
+        indices.iter_mut().for_each(|i| *i = (*i).min(count - 1));
+        for i in indices {
+            let off = x0.get() + i * block;
+            let (st, kind, id, cap) = a.locate(Offset::new(off)).unwrap();
+            assert!(
+                matches!(kind, Kind::Small(k) if k == c),
+                "class {c} block {i}"
+            );
+            assert_eq!(id, ((span as u32) << layout::BLOCK_BITS) | i as u32);
+            assert_eq!(cap, block);
+            let word = a.payload_ptr(Offset::new(base + 8 * i), 8).unwrap();
+            assert_eq!(
+                st as *const AtomicU64 as usize,
+                word.as_ptr() as usize,
+                "class {c} block {i}: state word"
+            );
+            assert_eq!(a.free(Offset::new(off + 8)), Err(BlockError::NotABlock));
+            if block > 16 {
+                let mid = Offset::new(off + block / 2);
+                assert_eq!(a.free(mid), Err(BlockError::NotABlock));
+            }
+        }
+        // The state words are not blocks, nor is the space after the last block.
+        assert_eq!(a.free(Offset::new(base)), Err(BlockError::NotABlock));
+        if first >= block {
+            let before = Offset::new(x0.get() - block);
+            assert_eq!(a.free(before), Err(BlockError::NotABlock));
+        }
+        let past = x0.get() + count * block;
+        if past < base + 4096 {
+            assert_eq!(a.free(Offset::new(past)), Err(BlockError::NotABlock));
+        }
+        assert_eq!(a.info(x0).unwrap().capacity, block);
+    }
+    // A run: found at its first span only, with the run's whole size.
+    let r = a.alloc(3 * 4096, 1).unwrap();
+    let span = (r.get() - a.data_off) >> SHIFT;
+    let (_, kind, id, cap) = a.locate(r).unwrap();
+    assert!(matches!(kind, Kind::Large(2)));
+    assert_eq!(u64::from(id), span);
+    assert_eq!(cap, 4 * 4096);
+}
+
+/// `locate` on a span whose kind word the peer forged: an exact `NotABlock` for every kind it
+/// does not know (class or order one past the last, a class too big for the span, an unknown tag,
+/// a tag with high bits set), never a panic. (`LARGE | NUM_ORDERS` is refused by the run-length
+/// check too: no region has `2^NUM_ORDERS` spans.)
+#[test]
+fn locate_refuses_forged_kinds() {
+    let a = arena(64 << 10);
+    let x = a.alloc(32, 1).unwrap();
+    let span = (x.get() - a.data_off) >> SHIFT;
+    let base = Offset::new(a.data_off + (span << SHIFT));
+    a.large_state(span).store(st_alloc(0, 1), Ordering::Relaxed);
+    for kind in [
+        layout::KIND_UNUSED,
+        layout::KIND_CONT,
+        layout::KIND_SMALL | NUM_CLASSES as u64,
+        layout::KIND_SMALL | 8,
+        layout::KIND_SMALL | 0xff,
+        layout::KIND_LARGE | layout::NUM_ORDERS as u64,
+        layout::KIND_LARGE | 0xff,
+        4 << 8,
+        (1 << 40) | layout::KIND_SMALL | 1,
+        (1 << 40) | layout::KIND_LARGE,
+    ] {
+        a.kind_word(span).store(kind, Ordering::Relaxed);
+        assert!(
+            matches!(a.locate(base), Err(BlockError::NotABlock)),
+            "kind {kind:#x} at the span base"
+        );
+        assert!(
+            matches!(a.locate(x), Err(BlockError::NotABlock)),
+            "kind {kind:#x} at block 0"
+        );
+    }
+    // The same span, marked by the peer as a one-span run that is allocated: now a block.
+    a.kind_word(span)
+        .store(layout::KIND_LARGE, Ordering::Relaxed);
+    assert_eq!(a.info(base).map(|i| i.capacity), Ok(4096));
+}
+
+/// Killed mutants of `Arena::stats`' bounds: kind words forged by the peer (a class one past the
+/// last, a class that does not fit a span, orders past the last, a run that would end past the
+/// region) and a bump pointer past the end are not counted and do not panic.
+#[test]
+fn stats_ignores_forged_kinds() {
+    let a = arena(64 << 10);
+    let n = a.span_count;
+    assert_eq!(n, 15);
+    let x = a.alloc(32, 1).unwrap(); // span 0, class 1
+    let r = a.alloc(5000, 1).unwrap(); // spans 1 and 2, order 1
+    assert_eq!(r.get(), a.data_off + (1 << SHIFT));
+    let alloc = st_alloc(0, 1);
+    let forge = |span: u64, kind: u64| {
+        a.kind_word(span).store(kind, Ordering::Relaxed);
+        a.large_state(span).store(alloc, Ordering::Relaxed);
+        // The first words of the span look like allocated state words of small blocks.
+        for i in 0..4 {
+            a.small_state(span, i).store(alloc, Ordering::Relaxed);
+        }
+    };
+    forge(3, layout::KIND_SMALL | NUM_CLASSES as u64);
+    forge(4, layout::KIND_SMALL | 8); // 4 KiB blocks: no such class in 4 KiB spans
+    forge(5, layout::KIND_LARGE | layout::NUM_ORDERS as u64);
+    forge(6, layout::KIND_LARGE | 0xff);
+    forge(7, 4 << 8);
+    // An allocated order-1 run in spans 12 and 13 is counted; one at span 14 would end past the
+    // region and is not.
+    forge(12, layout::KIND_LARGE | 1);
+    forge(14, layout::KIND_LARGE | 1);
+    a.header().next_span.store(u64::MAX, Ordering::Relaxed);
+    let st = a.stats();
+    assert_eq!(st.spans_carved, n, "bump pointer clamped");
+    assert_eq!(st.spans_total, n);
+    for (c, cs) in st.classes.iter().enumerate() {
+        assert_eq!(cs.block_size, 16 << c);
+        let want = if c == 1 { (1, 1) } else { (0, 0) };
+        assert_eq!((cs.spans, cs.blocks_in_use), want, "class {c}");
+    }
+    assert_eq!(st.large_blocks_in_use, 2);
+    assert_eq!(st.large_bytes_in_use, 4 << SHIFT);
+    assert_eq!(st.blocks_in_use(), 3);
+    a.free(x).unwrap();
+    a.free(r).unwrap();
+    let st = a.stats();
+    assert_eq!(
+        st.classes[1],
+        ClassStats {
+            block_size: 32,
+            blocks_in_use: 0,
+            spans: 1
+        }
+    );
+    assert_eq!(st.large_blocks_in_use, 1, "the forged run at span 12");
+}
+
+/// Killed mutants of `MAX_REFCOUNT` (`NIL - 1` as `NIL + 1` or `NIL / 1`) and of the limit check in
+/// `retain`: with the count forged near the 31-bit limit, retain reaches `2^31 - 2` and refuses
+/// the next one (and a peer-written count of `2^31 - 1`) with `RefcountOverflow`.
+#[test]
+fn retain_stops_at_max_refcount() {
+    assert_eq!(MAX_REFCOUNT, (1 << 31) - 2);
+    let a = arena(64 << 10);
+    let x = a.alloc(64, 1).unwrap();
+    let (st, ..) = a.locate(x).unwrap();
+    st.store(st_alloc(3, 0x7fff_fffc), Ordering::Relaxed);
+    assert_eq!(a.retain(x, 3), Ok(0x7fff_fffd));
+    assert_eq!(a.retain(x, 3), Ok(0x7fff_fffe));
+    assert_eq!(a.retain(x, 3), Err(BlockError::RefcountOverflow));
+    assert_eq!(a.info(x).unwrap().refcount, 0x7fff_fffe, "unchanged");
+    assert_eq!(a.release(x, 3), Ok(false));
+    assert_eq!(a.info(x).unwrap().refcount, 0x7fff_fffd);
+    assert_eq!(a.retain(x, 3), Ok(0x7fff_fffe));
+    // A count above the limit, written by the peer: still refused.
+    st.store(st_alloc(3, 0x7fff_ffff), Ordering::Relaxed);
+    assert_eq!(a.retain(x, 3), Err(BlockError::RefcountOverflow));
+    assert_eq!(a.info(x).unwrap().refcount, 0x7fff_ffff);
 }

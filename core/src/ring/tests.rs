@@ -1025,3 +1025,21 @@ fn spin_budget_halves_when_waits_sleep() {
     assert_eq!(rx.spin_budget.limit(1024), expect);
     assert_eq!(SpinBudget::new().limit(7), 7);
 }
+
+/// Killed mutants of `Producer::capacity` and `Consumer::capacity` (their values were never
+/// asserted): both report the frame buffer's size, whether the ring is owned or over raw memory.
+#[test]
+fn handles_report_the_capacity() {
+    for cap in [MIN_CAPACITY, 256, 4096] {
+        let (tx, rx) = Ring::with_capacity(cap);
+        assert_eq!((tx.capacity(), rx.capacity()), (cap, cap));
+    }
+    let cap = 512;
+    let len = region_size(cap);
+    let region = Region::new(len);
+    // SAFETY: `region` is valid for `len` bytes and outlives the view and its handles.
+    let ring = unsafe { RawRing::init(region.ptr, len, cap) }.unwrap();
+    // SAFETY: `region` outlives both handles (declared after it), the only ones of this ring.
+    let (tx, rx) = unsafe { (ring.producer().unwrap(), ring.consumer().unwrap()) };
+    assert_eq!((tx.capacity(), rx.capacity()), (512, 512));
+}
