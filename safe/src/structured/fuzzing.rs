@@ -171,7 +171,7 @@ pub struct FuzzZeroCopy {
     sender: super::ZeroCopy,
     receiver: super::ZeroCopy,
     blocks: Vec<crate::arena::ArenaObject>,
-    held: Vec<capnp::message::Reader<wire::BodySegments>>,
+    held: Vec<Box<capnp::message::Reader<wire::BodySegments>>>,
     limits: BodyLimits,
     next_id: u64,
 }
