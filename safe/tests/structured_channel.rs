@@ -327,3 +327,26 @@ fn structured_ring_caller_killed() {
         &options,
     );
 }
+
+/// Receiving in the caller, `try_recv` returns a frame that has already arrived on the first
+/// call (it once checked the deadline before taking what its own receive had just routed, and
+/// returned `WouldBlock` once per frame).
+#[test]
+fn caller_try_recv_gets_what_arrived() {
+    if child_entry() {
+        return;
+    }
+    let options = StructuredOptions::new().receive_in_caller(true);
+    for (a, b) in [
+        Channel::ring_pair().unwrap(),
+        Channel::socket_pair().unwrap(),
+    ] {
+        let (a, b): (Chan, Chan) = (options.open(a).unwrap(), options.open(b).unwrap());
+        assert!(matches!(b.try_recv(), Err(StructuredError::WouldBlock)));
+        for i in 0..100 {
+            a.send(&note(&a, &format!("n{i}"))).unwrap();
+            let got = b.try_recv().expect("the notification is already there");
+            assert_eq!(note_of(&got), format!("n{i}"));
+        }
+    }
+}

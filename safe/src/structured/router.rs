@@ -383,10 +383,24 @@ impl<M> Shared<M> {
         self.reports_waiting.load(Ordering::Relaxed)
     }
 
-    /// The oldest report waiting to be sent, left queued; `None` clears the hint.
+    /// The oldest report waiting to be sent, left queued (it goes when it is sent); `None`
+    /// clears the hint.
     pub(crate) fn next_report(&self) -> Option<u64> {
-        let st = self.lock();
-        let next = st.reports.front().copied();
+        self.report(false)
+    }
+
+    /// The oldest report waiting to be sent, taken off the queue; `None` clears the hint.
+    pub(crate) fn pop_report(&self) -> Option<u64> {
+        self.report(true)
+    }
+
+    fn report(&self, pop: bool) -> Option<u64> {
+        let mut st = self.lock();
+        let next = if pop {
+            st.reports.pop_front()
+        } else {
+            st.reports.front().copied()
+        };
         if next.is_none() {
             self.reports_waiting.store(false, Ordering::Relaxed);
         }

@@ -64,10 +64,7 @@ impl AsyncTx {
         if !shared.has_reports() {
             return;
         }
-        while shared.next_report().is_some() {
-            let Some(response_id) = shared.lock().reports.pop_front() else {
-                return;
-            };
+        while let Some(response_id) = shared.pop_report() {
             let env = Envelope {
                 id: self.next_id,
                 originating_id: response_id,
