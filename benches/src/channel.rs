@@ -158,8 +158,7 @@ impl System for ChannelSystem {
             Transport::Socket => flowipc::channel::TransportKind::Socket,
             Transport::Mq => flowipc::channel::TransportKind::Mq,
         };
-        let fds = ChannelFds::from_parts(kind.code(), fds)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown channel kind"))?;
+        let fds = ChannelFds::from_parts(kind, fds);
         let channel = self.options(cfg).from_fds(fds).map_err(other)?;
         Ok(Box::new(ChannelEndpoint {
             channel,

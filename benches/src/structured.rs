@@ -240,8 +240,7 @@ impl System for StructuredSystem {
     }
 
     fn attach(&self, cfg: &Config, fds: Vec<OwnedFd>) -> io::Result<Box<dyn Endpoint>> {
-        let fds = ChannelFds::from_parts(self.transport.code(), fds)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown channel kind"))?;
+        let fds = ChannelFds::from_parts(self.transport, fds);
         let channel = self.options(cfg).from_fds(fds).map_err(other)?;
         Self::endpoint(cfg, channel)
     }

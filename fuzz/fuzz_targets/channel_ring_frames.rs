@@ -305,12 +305,11 @@ fuzz_target!(|input: Input| {
         let (bell_tx, _peer_bell_tx) = flowipc_sys::wake::pair().unwrap();
         let (bell_rx, _peer_bell_rx) = flowipc_sys::wake::pair().unwrap();
         let fds = ChannelFds::from_parts(
-            TransportKind::Ring.code(),
+            TransportKind::Ring,
             // This end's doorbells of the tx and rx rings; nothing here sleeps, so the fuzzed peer
             // never rings them.
             vec![dup(tx_ring.fd()), dup(rx_ring.fd()), sock, bell_tx, bell_rx],
-        )
-        .unwrap();
+        );
         let mut ch = ChannelOptions::new()
             .max_message_size(max)
             .max_fds_per_message(max_fds)

@@ -396,13 +396,11 @@ fn ring_end_needs_its_doorbells() {
     let parts = || {
         let (c, d) = Channel::ring_pair().unwrap();
         let fds = c.into_fds().unwrap();
-        let kind = fds.kind_code();
-        let v = fds.into_parts().1;
+        let (kind, v) = fds.into_parts();
         assert_eq!(v.len(), 5, "tx ring, rx ring, socket, 2 doorbells");
         (kind, v, d)
     };
-    let rebuild =
-        |kind, v| Channel::from_fds(flowipc::channel::ChannelFds::from_parts(kind, v).unwrap());
+    let rebuild = |kind, v| Channel::from_fds(flowipc::channel::ChannelFds::from_parts(kind, v));
 
     let (kind, mut v, _d) = parts();
     v.truncate(3);

@@ -284,10 +284,9 @@ fn raw_peer(cap: usize) -> (Channel, flowipc::ring::RingSender, std::os::fd::Own
     let (bell_tx, _peer_bell_tx) = flowipc_sys::wake::pair().unwrap();
     let (bell_rx, _peer_bell_rx) = flowipc_sys::wake::pair().unwrap();
     let fds = ChannelFds::from_parts(
-        TransportKind::Ring.code(),
+        TransportKind::Ring,
         vec![dup(tx_ring.fd()), dup(rx_ring.fd()), sock, bell_tx, bell_rx],
-    )
-    .unwrap();
+    );
     let ch = ChannelOptions::new()
         .max_message_size(1000)
         .from_fds(fds)

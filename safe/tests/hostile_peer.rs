@@ -120,7 +120,7 @@ fn with_dups(ch: Channel) -> (Channel, Vec<OwnedFd>) {
         .iter()
         .map(|fd| fd.try_clone().unwrap())
         .collect::<Vec<_>>();
-    let ch = Channel::from_fds(ChannelFds::from_parts(code, fds).unwrap()).unwrap();
+    let ch = Channel::from_fds(ChannelFds::from_parts(code, fds)).unwrap();
     (ch, dups)
 }
 

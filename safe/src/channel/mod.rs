@@ -194,8 +194,8 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
-    /// The one-byte form sent beside the descriptors (see [`ChannelFds::into_parts`]).
-    pub fn code(self) -> u8 {
+    /// The one-byte form sent beside the descriptors by `send_channel` and the session layer.
+    pub(crate) fn code(self) -> u8 {
         match self {
             TransportKind::Socket => 1,
             TransportKind::Mq => 2,
@@ -204,7 +204,7 @@ impl TransportKind {
     }
 
     /// The kind a [`code`](Self::code) stands for; `None` for an unknown code.
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(TransportKind::Socket),
             2 => Some(TransportKind::Mq),
@@ -284,15 +284,17 @@ impl ChannelOptions {
     }
 
     /// Messages per POSIX queue (default: the system's `/proc/sys/fs/mqueue/msg_default`).
-    pub fn mq_max_messages(mut self, count: i64) -> Self {
-        self.mq_max_messages = Some(count);
+    pub fn mq_max_messages(mut self, count: u32) -> Self {
+        self.mq_max_messages = Some(i64::from(count));
         self
     }
 
     /// Bytes per POSIX queue message (default: the system's `msgsize_default`); longer channel
     /// messages are split into chunks of this size.
-    pub fn mq_message_size(mut self, bytes: i64) -> Self {
-        self.mq_message_size = Some(bytes);
+    pub fn mq_message_size(mut self, bytes: usize) -> Self {
+        // Past i64::MAX the kernel refuses the queue (`EINVAL`), as it does any size over its
+        // `msgsize_max`; saturating keeps that error where the queue is created.
+        self.mq_message_size = Some(i64::try_from(bytes).unwrap_or(i64::MAX));
         self
     }
 
@@ -408,19 +410,20 @@ const CHANNEL_TAG: &[u8; 8] = b"FIPCchan";
 /// The body of a message carrying the channel `fds`: the tag, then the transport's code.
 pub(crate) fn channel_message(fds: &ChannelFds) -> Vec<u8> {
     let mut msg = CHANNEL_TAG.to_vec();
-    msg.push(fds.kind_code());
+    msg.push(fds.kind.code());
     msg
 }
 
 /// The channel a message flagged as carrying one describes; hostile input, checked.
 pub(crate) fn channel_fds(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<ChannelFds, OpenError> {
     match bytes.split_last() {
-        Some((&code, tag)) if tag == CHANNEL_TAG => {
-            ChannelFds::from_parts(code, fds).ok_or(OpenError::BadFds {
+        Some((&code, tag)) if tag == CHANNEL_TAG => match TransportKind::from_code(code) {
+            Some(kind) => Ok(ChannelFds::from_parts(kind, fds)),
+            None => Err(OpenError::BadFds {
                 kind: "unknown",
                 reason: format!("unknown transport code {code}; is the peer a newer flowipc?"),
-            })
-        }
+            }),
+        },
         _ => Err(OpenError::BadFds {
             kind: "any",
             reason: "a message flagged as a channel has a malformed body".to_owned(),
@@ -439,22 +442,17 @@ impl ChannelFds {
         &self.fds
     }
 
-    /// A one-byte description of the transport, to send along with [`ChannelFds::fds`].
-    pub fn kind_code(&self) -> u8 {
-        self.kind.code()
+    /// Splits into the transport and the descriptors, for handing them to another process by a
+    /// path of your own (inheritance across `fork`/`exec`, a socket you already have). Between
+    /// two flowipc programs, [`Channel::send_channel`] and sessions do this for you.
+    pub fn into_parts(self) -> (TransportKind, Vec<OwnedFd>) {
+        (self.kind, self.fds)
     }
 
-    /// Splits into the kind code and the descriptors.
-    pub fn into_parts(self) -> (u8, Vec<OwnedFd>) {
-        (self.kind.code(), self.fds)
-    }
-
-    /// Puts received parts back together; `None` for an unknown kind code.
-    pub fn from_parts(kind_code: u8, fds: Vec<OwnedFd>) -> Option<Self> {
-        Some(ChannelFds {
-            kind: TransportKind::from_code(kind_code)?,
-            fds,
-        })
+    /// Puts descriptors received by a path of your own back together. Nothing is checked here:
+    /// [`Channel::from_fds`] checks that they are what `kind` needs.
+    pub fn from_parts(kind: TransportKind, fds: Vec<OwnedFd>) -> Self {
+        ChannelFds { kind, fds }
     }
 }
 

@@ -150,9 +150,7 @@ fn channel_from(
     kind: TransportKind,
     fds: Vec<OwnedFd>,
 ) -> Result<Channel, SessionError> {
-    let fds = ChannelFds::from_parts(kind.code(), fds)
-        .ok_or(HandshakeError::UnknownTransport(kind.code()))?;
-    Ok(options.from_fds(fds)?)
+    Ok(options.from_fds(ChannelFds::from_parts(kind, fds))?)
 }
 
 fn pair(options: &ChannelOptions, kind: TransportKind) -> Result<(Channel, Channel), SessionError> {

@@ -292,14 +292,14 @@ impl SessionOptions {
     }
 
     /// Messages per POSIX queue of an mq channel (see [`ChannelOptions::mq_max_messages`]).
-    pub fn mq_max_messages(mut self, count: i64) -> Self {
-        self.settings.mq_max_messages = count;
+    pub fn mq_max_messages(mut self, count: u32) -> Self {
+        self.settings.mq_max_messages = i64::from(count);
         self
     }
 
     /// Bytes per POSIX queue message (see [`ChannelOptions::mq_message_size`]).
-    pub fn mq_message_size(mut self, bytes: i64) -> Self {
-        self.settings.mq_message_size = bytes;
+    pub fn mq_message_size(mut self, bytes: usize) -> Self {
+        self.settings.mq_message_size = i64::try_from(bytes).unwrap_or(i64::MAX);
         self
     }
 
@@ -397,10 +397,10 @@ fn settings_to_options(s: &wire::Settings) -> ChannelOptions {
         .max_fds_per_message(s.max_fds_per_message as usize)
         .ring_capacity(usize::try_from(s.ring_capacity).unwrap_or(usize::MAX));
     if s.mq_max_messages > 0 {
-        o = o.mq_max_messages(s.mq_max_messages);
+        o = o.mq_max_messages(u32::try_from(s.mq_max_messages).unwrap_or(u32::MAX));
     }
     if s.mq_message_size > 0 {
-        o = o.mq_message_size(s.mq_message_size);
+        o = o.mq_message_size(usize::try_from(s.mq_message_size).unwrap_or(usize::MAX));
     }
     o
 }
