@@ -351,3 +351,54 @@ fn in_place_hostile_frames() {
     }
     assert_eq!(open_fds(), before, "descriptors leaked");
 }
+
+/// A request read in place is held by the receiving half while the sending half builds the
+/// reply from it, in place, chunk by chunk: the request is never copied out whole, and its frame
+/// stays in the ring until the reply is sent.
+#[test]
+fn reply_built_from_a_held_request() {
+    let _g = serial();
+    let cap = 64 * 1024;
+    let (mut a, b) = ChannelOptions::new()
+        .ring_capacity(cap)
+        .ring_pair()
+        .unwrap();
+    let (mut btx, mut brx) = b.split().unwrap();
+    for (i, len) in [0usize, 1, 100, 4096, max_frame(cap)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut req = Vec::new();
+        fill(i as u64, len, &mut req);
+        a.send(&req).unwrap();
+        let held = brx.recv_in_place().unwrap();
+        assert!(
+            held.is_in_place(),
+            "a one-frame request is read where it lies"
+        );
+        assert_eq!(held.len(), len);
+        let built = btx
+            .send_in_place(len, |w| {
+                assert!(w.is_in_place());
+                let mut chunk = [0u8; 256];
+                let mut at = 0;
+                while at < len {
+                    let n = held.read_at(at, &mut chunk);
+                    assert!(n > 0, "read_at stops short at {at} of {len}");
+                    chunk[..n].iter_mut().for_each(|x| *x = !*x);
+                    w.write_at(at, &chunk[..n]);
+                    at += n;
+                }
+                at
+            })
+            .unwrap();
+        assert_eq!(built, len);
+        drop(held);
+        let reply = a.recv_owned().unwrap().bytes;
+        assert_eq!(reply.len(), len);
+        assert!(
+            reply.iter().zip(&req).all(|(r, q)| *r == !*q),
+            "reply {i} is not the request inverted"
+        );
+    }
+}

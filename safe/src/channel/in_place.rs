@@ -304,6 +304,11 @@ impl Channel {
     /// ([`IncomingMessage::is_in_place`]) until the returned value is dropped; other messages
     /// are received into a buffer of the channel's. Errors are those of
     /// [`recv`](Channel::recv).
+    ///
+    /// The message borrows the channel. To answer it while it is held (a reply built from the
+    /// request where it lies), [`split`](Channel::split) the channel first: the
+    /// [`ChannelReceiver`](super::ChannelReceiver) holds the message while the
+    /// [`ChannelSender`](super::ChannelSender) sends.
     pub fn recv_in_place(&mut self) -> Result<IncomingMessage<'_>, RecvError> {
         if self.nonblocking {
             return self.try_recv_in_place();
