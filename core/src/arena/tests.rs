@@ -1014,3 +1014,66 @@ fn retain_stops_at_max_refcount() {
     assert_eq!(a.retain(x, 3), Err(BlockError::RefcountOverflow));
     assert_eq!(a.info(x).unwrap().refcount, 0x7fff_ffff);
 }
+
+/// Carving a span for a small class writes the state words of exactly that class's blocks and
+/// nothing past them: every block of a fresh span reads as the zeroes of the fresh region, for
+/// every class (for 16-byte blocks in 4 KiB spans the state array ends exactly where block 0
+/// begins, so one state word too many lands in the block just handed out).
+#[test]
+fn carving_writes_no_byte_of_any_block() {
+    for c in 0..NUM_CLASSES {
+        let info = class_info(c, SHIFT);
+        if info.count == 0 {
+            continue;
+        }
+        let a = arena(64 << 10);
+        let first = a.alloc(info.block as usize, 1).unwrap();
+        assert!(check(&a, first, info.block, 0), "class {c}: block 0");
+        for i in 1..info.count {
+            let x = a.alloc(info.block as usize, 1).unwrap();
+            assert!(check(&a, x, info.block, 0), "class {c}: block {i}");
+        }
+    }
+}
+
+/// A request of exactly the largest small block is served by its class where the span holds one,
+/// not by a run of whole spans.
+#[test]
+fn the_largest_small_block_comes_from_its_class() {
+    let shift = 17;
+    let a = Arena::new_owned(1 << 20, shift).unwrap();
+    let c = NUM_CLASSES - 1;
+    let info = class_info(c, shift);
+    assert_eq!((info.block, info.count), (MAX_SMALL_BLOCK, 1));
+    let x = a.alloc(MAX_SMALL_BLOCK as usize, 1).unwrap();
+    assert_eq!(a.info(x).unwrap().capacity, MAX_SMALL_BLOCK);
+    assert_eq!(a.stats().classes[c].blocks_in_use, 1);
+    assert_eq!(a.stats().large_blocks_in_use, 0);
+    // One byte more takes a one-span run.
+    let y = a.alloc(MAX_SMALL_BLOCK as usize + 1, 1).unwrap();
+    assert_eq!(a.info(y).unwrap().capacity, 1 << shift);
+}
+
+/// The region's layout as documented in `layout`: the first span of a run carries
+/// `KIND_LARGE | order`, every later span `KIND_CONT`, and spans past the bump stay unused.
+#[test]
+fn large_runs_mark_their_later_spans() {
+    let a = arena(64 << 10);
+    let r = a.alloc(3 * 4096 + 1, 1).unwrap(); // four spans, order 2
+    let span = (r.get() - a.data_off) >> SHIFT;
+    assert_eq!(
+        a.kind_word(span).load(Ordering::Relaxed),
+        layout::KIND_LARGE | 2
+    );
+    for s in span + 1..span + 4 {
+        assert_eq!(
+            a.kind_word(s).load(Ordering::Relaxed),
+            layout::KIND_CONT,
+            "span {s}"
+        );
+    }
+    assert_eq!(
+        a.kind_word(span + 4).load(Ordering::Relaxed),
+        layout::KIND_UNUSED
+    );
+}
