@@ -3,7 +3,8 @@
 #
 #   scripts/mutants.sh core   # every function of flowipc-core; core's unit tests (about 60 min on 2 cores)
 #   scripts/mutants.sh safe   # the flowipc functions that parse what a peer wrote (scripts/mutants-safe.re),
-#                             # against the unit tests and the hostile-peer integration tests (about 90 min)
+#                             # against the unit tests and the hostile-peer integration tests, in
+#                             # two passes (see below)
 #   scripts/mutants.sh ring   # only the ring's checks (about 15 min)
 #
 # Survivors are listed in $OUT/mutants.out/missed.txt (OUT defaults to target/mutants-<set>).
@@ -35,7 +36,14 @@ ring)
 safe)
     filters=()
     while read -r re; do filters+=(-F "$re"); done < scripts/mutants-safe.re
-    cargo mutants -p flowipc "${filters[@]}" "${common[@]}" --timeout 90 \
+    # Two passes: the unit tests and the fast hostile-input tests first; then only the survivors
+    # (--iterate skips what the first pass caught) against the slower real-process tests too.
+    # Debug info off: linking seven test binaries per mutant is most of a mutant's time.
+    export CARGO_PROFILE_DEV_DEBUG=0
+    cargo mutants -p flowipc "${filters[@]}" "${common[@]}" --timeout 60 \
+        -- --lib --test channel_hostile --test hostile_peer --test structured_hostile --test native \
+        || true
+    cargo mutants -p flowipc "${filters[@]}" "${common[@]}" --timeout 90 --iterate \
         -- --lib --test channel_hostile --test hostile_peer --test structured_hostile --test native \
         --test structured_zero_copy --test channel_ring -- --skip no_leak_over_100k
     ;;

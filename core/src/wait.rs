@@ -533,4 +533,109 @@ mod tests {
         z.slept(0);
         assert_eq!(z.limit(0), 0);
     }
+
+    /// Busy-polling keeps calling `check` every [`BUSY_CHECK_INTERVAL`] spins for as long as it
+    /// polls, so a dead peer or a deadline found late still ends the wait: here `check` reports
+    /// an error only after 20 intervals. (`ready` gives up after 100 intervals, so a busy-poll that
+    /// stopped checking fails the test instead of spinning for ever.)
+    #[test]
+    fn busy_poll_checks_all_along() {
+        #[derive(Debug, PartialEq)]
+        enum Stop {
+            Check(u32),
+            Stuck,
+        }
+        let word = AtomicU32::new(0);
+        let (mut polls, mut checks) = (0u32, 0u32);
+        let polls_at_check = core::cell::Cell::new(0u32);
+        let got = block_until(
+            &word,
+            None,
+            &SpinWaiter,
+            WaitPolicy::BusyPoll,
+            &mut SpinBudget::new(),
+            || {
+                checks += 1;
+                if polls_at_check.get() >= 20 * BUSY_CHECK_INTERVAL {
+                    Err(Stop::Check(checks))
+                } else {
+                    Ok(None)
+                }
+            },
+            || {
+                polls += 1;
+                polls_at_check.set(polls);
+                if polls > 100 * BUSY_CHECK_INTERVAL {
+                    Err(Stop::Stuck)
+                } else {
+                    Ok(false)
+                }
+            },
+        );
+        // One check per interval: the 20th interval's check is the one that stops the wait.
+        assert_eq!(got, Err(Stop::Check(20)));
+    }
+
+    /// `0` in a waiting word means nobody sleeps; the waker must not call the notifier for it.
+    /// Unknown values (only a misbehaving peer writes them) read as the cheapest wake.
+    #[test]
+    fn waiting_words_decode() {
+        assert_eq!(WakeKind::from_word(0), None);
+        assert_eq!(WakeKind::from_word(1), Some(WakeKind::Futex));
+        assert_eq!(WakeKind::from_word(2), Some(WakeKind::EventFd));
+        assert_eq!(WakeKind::from_word(7), Some(WakeKind::Futex));
+        for k in [WakeKind::Futex, WakeKind::EventFd] {
+            assert_eq!(WakeKind::from_word(k.word()), Some(k));
+        }
+    }
+
+    /// The traits' defaults know no CPU, and the blanket impls for references forward every
+    /// method to the referent (a ring side is often handed `&waiter` / `&notifier`).
+    #[test]
+    fn defaults_and_reference_impls() {
+        struct Plain;
+        impl Waiter for Plain {
+            fn wake_kind(&self) -> WakeKind {
+                WakeKind::EventFd
+            }
+            fn wait(&self, _: &AtomicU32, _: u32, _: Option<Duration>) -> WaitOutcome {
+                WaitOutcome::TimedOut
+            }
+        }
+        impl Notifier for Plain {
+            fn wake(&self, _: &AtomicU32, _: WakeKind) {}
+        }
+        assert_eq!(Waiter::current_cpu(&Plain), None);
+        assert_eq!(Notifier::current_cpu(&Plain), None);
+
+        struct Counting {
+            wakes: core::cell::Cell<u32>,
+        }
+        impl Notifier for Counting {
+            fn wake(&self, word: &AtomicU32, kind: WakeKind) {
+                assert_eq!((word.load(Ordering::Relaxed), kind), (9, WakeKind::EventFd));
+                self.wakes.set(self.wakes.get() + 1);
+            }
+            fn current_cpu(&self) -> Option<u32> {
+                Some(7)
+            }
+        }
+        let on5 = OnCpu {
+            cpu: 5,
+            sleeps: core::cell::Cell::new(0),
+        };
+        let by_ref: &OnCpu = &on5;
+        assert_eq!(Waiter::current_cpu(&by_ref), Some(5));
+        assert_eq!(Waiter::wake_kind(&by_ref), WakeKind::Futex);
+        let word = AtomicU32::new(9);
+        assert_eq!(Waiter::wait(&by_ref, &word, 9, None), WaitOutcome::Woken);
+        assert_eq!(on5.sleeps.get(), 1);
+        let n = Counting {
+            wakes: core::cell::Cell::new(0),
+        };
+        let n_ref: &Counting = &n;
+        Notifier::wake(&n_ref, &word, WakeKind::EventFd);
+        assert_eq!(n.wakes.get(), 1);
+        assert_eq!(Notifier::current_cpu(&n_ref), Some(7));
+    }
 }

@@ -1043,3 +1043,76 @@ fn handles_report_the_capacity() {
     let (tx, rx) = unsafe { (ring.producer().unwrap(), ring.consumer().unwrap()) };
     assert_eq!((tx.capacity(), rx.capacity()), (512, 512));
 }
+
+/// The state queries a caller branches on: chunk emptiness, the consumer's view of a closed
+/// producer, `poll_frame` for empty / pending / closed, and the producer's `disarm`.
+#[test]
+fn state_queries_report_the_ring() {
+    let (mut tx, mut rx) = Ring::with_capacity(256);
+    let mut buf = [0u8; 16];
+    assert_eq!(rx.poll_frame(), Err(PopError::Empty));
+    assert!(!rx.is_closed());
+    let w = tx.write_chunk(0).unwrap();
+    assert!(w.is_empty());
+    w.commit(0, 1, N);
+    let w = tx.write_chunk(5).unwrap();
+    assert!(!w.is_empty());
+    assert_eq!(w.len(), 5);
+    w.commit(5, 2, N);
+    // poll_frame locates the frame without taking it.
+    assert_eq!(rx.poll_frame(), Ok(()));
+    assert_eq!(rx.poll_frame(), Ok(()));
+    let c = rx.read_chunk(N).unwrap();
+    assert!(c.is_empty());
+    assert_eq!(c.tag(), 1);
+    drop(c);
+    let c = rx.read_chunk(N).unwrap();
+    assert!(!c.is_empty());
+    assert_eq!((c.len(), c.tag()), (5, 2));
+    drop(c);
+    assert_eq!(rx.poll_frame(), Err(PopError::Empty));
+    // The producer's waiting word, armed and then cleared: no wake-up for the consumer's frees.
+    let n = KindCounter::default();
+    let word = |tx: &Producer| {
+        tx.raw()
+            .header()
+            .producer_line
+            .waiting
+            .load(Ordering::Relaxed)
+    };
+    // The first arm sees the frees made since the producer last looked and reports them.
+    assert_eq!(tx.arm_wake(WakeKind::Futex), Ok(true));
+    assert_eq!(tx.arm_wake(WakeKind::Futex), Ok(false));
+    assert_eq!(word(&tx), WakeKind::Futex.word());
+    tx.disarm();
+    assert_eq!(word(&tx), 0);
+    tx.try_push(b"abc", N).unwrap();
+    rx.try_pop(&mut buf, &n).unwrap();
+    assert_eq!(n.futex.get(), 0, "disarmed: no wake");
+    // Closed: the consumer sees it, and poll_frame reports it once the ring is drained.
+    tx.try_push(b"last", N).unwrap();
+    tx.close(N);
+    assert!(rx.is_closed());
+    assert_eq!(rx.poll_frame(), Ok(()));
+    assert_eq!(rx.try_pop(&mut buf, N).unwrap().len, 4);
+    assert_eq!(rx.poll_frame(), Err(PopError::Closed));
+    assert!(!tx.is_closed(), "the consumer is still there");
+}
+
+/// `close` publishes frames that were staged and not flushed, before the close mark: the
+/// consumer reads them, then `Closed`.
+#[test]
+fn close_publishes_staged_frames() {
+    let (mut tx, mut rx) = Ring::with_capacity(256);
+    tx.try_push_staged(b"one", 0).unwrap();
+    tx.try_push_staged(b"two", 0).unwrap();
+    assert!(tx.staged_bytes() > 0);
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Empty));
+    tx.close(N);
+    let len = rx.try_pop(&mut buf, N).unwrap().len;
+    assert_eq!(&buf[..len], b"one");
+    let len = rx.try_pop(&mut buf, N).unwrap().len;
+    assert_eq!(&buf[..len], b"two");
+    assert_eq!(rx.try_pop(&mut buf, N), Err(PopError::Closed));
+}
