@@ -61,6 +61,11 @@ pub const KIND_LARGE: u64 = 2 << 8;
 /// Span kind: a later span of a large run.
 pub const KIND_CONT: u64 = 3 << 8;
 
+// The kinds are told apart by their tag byte, and a class or order fits below it.
+static_assertions::const_assert!(
+    KIND_UNUSED >> 8 == 0 && KIND_SMALL >> 8 == 1 && KIND_LARGE >> 8 == 2 && KIND_CONT >> 8 == 3
+);
+
 /// The header at offset 0 of every arena region.
 ///
 /// Every field is atomic because the peer may write any of them at any time; after `attach` only
@@ -226,12 +231,13 @@ pub fn class_info(c: usize, span_shift: u32) -> ClassInfo {
     debug_assert!(c < NUM_CLASSES);
     let block = MIN_BLOCK << c;
     let span = 1u64 << span_shift;
-    // 8 bytes of state per block plus the block: start from the bound without rounding, then step
-    // down until the rounded state array and the blocks fit (a few steps at most).
-    let mut n = (span / (block + 8)).min((1 << BLOCK_BITS) - 1);
-    while n > 0 && round_up(8 * n, block) + n * block > span {
-        n -= 1;
-    }
+    // 8 bytes of state per block plus the block. The bound without rounding is exact: block and
+    // span are powers of two, so with `m = span / block` (an integer once block <= span),
+    // `n * (block + 8) <= span` gives `n + 8n / block <= m`, hence `n + ceil(8n / block) <= m`,
+    // which is `round_up(8n, block) + n * block <= span`. A block larger than the span gives 0.
+    // The cap keeps every block index inside BLOCK_BITS (it binds only past MAX_SPAN_SHIFT).
+    let n = (span / (block + 8)).min((1 << BLOCK_BITS) - 1);
+    debug_assert!(n == 0 || round_up(8 * n, block) + n * block <= span);
     ClassInfo {
         block,
         count: n,

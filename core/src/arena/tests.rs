@@ -45,8 +45,47 @@ fn class_geometry_fits_span() {
         }
     }
     assert_eq!(class_info(0, 18).count, 10922);
+    assert_eq!(
+        class_info(4, 18),
+        layout::ClassInfo {
+            block: 256,
+            count: 992,
+            first: 7936
+        }
+    );
     assert_eq!(class_info(12, 18).count, 3);
     assert_eq!(class_info(4, 8).count, 0);
+    // Past MAX_SPAN_SHIFT the block index, not the span, is the limit.
+    let most = (1 << layout::BLOCK_BITS) - 1;
+    assert_eq!(class_info(0, 20).count, most);
+    assert_eq!(class_info(0, 22).count, most);
+}
+
+/// `geometry` takes the most spans that fit behind the header and the span table, with span 0
+/// at the first span boundary past the table.
+#[test]
+fn geometry_is_maximal() {
+    let span = 1u64 << SHIFT;
+    let fits = |n: u64, len: u64| layout::round_up(HEADER_SIZE + n * 16, span) + n * span <= len;
+    let step = if cfg!(miri) { 4093 } else { 97 };
+    for len in (0..(64 << 10) + 1).step_by(step) {
+        match layout::geometry(len, SHIFT) {
+            Some((n, off)) => {
+                assert!(n >= 1 && fits(n, len), "len {len}: {n} spans do not fit");
+                assert!(!fits(n + 1, len), "len {len}: {} spans would fit", n + 1);
+                assert_eq!(off, layout::round_up(HEADER_SIZE + n * 16, span));
+            }
+            None => assert!(!fits(1, len), "len {len}: one span fits"),
+        }
+    }
+}
+
+#[test]
+fn heads_carry_id_and_tag() {
+    let h = layout::head(0x1234_5678, 0x9abc_def0);
+    assert_eq!(layout::head_id(h), 0x1234_5678);
+    assert_eq!(layout::head_tag(h), 0x9abc_def0);
+    assert_eq!(h, 0x9abc_def0_1234_5678);
 }
 
 #[test]
@@ -229,6 +268,17 @@ fn handles_roundtrip_and_validate() {
     };
     let b = h.to_bytes();
     assert_eq!(ArenaHandle::from_bytes(&b), Ok(h));
+    // Every byte in its place: fields of distinct bytes, little-endian.
+    let mut wire = [0u8; ArenaHandle::ENCODED_LEN];
+    for (i, byte) in wire[..28].iter_mut().enumerate() {
+        *byte = i as u8 + 1;
+    }
+    let fields = ArenaHandle::from_bytes(&wire).unwrap();
+    assert_eq!(fields.pool_id, 0x0807_0605_0403_0201);
+    assert_eq!(fields.offset, 0x100f_0e0d_0c0b_0a09);
+    assert_eq!(fields.len, 0x1817_1615_1413_1211);
+    assert_eq!(fields.generation, 0x1c1b_1a19);
+    assert_eq!(fields.to_bytes(), wire);
     assert_eq!(
         ArenaHandle::from_bytes(&b[..31]),
         Err(HandleDecodeError::BadLength)
@@ -661,6 +711,80 @@ fn cache_free_errors() {
     cache.free(y).unwrap();
     assert_eq!(a.free(y), Err(BlockError::DoubleFree));
     assert_eq!(cache.free(y), Err(BlockError::DoubleFree));
+}
+
+/// `free_checked` frees as `free` does: small blocks into the cache (flushing a batch when it is
+/// full), large ones straight to the shared lists; and it refuses double frees.
+#[test]
+fn cache_free_checked() {
+    use super::cache::{BATCH, CACHE_DEPTH};
+    let a = arena(256 << 10);
+    let mut cache = ArenaCache::new(&a);
+    let xs: Vec<Offset> = (0..CACHE_DEPTH + 3)
+        .map(|_| a.alloc(64, 1).unwrap())
+        .collect();
+    let mut held = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        cache.free_checked(x).unwrap();
+        if held == CACHE_DEPTH {
+            held -= BATCH;
+        }
+        held += 1;
+        assert_eq!(cache.cached(2), held, "after free {i}");
+        assert_eq!(cache.free_checked(x), Err(BlockError::DoubleFree));
+        assert_eq!(
+            a.info(x),
+            Err(BlockError::DoubleFree),
+            "cached blocks are free"
+        );
+    }
+    assert_eq!(a.stats().blocks_in_use(), 0);
+    assert_eq!(cache.alloc(64, 1).unwrap(), xs[xs.len() - 1], "LIFO");
+    let big = a.alloc(10_000, 16).unwrap();
+    cache.free_checked(big).unwrap();
+    assert_eq!(a.stats().large_blocks_in_use, 0);
+    assert_eq!(cache.free_checked(big), Err(BlockError::DoubleFree));
+}
+
+/// A refill takes the chain up to the first block that is not free with a valid link, and
+/// reports a head that is itself unusable as corruption rather than handing it out.
+#[test]
+fn cache_refill_stops_at_corruption() {
+    let setup = || {
+        let a = arena(64 << 10);
+        let xs: Vec<Offset> = (0..3).map(|_| a.alloc(64, 1).unwrap()).collect();
+        for &x in &xs {
+            a.free(x).unwrap();
+        }
+        (a, xs)
+    };
+    // An allocated block in the middle of the chain: the refill takes only the one before it.
+    let (a, xs) = setup();
+    let (st, _, mid, _) = a.locate(xs[1]).unwrap();
+    st.store(
+        st_alloc(layout::st_gen(st.load(Ordering::Relaxed)), 1),
+        Ordering::Relaxed,
+    );
+    let mut cache = ArenaCache::new(&a);
+    assert_eq!(cache.alloc(64, 1), Ok(xs[2]));
+    assert_eq!(cache.cached(2), 0, "nothing past the allocated block");
+    let h = a.header().small_heads[2].load(Ordering::Relaxed);
+    assert_eq!(
+        layout::head_id(h),
+        mid,
+        "the shared head stops at the allocated block"
+    );
+    // The head block's link leads out of range.
+    let (a, xs) = setup();
+    let (st, ..) = a.locate(xs[2]).unwrap();
+    st.store(layout::st_free(1, 0x7ff0_0000), Ordering::Relaxed);
+    assert_eq!(ArenaCache::new(&a).alloc(64, 1), Err(AllocError::Corrupt));
+    // The head is an allocated block.
+    let (a, _) = setup();
+    let y = a.alloc(64, 1).unwrap();
+    let (_, _, id, _) = a.locate(y).unwrap();
+    a.header().small_heads[2].store(layout::head(id, 7), Ordering::Relaxed);
+    assert_eq!(ArenaCache::new(&a).alloc(64, 1), Err(AllocError::Corrupt));
 }
 
 /// A cache's plain-store free races the other holder's `release` of the same block (real threads:

@@ -543,6 +543,7 @@ fn init_attach_and_validation() {
     let cap = 256;
     let region = Region::new(region_size(cap) + 128);
     let len = region_size(cap);
+    assert_eq!(len, HEADER_SIZE + cap, "the header, then the buffer");
     // SAFETY: `region` is valid for `len` bytes, outlives every view and handle below.
     unsafe {
         assert_eq!(
