@@ -253,15 +253,16 @@ impl Sequence {
                 "chunks longer than the announced total",
             ));
         }
+        let last = c.flags & LAST != 0;
+        if last && received != self.total {
+            return Err(Corruption::BadChunk(
+                "last chunk before the announced total",
+            ));
+        }
+        // Every check passed: only now do the chunk's bytes and index count.
         self.received = received;
         self.next_index = self.next_index.wrapping_add(1);
-        let last = c.flags & LAST != 0;
         if last {
-            if received != self.total {
-                return Err(Corruption::BadChunk(
-                    "last chunk before the announced total",
-                ));
-            }
             self.in_progress = false;
         }
         Ok(Accepted::Bytes {
@@ -405,5 +406,199 @@ mod tests {
         let mut r = Reassembler::default();
         assert!(feed_all(&mut r, &[vec![0xff; 20]]).is_err());
         assert!(feed_all(&mut r, &[vec![0x01; 3]]).is_err());
+    }
+
+    /// Each header check on its own: one bad field in an otherwise valid header.
+    #[test]
+    fn decode_checks_each_field() {
+        let good = header_for(0, 10, 100, 1).encode();
+        assert!(ChunkHeader::decode(&good).is_ok());
+        for (i, byte) in [(1, 0x4C), (3, 1), (0, 0x08), (0, 0x80)] {
+            let mut h = good;
+            h[i] = byte;
+            let word = u64::from_le_bytes(h[..8].try_into().unwrap());
+            assert_eq!(
+                ChunkHeader::decode(&h),
+                Err(Corruption::BadHeader(word)),
+                "byte {i} = {byte:#x}"
+            );
+        }
+        // Every known flag combination decodes.
+        for flags in 0..8 {
+            let mut h = good;
+            h[0] = flags;
+            assert_eq!(ChunkHeader::decode(&h).unwrap().0.flags, flags);
+        }
+    }
+
+    fn chunk(flags: u8, nfds: usize, index: Option<u32>, total: Option<u64>, len: usize) -> Chunk {
+        Chunk {
+            flags,
+            nfds,
+            index,
+            total,
+            len,
+        }
+    }
+
+    fn rejects(seq: &mut Sequence, c: Chunk, why: &'static str) {
+        assert_eq!(
+            seq.accept(&c, 1000),
+            Err(Corruption::BadChunk(why)),
+            "{c:?}"
+        );
+    }
+
+    /// Each of `Sequence::accept`'s checks on its own, with the reason it gives, and
+    /// `in_progress` / `reset` following the message.
+    #[test]
+    fn sequence_checks_each_rule() {
+        let mut seq = Sequence::default();
+        // Close: only a bare marker between messages.
+        let close = chunk(CLOSE, 0, Some(0), Some(0), 0);
+        assert_eq!(seq.accept(&close, 1000), Ok(Accepted::Close));
+        assert_eq!(
+            seq.accept(&chunk(CLOSE, 0, None, None, 0), 1000),
+            Ok(Accepted::Close)
+        );
+        let inside = "close marker inside a message";
+        rejects(
+            &mut seq,
+            chunk(CLOSE | LAST, 0, Some(0), Some(0), 0),
+            inside,
+        );
+        rejects(&mut seq, chunk(CLOSE, 0, Some(0), Some(0), 1), inside);
+        rejects(&mut seq, chunk(CLOSE, 1, Some(0), Some(0), 0), inside);
+        rejects(&mut seq, chunk(CLOSE, 0, Some(0), Some(5), 0), inside);
+        rejects(
+            &mut seq,
+            chunk(0x10, 0, Some(0), Some(0), 0),
+            "unknown chunk flags",
+        );
+        rejects(
+            &mut seq,
+            chunk(0x10 | FIRST, 0, Some(0), Some(0), 0),
+            "unknown chunk flags",
+        );
+        // First chunks.
+        rejects(
+            &mut seq,
+            chunk(FIRST, 0, Some(1), Some(10), 5),
+            "first chunk with a non-zero index",
+        );
+        rejects(
+            &mut seq,
+            chunk(FIRST, 0, Some(0), None, 5),
+            "first chunk without a total length",
+        );
+        assert_eq!(
+            seq.accept(&chunk(FIRST, 0, Some(0), Some(1001), 5), 1000),
+            Err(Corruption::TooLarge {
+                claimed: 1001,
+                max: 1000
+            })
+        );
+        rejects(
+            &mut seq,
+            chunk(0, 0, Some(0), Some(10), 5),
+            "continuation chunk without a first chunk",
+        );
+        assert!(!seq.in_progress());
+        // A message of 1000 bytes (exactly the limit) in three chunks, with 2 descriptors.
+        assert_eq!(
+            seq.accept(&chunk(FIRST, 2, Some(0), Some(1000), 400), 1000),
+            Ok(Accepted::Bytes {
+                first: true,
+                last: false,
+                nfds: 2
+            })
+        );
+        assert!(seq.in_progress());
+        rejects(&mut seq, close, inside);
+        rejects(
+            &mut seq,
+            chunk(FIRST, 0, Some(0), Some(10), 5),
+            "a new message began before the last ended",
+        );
+        rejects(
+            &mut seq,
+            chunk(0, 1, Some(1), Some(1000), 400),
+            "descriptors declared after the first chunk",
+        );
+        rejects(
+            &mut seq,
+            chunk(0, 0, Some(2), Some(1000), 400),
+            "chunk index out of sequence",
+        );
+        rejects(
+            &mut seq,
+            chunk(0, 0, Some(1), Some(999), 400),
+            "total length changed between chunks",
+        );
+        rejects(
+            &mut seq,
+            chunk(0, 0, Some(1), Some(1000), 601),
+            "chunks longer than the announced total",
+        );
+        rejects(
+            &mut seq,
+            chunk(LAST, 0, Some(1), Some(1000), 599),
+            "last chunk before the announced total",
+        );
+        // None of the refusals moved the sequence on: chunk 1 (no index or total, as a ring
+        // continuation carries), then the last chunk, exactly reaching the total.
+        assert_eq!(
+            seq.accept(&chunk(0, 0, None, None, 400), 1000),
+            Ok(Accepted::Bytes {
+                first: false,
+                last: false,
+                nfds: 2
+            })
+        );
+        assert_eq!(
+            seq.accept(&chunk(LAST, 0, Some(2), Some(1000), 200), 1000),
+            Ok(Accepted::Bytes {
+                first: false,
+                last: true,
+                nfds: 2
+            })
+        );
+        assert!(!seq.in_progress());
+        // reset forgets a half-received message: a continuation is refused, a first accepted.
+        seq.accept(&chunk(FIRST, 0, Some(0), Some(10), 5), 1000)
+            .unwrap();
+        assert!(seq.in_progress());
+        seq.reset();
+        assert!(!seq.in_progress());
+        rejects(
+            &mut seq,
+            chunk(LAST, 0, Some(1), Some(10), 5),
+            "continuation chunk without a first chunk",
+        );
+        assert!(seq
+            .accept(&chunk(FIRST | LAST, 0, Some(0), Some(0), 0), 1000)
+            .is_ok());
+    }
+
+    /// The reassembler reports a message in progress, and forgets it (and its bytes) on reset.
+    #[test]
+    fn reassembler_reset_drops_the_partial_message() {
+        let msg = vec![3u8; 250];
+        let cs = chunks(&msg, 100);
+        let mut r = Reassembler::default();
+        assert!(!r.in_progress());
+        assert_eq!(feed_all(&mut r, &cs[..2]), Ok(Fed::Partial));
+        assert!(r.in_progress());
+        assert_eq!(r.buf.len(), 200);
+        r.reset();
+        assert!(!r.in_progress());
+        assert!(
+            r.buf.is_empty() && r.buf.capacity() == 0,
+            "the buffer is released"
+        );
+        assert!(feed_all(&mut r, &cs[2..]).is_err(), "the rest is refused");
+        assert_eq!(feed_all(&mut r, &cs), Ok(Fed::Complete { nfds: 2 }));
+        assert!(!r.in_progress());
+        assert_eq!(r.buf, msg);
     }
 }

@@ -657,4 +657,136 @@ mod tests {
         ch[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(parse(&ch, 1), Err(HandshakeError::TooLong { .. })));
     }
+
+    fn hello_with(settings: Settings) -> Result<ControlMessage<'static>, HandshakeError> {
+        let bytes = encode(&ControlMessage::Hello {
+            name: "c",
+            settings,
+            init: vec![],
+            metadata: b"",
+        });
+        parse(&bytes, 0).map(|_| ControlMessage::Close)
+    }
+
+    /// Every limit at its edge: the largest legal value is accepted, one more is refused.
+    #[test]
+    fn limits_hold_at_their_edges() {
+        let name = "n".repeat(MAX_NAME);
+        let meta = vec![7u8; MAX_METADATA];
+        let init = vec![TransportKind::Socket; MAX_INIT_CHANNELS];
+        let welcome = ControlMessage::Welcome {
+            name: &name,
+            settings: settings(),
+            init: init.clone(),
+            arena_size: MAX_ARENA_SIZE,
+            app_arena: false,
+            metadata: &meta,
+        };
+        let bytes = encode(&welcome);
+        assert_eq!(parse(&bytes, 0), Ok(welcome.clone()));
+        // One more byte of name, one more init channel, one more byte of metadata, one more
+        // byte of arena: patched in by hand, since the encoder truncates.
+        let mut long_name = bytes[..6].to_vec();
+        long_name.extend_from_slice(&(MAX_NAME as u16 + 1).to_le_bytes());
+        long_name.extend_from_slice(name.as_bytes());
+        long_name.push(b'n');
+        long_name.extend_from_slice(&bytes[6 + 2 + MAX_NAME..]);
+        assert_eq!(
+            parse(&long_name, 0),
+            Err(HandshakeError::TooLong {
+                what: "app name",
+                len: MAX_NAME + 1,
+                max: MAX_NAME
+            })
+        );
+        let mut more_init = encode(&ControlMessage::Hello {
+            name: "c",
+            settings: settings(),
+            init: init.clone(),
+            metadata: b"",
+        });
+        let count_at = more_init.len() - 4 - MAX_INIT_CHANNELS - 2;
+        more_init[count_at..count_at + 2]
+            .copy_from_slice(&(MAX_INIT_CHANNELS as u16 + 1).to_le_bytes());
+        more_init.insert(count_at + 2, more_init[count_at + 2]);
+        assert_eq!(
+            parse(&more_init, 0),
+            Err(HandshakeError::TooLong {
+                what: "init channel list",
+                len: MAX_INIT_CHANNELS + 1,
+                max: MAX_INIT_CHANNELS
+            })
+        );
+        let mut long_meta = bytes.clone();
+        let at = long_meta.len() - MAX_METADATA - 4;
+        long_meta[at..at + 4].copy_from_slice(&(MAX_METADATA as u32 + 1).to_le_bytes());
+        long_meta.push(7);
+        assert_eq!(
+            parse(&long_meta, 0),
+            Err(HandshakeError::TooLong {
+                what: "metadata",
+                len: MAX_METADATA + 1,
+                max: MAX_METADATA
+            })
+        );
+        let big_arena = ControlMessage::Welcome {
+            name: "s",
+            settings: settings(),
+            init: vec![],
+            arena_size: MAX_ARENA_SIZE + 1,
+            app_arena: false,
+            metadata: b"",
+        };
+        assert_eq!(
+            parse(&encode(&big_arena), 0),
+            Err(HandshakeError::Invalid("arena size (at most 1 TiB)"))
+        );
+        // A channel carries 1 to MAX_CHANNEL_FDS descriptors.
+        let ch = encode(&ControlMessage::Channel {
+            id: 1,
+            kind: TransportKind::Ring,
+            metadata: b"",
+        });
+        assert!(parse(&ch, MAX_CHANNEL_FDS).is_ok());
+        assert!(matches!(
+            parse(&ch, MAX_CHANNEL_FDS + 1),
+            Err(HandshakeError::FdCount { .. })
+        ));
+        // Ready without a lend pool.
+        let ready = ControlMessage::Ready { lend: false };
+        assert_eq!(parse(&encode(&ready), 0), Ok(ready));
+        // A string cut at its limit never splits a character: byte MAX_REASON falls inside an
+        // 'é' here, so the cut is one byte earlier.
+        let wide = format!("a{}", "é".repeat(MAX_REASON));
+        let refused = encode(&ControlMessage::Refused { reason: &wide });
+        match parse(&refused, 0) {
+            Ok(ControlMessage::Refused { reason }) => {
+                assert_eq!(reason.len(), MAX_REASON - 1);
+                assert!(wide.starts_with(reason));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The settings checks one at a time.
+    #[test]
+    fn settings_are_checked_one_by_one() {
+        assert!(hello_with(settings()).is_ok());
+        let bad = |f: fn(&mut Settings), why: &'static str| {
+            let mut s = settings();
+            f(&mut s);
+            assert_eq!(hello_with(s), Err(HandshakeError::Invalid(why)), "{why}");
+        };
+        bad(|s| s.max_message_size = 0, "max_message_size 0");
+        bad(|s| s.mq_max_messages = -1, "negative mq setting");
+        bad(|s| s.mq_message_size = -1, "negative mq setting");
+        let ring = "ring capacity (a power of two up to 1 TiB)";
+        bad(|s| s.ring_capacity = 3 << 12, ring);
+        bad(|s| s.ring_capacity = 1 << 41, ring);
+        let mut edge = settings();
+        edge.ring_capacity = 1 << 40;
+        edge.mq_max_messages = i64::MAX;
+        edge.mq_message_size = i64::MAX;
+        assert!(hello_with(edge).is_ok());
+    }
 }
