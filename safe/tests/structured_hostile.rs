@@ -267,6 +267,47 @@ fn limits_stop_nesting_and_amplification() {
     assert_eq!(note_of(&ch.recv_timeout(WAIT).unwrap()), "still fine");
 }
 
+/// The traversal limit grows with the body's size: a message padded to 4,096 words may be read
+/// a few thousand structs' worth, not only the fixed 1,024-word allowance, nor without bound.
+#[test]
+fn traversal_limit_follows_the_body_size() {
+    const PAD: usize = 4096;
+    let (mut raw, ours) = Channel::socket_pair().unwrap();
+    let ch = StructuredOptions::new()
+        .max_message_size(1 << 20)
+        .amplification(1)
+        .open::<body::Owned>(ours)
+        .unwrap();
+    let mut padded = body_bytes(|b| {
+        let mut n = b.init_nested();
+        n.set_value(1);
+        n.init_child().set_value(2);
+    });
+    // One segment: grow it by PAD zero words (valid capnp: a segment may hold unused words).
+    assert_eq!(padded[..4], [0, 0, 0, 0], "one segment");
+    let words = u32::from_le_bytes(padded[4..8].try_into().unwrap()) + PAD as u32;
+    padded[4..8].copy_from_slice(&words.to_le_bytes());
+    padded.resize(padded.len() + PAD * 8, 0);
+    raw.send(&frame(envelope(1, 0, NOTIFICATION, 0, 0), &padded))
+        .unwrap();
+    let msg = ch.recv_timeout(WAIT).unwrap();
+    let root = msg.body_root().unwrap();
+    let body::Nested(n) = root.which().unwrap() else {
+        panic!("not nested")
+    };
+    let n = n.unwrap();
+    let mut reads = 0usize;
+    while n.get_child().is_ok() {
+        reads += 1;
+        assert!(reads < 1_000_000, "no traversal limit");
+    }
+    // Each read costs 1 to 3 words of a budget of about PAD + 1024 words.
+    assert!(
+        (PAD + 1024) / 4 < reads && reads <= PAD + 1024,
+        "{reads} reads of a {PAD}-word body"
+    );
+}
+
 /// A response to nothing: handled locally, and reported to the sender on the wire.
 #[test]
 fn unexpected_response_is_reported_on_the_wire() {

@@ -392,11 +392,16 @@ impl RecvBuf {
         if (bytes.as_ptr() as usize) % 8 == 0 {
             RecvBuf::Bytes(bytes)
         } else {
-            // The caller checked that the length is whole words.
-            let mut words = Word::allocate_zeroed_vec(bytes.len() / 8);
-            Word::words_to_bytes_mut(&mut words).copy_from_slice(&bytes[..bytes.len() / 8 * 8]);
-            RecvBuf::Words(words)
+            RecvBuf::Words(Self::words_of(&bytes))
         }
+    }
+
+    /// An aligned copy of the whole words of `bytes` (the caller checked that the length is
+    /// whole words).
+    fn words_of(bytes: &[u8]) -> Vec<Word> {
+        let mut words = Word::allocate_zeroed_vec(bytes.len() / 8);
+        Word::words_to_bytes_mut(&mut words).copy_from_slice(&bytes[..bytes.len() / 8 * 8]);
+        words
     }
 }
 
@@ -850,6 +855,15 @@ mod tests {
         let (back, start, _) = read_envelope(&bytes).unwrap();
         assert_eq!((back.id, back.kind, back.fd_count), (7, env.kind, 1));
         assert_eq!(start, bytes.len());
+        // The body starts where capnp's reader stopped, not at the frame's end.
+        let mut framed = bytes.clone();
+        framed.extend_from_slice(&[0xab; 24]);
+        assert_eq!(read_envelope(&framed).unwrap().1, bytes.len());
+        // Frames too short for any envelope are refused, never indexed past their end.
+        for len in [0, 8, 15, 16, 24, ENVELOPE_LEN - 8] {
+            let ours = envelope_bytes(&env, envelope::BodyEncoding::InlineSegments);
+            assert!(read_envelope(&ours[..len]).is_err(), "{len} bytes");
+        }
         // Our layout with an unknown kind or encoding.
         let mut bad = envelope_bytes(&env, envelope::BodyEncoding::InlineSegments);
         bad[32] = 9;
@@ -861,6 +875,28 @@ mod tests {
         assert!(read_envelope(&bad)
             .unwrap_err()
             .contains("unknown body encoding 2"));
+    }
+
+    /// A received buffer is used in place when aligned (and then recycled, so its capacity
+    /// counts), and copied word for word when not.
+    #[test]
+    fn recv_buffers_are_used_in_place_or_copied_whole() {
+        let v: Vec<u8> = (0..64u8).collect();
+        assert_eq!(
+            v.as_ptr() as usize % 8,
+            0,
+            "the global allocator aligns to 8 or more"
+        );
+        let buf = RecvBuf::aligned(v.clone());
+        assert!(matches!(buf, RecvBuf::Bytes(_)), "aligned: no copy");
+        assert_eq!(buf.capacity(), v.capacity());
+        assert_eq!(&buf[..], &v[..]);
+        // An unaligned view of the same bytes: copied to words, the same bytes, not recycled.
+        let src: Vec<u8> = (0..41u8).collect();
+        let words = RecvBuf::words_of(&src[1..]);
+        assert_eq!(words.len(), 5);
+        assert_eq!(Word::words_to_bytes(&words), &src[1..]);
+        assert_eq!(RecvBuf::Words(words).capacity(), 0);
     }
 
     /// `InlineSegments` accepts exactly the tables capnp's `BufferSegments` accepts that also
