@@ -230,3 +230,39 @@ impl SharedRegion {
         Ok((meta.dev(), meta.ino()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+        let fd = memfd::memfd_create(c"flowipc-test").unwrap();
+        memfd::set_size(fd.as_fd(), len).unwrap();
+        if !seals.is_empty() {
+            memfd::add_seals(fd.as_fd(), seals).unwrap();
+        }
+        fd
+    }
+
+    /// A region from a peer is mapped only with both size seals, and never with size 0.
+    #[test]
+    fn from_fd_checks_seals_and_size() {
+        let both = SealFlags::SHRINK | SealFlags::GROW;
+        for seals in [SealFlags::empty(), SealFlags::SHRINK, SealFlags::GROW] {
+            assert!(
+                matches!(
+                    SharedRegion::from_fd(memfd(4096, seals), Access::ReadOnly),
+                    Err(RegionError::NotSealed)
+                ),
+                "{seals:?}"
+            );
+        }
+        assert!(matches!(
+            SharedRegion::from_fd(memfd(0, both), Access::ReadOnly),
+            Err(RegionError::BadSize(0))
+        ));
+        let r = SharedRegion::from_fd(memfd(8192, both), Access::ReadWrite).unwrap();
+        assert_eq!(r.len(), 8192);
+        assert_eq!(r.access(), Access::ReadWrite);
+    }
+}
