@@ -786,6 +786,31 @@ mod tests {
         lend_roundtrip(LendPool::create(8 << 20).unwrap());
     }
 
+    /// A lend that never reached its borrower is taken back one at a time, with its reference.
+    #[test]
+    fn unlend_takes_back_one_lend() {
+        let pool = LendPool::create(8 << 20).unwrap();
+        let (id, _setup) = pool.add_borrower().unwrap();
+        let (other, _other_setup) = pool.add_borrower().unwrap();
+        let obj = pool.alloc_bytes(&[5u8; 100]).unwrap();
+        let h = pool.lend(&obj, id).unwrap();
+        assert_eq!(pool.lend(&obj, id).unwrap(), h);
+        assert_eq!(pool.lent_to(id), 2);
+        assert!(!pool.unlend(&h, other), "not lent to that borrower");
+        let stale = ArenaHandle {
+            generation: h.generation ^ 1,
+            ..h
+        };
+        assert!(!pool.unlend(&stale, id), "not that lend");
+        assert!(pool.unlend(&h, id));
+        assert_eq!(pool.lent_to(id), 1);
+        assert!(pool.unlend(&h, id));
+        assert_eq!(pool.lent_to(id), 0);
+        assert!(!pool.unlend(&h, id), "nothing left to take back");
+        drop(obj);
+        assert_eq!(pool.usage(), PoolUsage::default(), "the lends' references went too");
+    }
+
     #[cfg(feature = "jemalloc")]
     #[test]
     fn lend_roundtrip_jemalloc() {
