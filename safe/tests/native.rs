@@ -240,6 +240,7 @@ fn nested_reader() {
     {
         let map = MapRef::<StrLink, VecLink<u64>>::open(&pool, &hs[0]).unwrap();
         assert_eq!(map.len() as u64, KEYS);
+        assert!(!map.is_empty());
         for i in 0..KEYS {
             let v = map.get_str(&word(i)).unwrap().expect("key present");
             let want: Vec<u64> = (0..i % 13).map(|j| i * 1000 + j).collect();

@@ -786,6 +786,34 @@ mod tests {
         lend_roundtrip(LendPool::create(8 << 20).unwrap());
     }
 
+    /// Return frames that cannot be handles (empty, not whole handles, longer than a batch) are
+    /// counted as bogus and skipped; the good return behind them is still taken.
+    #[test]
+    fn malformed_return_frames_are_bogus() {
+        let pool = LendPool::create(8 << 20).unwrap();
+        let (id, setup) = pool.add_borrower().unwrap();
+        let b = BorrowedPool::open(setup).unwrap();
+        let obj = pool.alloc_bytes(&[1u8; 64]).unwrap();
+        let h = pool.lend(&obj, id).unwrap();
+        {
+            let mut r = b.returns();
+            r.sender.try_send(&[]).unwrap();
+            r.sender.try_send(&[0u8; 5]).unwrap();
+            r.sender
+                .try_send(&vec![0u8; ArenaHandle::ENCODED_LEN * (RETURN_BATCH + 1)])
+                .unwrap();
+        }
+        b.release_later(h).unwrap();
+        drop(obj);
+        assert_eq!(pool.drain_returns(id).unwrap(), 1);
+        assert_eq!(pool.bogus_returns(), 3);
+        assert_eq!(
+            pool.usage(),
+            PoolUsage::default(),
+            "the good return freed the object"
+        );
+    }
+
     /// A lend that never reached its borrower is taken back one at a time, with its reference.
     #[test]
     fn unlend_takes_back_one_lend() {
@@ -808,7 +836,11 @@ mod tests {
         assert_eq!(pool.lent_to(id), 0);
         assert!(!pool.unlend(&h, id), "nothing left to take back");
         drop(obj);
-        assert_eq!(pool.usage(), PoolUsage::default(), "the lends' references went too");
+        assert_eq!(
+            pool.usage(),
+            PoolUsage::default(),
+            "the lends' references went too"
+        );
     }
 
     #[cfg(feature = "jemalloc")]

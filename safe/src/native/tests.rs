@@ -374,6 +374,25 @@ fn map_layout(buckets: usize, cap: usize) -> (usize, usize, usize, usize, usize,
     map::test_layout(buckets, cap, 8, 8).unwrap()
 }
 
+/// The map's arrays sit at their alignment (hashes 8, keys and values 16), each as close after
+/// the one before as that allows, and a size that overflows has no layout.
+#[test]
+fn map_layout_aligns_each_array_tightly() {
+    for (buckets, cap, ks, vs) in [(1, 1, 8, 8), (3, 5, 4, 12), (7, 9, 24, 1), (16, 13, 16, 16)] {
+        let (b, next, hashes, keys, values, total) =
+            map::test_layout(buckets, cap, ks, vs).unwrap();
+        assert_eq!(next, b + buckets * 4);
+        let tight = |at: usize, after: usize, align: usize| {
+            at % align == 0 && at >= after && at - after < align
+        };
+        assert!(tight(hashes, next + cap * 4, 8), "hashes at {hashes}");
+        assert!(tight(keys, hashes + cap * 8, 16), "keys at {keys}");
+        assert!(tight(values, keys + cap * ks, 16), "values at {values}");
+        assert_eq!(total, values + cap * vs);
+    }
+    assert!(map::test_layout(1, usize::MAX / 8, 8, 8).is_none());
+}
+
 #[test]
 fn forged_maps_are_errors_and_chains_are_bounded() {
     let (pool, _id, b) = pool();
