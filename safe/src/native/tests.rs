@@ -37,6 +37,7 @@ fn vec_push_grow_get_and_read_back() {
     let h = v.lend(&pool, id).unwrap();
     let r = VecRef::<u64>::open(&b, &h).unwrap();
     assert_eq!(r.len(), 10_002);
+    assert!(!r.is_empty());
     assert_eq!(r.get(0).unwrap(), 42);
     assert_eq!(r.get(10_001).unwrap(), 8);
     assert!(matches!(
@@ -238,6 +239,20 @@ fn box_and_string() {
         StrRef::open(&b, &hs).unwrap().to_string().unwrap(),
         "hello, world"
     );
+    let sr = StrRef::open(&b, &hs).unwrap();
+    assert!(!sr.is_empty());
+    assert_eq!(sr.to_bytes().unwrap(), b"hello, world");
+    assert!(sr.eq_str("hello, world").unwrap());
+    assert!(
+        !sr.eq_str("hello, World").unwrap(),
+        "same length, other bytes"
+    );
+    assert!(!sr.eq_str("hello, world!").unwrap(), "other length");
+    let empty = ShmString::new_in(&alloc).unwrap();
+    let he = empty.lend(&pool, id).unwrap();
+    let er = StrRef::open(&b, &he).unwrap();
+    assert!(er.is_empty() && er.len() == 0);
+    assert!(er.eq_str("").unwrap());
     assert_eq!(
         BoxRef::<[u32; 4]>::open(&b, &hb).unwrap().get().unwrap(),
         [1, 2, 3, 4]
