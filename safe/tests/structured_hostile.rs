@@ -200,6 +200,20 @@ fn wire_format_is_envelope_then_standard_framing() {
     assert_eq!(msg.bytes, frame(envelope(2, 0, REQUEST, 0, 0), &body));
 }
 
+/// How many times a nested body's child can be read again before the traversal limit stops it.
+fn child_rereads(msg: &flowipc::MsgIn<body::Owned>) -> u64 {
+    let body::Nested(n) = msg.body_root().unwrap().which().unwrap() else {
+        panic!("not nested")
+    };
+    let n = n.unwrap();
+    let mut reads = 0u64;
+    while n.get_child().is_ok() {
+        reads += 1;
+        assert!(reads < 1_000_000, "no traversal limit");
+    }
+    reads
+}
+
 /// Nesting bombs and amplification stop at the reader's limits, for that message only.
 #[test]
 fn limits_stop_nesting_and_amplification() {
@@ -246,17 +260,7 @@ fn limits_stop_nesting_and_amplification() {
     });
     raw.send(&frame(envelope(2, 0, NOTIFICATION, 0, 0), &small))
         .unwrap();
-    let msg = ch.recv_timeout(WAIT).unwrap();
-    let root = msg.body_root().unwrap();
-    let body::Nested(n) = root.which().unwrap() else {
-        panic!("not nested")
-    };
-    let n = n.unwrap();
-    let mut reads = 0u64;
-    while n.get_child().is_ok() {
-        reads += 1;
-        assert!(reads < 1_000_000, "no traversal limit");
-    }
+    let reads = child_rereads(&ch.recv_timeout(WAIT).unwrap());
     assert!(reads < 10_000, "traversal stopped only after {reads} reads");
     // The channel is fine after both.
     raw.send(&frame(
@@ -290,17 +294,7 @@ fn traversal_limit_follows_the_body_size() {
     padded.resize(padded.len() + PAD * 8, 0);
     raw.send(&frame(envelope(1, 0, NOTIFICATION, 0, 0), &padded))
         .unwrap();
-    let msg = ch.recv_timeout(WAIT).unwrap();
-    let root = msg.body_root().unwrap();
-    let body::Nested(n) = root.which().unwrap() else {
-        panic!("not nested")
-    };
-    let n = n.unwrap();
-    let mut reads = 0usize;
-    while n.get_child().is_ok() {
-        reads += 1;
-        assert!(reads < 1_000_000, "no traversal limit");
-    }
+    let reads = child_rereads(&ch.recv_timeout(WAIT).unwrap()) as usize;
     // Each read costs 1 to 3 words of a budget of about PAD + 1024 words.
     assert!(
         (PAD + 1024) / 4 < reads && reads <= PAD + 1024,
