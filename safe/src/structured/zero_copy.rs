@@ -736,6 +736,17 @@ mod tests {
         assert_eq!(a.lent(), lent.len());
         let got = read_segments(&b, &body).unwrap();
         assert!(matches!(got, ZcBody::Shared(_)));
+        // Each segment is sent at the length the message used, not its block's capacity.
+        let out = msg.get_segments_for_output();
+        assert_eq!(got.len(), out.len());
+        for (i, seg) in out.iter().enumerate() {
+            assert_eq!(
+                got.get(i as u32).map(<[u8]>::len),
+                Some(seg.len()),
+                "segment {i}"
+            );
+        }
+        assert_eq!(got.words(), out.iter().map(|s| s.len() / 8).sum::<usize>());
         let reader = message::Reader::new(got, Default::default());
         let root: capnp::data::Reader<'_> = reader
             .get_root::<capnp::any_pointer::Reader<'_>>()
@@ -849,6 +860,85 @@ mod tests {
         assert!(read_segments(&b, &body).is_ok());
         drop(msg);
         assert_eq!(a.pool_usage().objects, 0, "nothing leaked");
+    }
+
+    /// The checks at their edges: each case sits on the boundary of one check, so moving that
+    /// boundary by one (or dropping the check) fails here.
+    #[test]
+    fn segment_tables_at_their_edges() {
+        let (a, b) = pair();
+        let table = |hs: &[ArenaHandle]| {
+            let mut v = (hs.len() as u32).to_le_bytes().to_vec();
+            v.extend_from_slice(&0u32.to_le_bytes());
+            for h in hs {
+                v.extend_from_slice(&h.to_bytes());
+            }
+            v
+        };
+        // Ten distinct live blocks, each holding its own index, lent to `b`.
+        let objs: Vec<_> = (0..10u8)
+            .map(|i| a.pools.own.alloc_bytes(&[i; 64]).unwrap())
+            .collect();
+        let hs: Vec<_> = objs
+            .iter()
+            .map(|o| a.pools.own.lend(o, a.pools.borrower).unwrap())
+            .collect();
+        let refused = |bytes: &[u8], want: &str| match read_segments(&b, bytes) {
+            Err(reason) => assert!(
+                reason.contains(want),
+                "refused for {reason:?}, not {want:?}"
+            ),
+            Ok(_) => panic!("accepted a table that should fail with {want:?}"),
+        };
+        let check_body = |got: &ZcBody, order: &[usize]| {
+            assert_eq!(got.len(), order.len());
+            assert_eq!(got.words(), order.len() * 8, "64 bytes each");
+            for (id, &i) in order.iter().enumerate() {
+                assert_eq!(got.get(id as u32), Some(&[i as u8; 64][..]), "segment {id}");
+            }
+        };
+        // Distinct blocks in either order are not an overlap, in the pairwise check (up to 8
+        // segments) and the sorted one (more than 8).
+        for order in [
+            vec![0, 1],
+            vec![1, 0],
+            vec![2, 0, 1],
+            (0..9).collect(),
+            (0..10).rev().collect(),
+        ] {
+            let t: Vec<_> = order.iter().map(|&i| hs[i]).collect();
+            let got = read_segments(&b, &table(&t)).unwrap();
+            check_body(&got, &order);
+            drop(got);
+            // Copied out: each segment lands at its own place, and the copy is no bigger than
+            // the segments.
+            let copy = b.clone().copy_on_receive(true);
+            let got = read_segments(&copy, &table(&t)).unwrap();
+            match &got {
+                ZcBody::Private(p) => assert_eq!(p.words.len(), order.len() * 8),
+                ZcBody::Shared(_) => panic!("copy_on_receive read in place"),
+            }
+            check_body(&got, &order);
+        }
+        // Repeats are overlaps in both checks; 512 segments is the most a table may hold.
+        refused(&table(&[hs[3]; 2]), "overlap");
+        refused(&table(&[hs[3]; 9]), "overlap");
+        refused(&table(&[hs[3]; 512]), "overlap");
+        refused(&table(&[hs[3]; 513]), "1 to 512");
+        // Eight bytes hold a table header: an empty table is refused for its count.
+        refused(&table(&[]), "1 to 512");
+        // A segment's word count must fit a u32; the longest that does goes on to the block
+        // check.
+        let long = |words: u64| ArenaHandle {
+            len: words * 8,
+            ..hs[0]
+        };
+        refused(
+            &table(&[long(u64::from(u32::MAX))]),
+            "does not name a live block",
+        );
+        refused(&table(&[long(u64::from(u32::MAX) + 1)]), "too long");
+        drop(objs);
     }
 
     #[test]
