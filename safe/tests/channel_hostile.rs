@@ -381,8 +381,9 @@ fn hostile_ring_frames() {
         ),
         ("unknown flag", vec![(0x10 | FIRST | LAST, b"x".to_vec())]),
         (
+            // As many as the receiver accepts (8): not too many, but none arrived.
             "descriptors declared, none sent",
-            vec![(FIRST | LAST | (2 << 8), b"x".to_vec())],
+            vec![(FIRST | LAST | (8 << 8), b"x".to_vec())],
         ),
         (
             "more descriptors declared than accepted",
@@ -397,6 +398,27 @@ fn hostile_ring_frames() {
                 (0x08 | LAST, b"defghij".to_vec()),
             ],
         ),
+    ];
+    // Cases on either side of the descriptor limit: each must be refused by its own check.
+    let own_check: [(&str, fn(&RecvError) -> bool); 2] = [
+        ("descriptors declared, none sent", |e| {
+            matches!(
+                e,
+                RecvError::Corrupt(Corruption::FdCountMismatch {
+                    declared: 8,
+                    arrived: 0
+                })
+            )
+        }),
+        ("more descriptors declared than accepted", |e| {
+            matches!(
+                e,
+                RecvError::Corrupt(Corruption::TooManyFds {
+                    declared: 9,
+                    max: 8
+                })
+            )
+        }),
     ];
     for (name, frames) in cases {
         let before = open_fds();
@@ -416,6 +438,9 @@ fn hostile_ring_frames() {
         let mut buf = Vec::new();
         let err = ch.recv(&mut buf).unwrap_err();
         assert!(matches!(err, RecvError::Corrupt(_)), "{name}: {err:?}");
+        if let Some((_, want)) = own_check.iter().find(|(w, _)| *w == name) {
+            assert!(want(&err), "{name}: refused for {err:?}");
+        }
         assert!(
             matches!(ch.recv(&mut buf), Err(RecvError::Poisoned)),
             "{name}"
