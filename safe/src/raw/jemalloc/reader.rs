@@ -145,3 +145,147 @@ impl JeReader {
         Ok(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flowipc_core::arena::layout::{st_alloc, st_free};
+    use flowipc_sys::mmap::Access;
+
+    use super::super::layout::{tag_of, ObjHeader, PoolHeader, CLASS_LARGE, POOL_VERSION};
+    use super::*;
+    use crate::raw::Sharing;
+
+    /// A forged pool of `len` bytes with its pool header written and no objects: the owner's
+    /// writable region.
+    fn forged(len: usize) -> SharedRegion {
+        let w = SharedRegion::create(c"je-forged", len, Sharing::Shared).unwrap();
+        // SAFETY: a fresh read-write mapping of at least `size_of::<PoolHeader>()` bytes (the
+        // callers pass page multiples), page-aligned; atomics only.
+        let ph = unsafe { &*w.as_mut_ptr().unwrap().cast::<PoolHeader>() };
+        ph.version.store(POOL_VERSION, Ordering::Relaxed);
+        ph.pool_id.store(7, Ordering::Relaxed);
+        ph.len.store(len as u64, Ordering::Relaxed);
+        ph.magic.store(POOL_MAGIC, Ordering::Release);
+        w
+    }
+
+    /// Writes an object header for an object at `off` (the header is at `off - 16`).
+    fn put(w: &SharedRegion, off: usize, state: u64, len: u32) {
+        assert!(off >= OBJ_HEADER && off % 8 == 0 && off <= w.len());
+        // SAFETY: `off - 16 .. off` is inside the writable mapping and 8-aligned; atomics only.
+        let h = unsafe {
+            &*w.as_mut_ptr()
+                .unwrap()
+                .add(off - OBJ_HEADER)
+                .cast::<ObjHeader>()
+        };
+        h.state.store(state, Ordering::Relaxed);
+        h.len.store(len, Ordering::Relaxed);
+        h.tag.store(tag_of(0, CLASS_LARGE), Ordering::Relaxed);
+    }
+
+    /// A borrower's read-only view of `w`.
+    fn reader(w: &SharedRegion) -> Result<JeReader, PoolError> {
+        let fd = w.fd().try_clone_to_owned().unwrap();
+        JeReader::open(SharedRegion::from_fd(fd, Access::ReadOnly).unwrap())
+    }
+
+    fn handle(offset: u64, len: u64, generation: u32) -> ArenaHandle {
+        ArenaHandle {
+            pool_id: 7,
+            offset,
+            len,
+            generation,
+            reserved: 0,
+        }
+    }
+
+    fn out_of_range(r: Result<BlockInfo, PoolError>) -> bool {
+        matches!(r, Err(PoolError::Block(BlockError::OutOfRange)))
+    }
+
+    /// A pool exactly one header long is a pool (with no room for objects); one byte of pool
+    /// header short of that is not looked at.
+    #[test]
+    fn pool_header_at_its_edge() {
+        let w = forged(POOL_HEADER);
+        let r = reader(&w).unwrap();
+        assert_eq!(r.pool_tag(), 7);
+        assert!(out_of_range(r.check(&handle(POOL_HEADER as u64, 0, 0))));
+        // A region shorter than the pool header is never read as one, whatever it holds.
+        let short = SharedRegion::create(c"je-short", 64, Sharing::Shared).unwrap();
+        // SAFETY: as in `forged`; 64 bytes hold the 32-byte header.
+        let ph = unsafe { &*short.as_mut_ptr().unwrap().cast::<PoolHeader>() };
+        ph.magic.store(POOL_MAGIC, Ordering::Release);
+        assert!(!JeReader::is_je_pool(&short));
+    }
+
+    /// Each check of a handle at its edge: the first and last places an object can be, one
+    /// alignment step off, one byte past the mapping, and a freed header at the right generation.
+    #[test]
+    fn handle_checks_at_their_edges() {
+        const LEN: usize = 3 * 4096;
+        let w = forged(LEN);
+        let first = POOL_HEADER + OBJ_HEADER;
+        let last_len = 4096 - OBJ_HEADER;
+        let last = LEN - last_len;
+        put(&w, first, st_alloc(5, 1), 64);
+        put(&w, last, st_alloc(6, 1), last_len as u32);
+        let r = reader(&w).unwrap();
+        // The first object after the pool header, and one that ends where the mapping does.
+        let info = r.check(&handle(first as u64, 64, 5)).unwrap();
+        assert_eq!((info.capacity, info.refcount), (64, 1));
+        assert!(r.check(&handle(last as u64, last_len as u64, 6)).is_ok());
+        let mut buf = [1u8; 8];
+        r.read_handle(
+            &handle(last as u64, last_len as u64, 6),
+            last_len as u64 - 8,
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(buf, [0; 8]);
+        // Inside the pool header (whatever it holds there), off the 16-byte grid, or one byte
+        // past the mapping: out of range before any header is read.
+        for (off, len) in [
+            (POOL_HEADER, 8),
+            (POOL_HEADER + 8, 8),
+            (first + 8, 8),
+            (last, last_len + 1),
+            (first, LEN as usize),
+        ] {
+            assert!(
+                out_of_range(r.check(&handle(off as u64, len as u64, 5))),
+                "offset {off} len {len}"
+            );
+        }
+        // Longer than the header's length but inside the mapping.
+        assert!(matches!(
+            r.check(&handle(first as u64, 72, 5)),
+            Err(PoolError::Block(BlockError::TooLong))
+        ));
+        // Freed at the handle's generation, allocated at another, or not a header at all.
+        put(&w, first, st_free(5, 0), 64);
+        assert!(matches!(
+            r.check(&handle(first as u64, 8, 5)),
+            Err(PoolError::Block(BlockError::StaleGeneration))
+        ));
+        put(&w, first, st_alloc(4, 1), 64);
+        assert!(matches!(
+            r.check(&handle(first as u64, 8, 5)),
+            Err(PoolError::Block(BlockError::StaleGeneration))
+        ));
+        put(&w, first, st_alloc(5, 1), 64);
+        // SAFETY: as in `put`: the tag word of the first object's header.
+        let tag = unsafe {
+            &*w.as_mut_ptr()
+                .unwrap()
+                .add(first - 4)
+                .cast::<std::sync::atomic::AtomicU32>()
+        };
+        tag.store(0, Ordering::Relaxed);
+        assert!(matches!(
+            r.check(&handle(first as u64, 8, 5)),
+            Err(PoolError::Block(BlockError::StaleGeneration))
+        ));
+    }
+}
