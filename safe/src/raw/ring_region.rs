@@ -1,5 +1,10 @@
 //! Rings in shared regions: creating or attaching the `flowipc_core` ring in a [`SharedRegion`] and
-//! making its producer and consumer handles, which keep the mapping alive.
+//! making its sender and receiver handles, which keep the mapping alive.
+//!
+//! Names: `flowipc_core` calls the two sides of the lock-free algorithm `Producer` and `Consumer`
+//! (as rtrb and crossbeam do); everything in this crate calls them the sender and the receiver
+//! ([`SenderHandle`] here, `RingSender` above it, [`Role::Sender`] in the claim registry), and
+//! nothing renames them again.
 //!
 //! The core handles are `unsafe` to make because (1) their memory must outlive them and (2) each role
 //! must be held at most once (two producers in one process would race on the same bytes, which is
@@ -144,13 +149,13 @@ impl RingRegion {
     }
 
     /// Makes the producer handle, claiming the sender role in this process.
-    pub(crate) fn producer(&self) -> Result<ProducerHandle, RingOpenError> {
+    pub(crate) fn sender(&self) -> Result<SenderHandle, RingOpenError> {
         let claim = Claim::take(self.id, Role::Sender)?;
         // SAFETY: the handle stores `self.region` (the mapping outlives the producer: fields drop
         // in order, `inner` first), and `claim` makes it the only producer of this ring in this
         // process.
         let inner = unsafe { self.raw.producer()? };
-        Ok(ProducerHandle {
+        Ok(SenderHandle {
             inner,
             _claim: claim,
             _region: self.region.clone(),
@@ -158,11 +163,11 @@ impl RingRegion {
     }
 
     /// Makes the consumer handle, claiming the receiver role in this process.
-    pub(crate) fn consumer(&self) -> Result<ConsumerHandle, RingOpenError> {
+    pub(crate) fn receiver(&self) -> Result<ReceiverHandle, RingOpenError> {
         let claim = Claim::take(self.id, Role::Receiver)?;
         // SAFETY: as in `producer`, for the consumer role.
         let inner = unsafe { self.raw.consumer()? };
-        Ok(ConsumerHandle {
+        Ok(ReceiverHandle {
             inner,
             _claim: claim,
             _region: self.region.clone(),
@@ -206,14 +211,14 @@ impl WaitingWord {
 
 /// A core [`Producer`] bound to the region it lives in. The inner handle is never lent out.
 #[derive(Debug)]
-pub(crate) struct ProducerHandle {
+pub(crate) struct SenderHandle {
     // Declared first: dropped (closing the ring) before the mapping goes.
     inner: Producer,
     _claim: Claim,
     _region: Arc<SharedRegion>,
 }
 
-impl ProducerHandle {
+impl SenderHandle {
     /// The word this producer sleeps on when the ring is full.
     pub(crate) fn waiting_word(&self) -> WaitingWord {
         WaitingWord::new(self.inner.raw().header().producer_waiting(), &self._region)
@@ -294,14 +299,14 @@ impl ProducerHandle {
 
 /// A core [`Consumer`] bound to the region it lives in. The inner handle is never lent out.
 #[derive(Debug)]
-pub(crate) struct ConsumerHandle {
+pub(crate) struct ReceiverHandle {
     // Declared first: dropped (closing the ring) before the mapping goes.
     inner: Consumer,
     _claim: Claim,
     _region: Arc<SharedRegion>,
 }
 
-impl ConsumerHandle {
+impl ReceiverHandle {
     /// The word this consumer sleeps on when the ring is empty.
     pub(crate) fn waiting_word(&self) -> WaitingWord {
         WaitingWord::new(self.inner.raw().header().consumer_waiting(), &self._region)

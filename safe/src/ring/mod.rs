@@ -39,7 +39,7 @@ use flowipc_sys::{BorrowedFd, Errno, OwnedFd};
 
 use std::sync::Arc;
 
-use crate::raw::ring_region::{ConsumerHandle, ProducerHandle, RingRegion, WaitingWord};
+use crate::raw::ring_region::{ReceiverHandle, RingRegion, SenderHandle, WaitingWord};
 use crate::watch::{Alarm, Watch};
 use wait::{WaitOutcome, WakeKind};
 
@@ -188,7 +188,7 @@ impl ShmRing {
     /// [`RingOpenError::RoleTaken`] if this process already holds it, or inconsistent positions.
     pub fn sender(&self) -> Result<RingSender, RingOpenError> {
         Ok(RingSender {
-            handle: self.region.producer()?,
+            handle: self.region.sender()?,
             waker: PeerWaker::futex(),
             waiter: SideWaiter::Futex(None),
             policy: WaitPolicy::default(),
@@ -203,7 +203,7 @@ impl ShmRing {
     /// [`RingOpenError::RoleTaken`] if this process already holds it, or an inconsistent position.
     pub fn receiver(&self) -> Result<RingReceiver, RingOpenError> {
         Ok(RingReceiver {
-            handle: self.region.consumer()?,
+            handle: self.region.receiver()?,
             waker: PeerWaker::futex(),
             waiter: SideWaiter::Futex(None),
             policy: WaitPolicy::default(),
@@ -527,7 +527,7 @@ side_config!(
 /// sent, then gets [`RingRecvError::Closed`]).
 #[derive(Debug)]
 pub struct RingSender {
-    handle: ProducerHandle,
+    handle: SenderHandle,
     waker: PeerWaker,
     waiter: SideWaiter,
     policy: WaitPolicy,
@@ -806,7 +806,7 @@ impl RingWriteChunk<'_> {
 /// [`RingSendError::Closed`]).
 #[derive(Debug)]
 pub struct RingReceiver {
-    handle: ConsumerHandle,
+    handle: ReceiverHandle,
     waker: PeerWaker,
     waiter: SideWaiter,
     policy: WaitPolicy,
