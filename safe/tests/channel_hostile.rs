@@ -5,6 +5,7 @@
 mod channel_util;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use channel_util::*;
 use flowipc::channel::{
@@ -432,11 +433,18 @@ fn hostile_ring_frames() {
         // The peer's first descriptor is its sending ring: write forged frames into it.
         let ring = flowipc::ring::ShmRing::open(peer.fds()[0].try_clone().unwrap()).unwrap();
         let mut tx = ring.sender().unwrap();
+        // A valid message first, so that the forged frames meet a receiver already in use
+        // (whose fast path must leave every frame it does not take for the general one).
+        tx.try_send_tagged(b"ok", FIRST | LAST).unwrap();
+        let mut buf = Vec::new();
+        ch.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        assert_eq!(buf, b"ok", "{name}");
         for (tag, payload) in &frames {
             tx.try_send_tagged(payload, *tag).unwrap();
         }
-        let mut buf = Vec::new();
-        let err = ch.recv(&mut buf).unwrap_err();
+        let err = ch
+            .recv_timeout(&mut buf, Duration::from_secs(10))
+            .unwrap_err();
         assert!(matches!(err, RecvError::Corrupt(_)), "{name}: {err:?}");
         if let Some((_, want)) = own_check.iter().find(|(w, _)| *w == name) {
             assert!(want(&err), "{name}: refused for {err:?}");

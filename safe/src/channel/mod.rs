@@ -799,6 +799,9 @@ impl Channel {
         channel: bool,
         deadline: Option<Instant>,
     ) -> Result<(), SendError> {
+        if !channel && fds.is_empty() && self.try_send_fast(data) {
+            return Ok(());
+        }
         self.check_send(data, fds)?;
         self.flush_pending_until(deadline)?;
         let mut cur = SendCursor {
@@ -842,6 +845,9 @@ impl Channel {
         data: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), SendError> {
+        if fds.is_empty() && self.try_send_fast(data) {
+            return Ok(());
+        }
         self.check_send(data, fds)?;
         if !self.flush_pending(false)? {
             return Err(SendError::WouldBlock);
@@ -903,6 +909,12 @@ impl Channel {
 
     /// Receives a message if one is complete without waiting, else [`RecvError::WouldBlock`].
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<RecvMeta, RecvError> {
+        if self.try_recv_fast(buf) {
+            return Ok(RecvMeta {
+                len: buf.len(),
+                fds: Vec::new(),
+            });
+        }
         match self.step_recv(buf, Blocking::Never, false)? {
             Some(fds) => Ok(RecvMeta {
                 len: buf.len(),
@@ -1035,6 +1047,12 @@ impl Channel {
         deadline: Option<Instant>,
         in_place: bool,
     ) -> Result<RecvMeta, RecvError> {
+        if !in_place && self.try_recv_fast(buf) {
+            return Ok(RecvMeta {
+                len: buf.len(),
+                fds: Vec::new(),
+            });
+        }
         loop {
             if let Some(fds) = self.step_recv(buf, Blocking::until(deadline), in_place)? {
                 return Ok(RecvMeta {
@@ -1059,6 +1077,37 @@ impl Channel {
 
     fn wait(&self, send: bool, timeout: Option<Duration>) -> Result<(), flowipc_sys::Errno> {
         self.tr().wait(send, timeout)
+    }
+
+    /// The ring's fast send ([`RingTransport::try_send_fast`]) when nothing needs the general
+    /// path: a usable channel, nothing pending, a message within the size limit. `false`: nothing
+    /// was sent.
+    #[inline]
+    fn try_send_fast(&mut self, data: &[u8]) -> bool {
+        if self.poisoned
+            || self.closed
+            || self.pending.is_some()
+            || data.len() > self.limits.max_message_size
+        {
+            return false;
+        }
+        match self.transport.as_mut() {
+            Some(Transport::Ring(t)) => t.try_send_fast(data),
+            _ => false,
+        }
+    }
+
+    /// The ring's fast receive ([`RingTransport::try_recv_fast`]) when nothing needs the
+    /// general path: a usable channel holding no message back. `false`: nothing was received.
+    #[inline]
+    fn try_recv_fast(&mut self, buf: &mut Vec<u8>) -> bool {
+        if self.poisoned || self.held.is_some() {
+            return false;
+        }
+        match self.transport.as_mut() {
+            Some(Transport::Ring(t)) => t.try_recv_fast(buf),
+            _ => false,
+        }
     }
 
     #[inline]

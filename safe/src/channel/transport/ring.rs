@@ -404,6 +404,47 @@ impl RingTransport {
         Ok(())
     }
 
+    /// The common send without the general path's bookkeeping: a message of one frame, no
+    /// descriptors, into a ring that has room. `false`: not taken and nothing was sent; the
+    /// general path ([`send_step`](Self::send_step)) then sends it, waits or reports the error.
+    /// The frame is the one `send_step` writes for such a message (`FIRST | LAST`, no count).
+    #[inline]
+    pub(crate) fn try_send_fast(&mut self, data: &[u8]) -> bool {
+        match self.tx.as_mut() {
+            Some(tx) if data.len() <= tx.max_payload() => {
+                tx.try_send_tagged(data, FIRST | LAST).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The common receive without the general path's bookkeeping: between messages, a frame
+    /// tagged exactly `FIRST | LAST` (no descriptors, no channel, no close) within the size
+    /// limit, copied into `out`. That is the one frame sequence [`Sequence::accept`] takes
+    /// whole, leaving its state as it was, so skipping it changes nothing. `false`: not taken and
+    /// nothing consumed (any other frame is left in the ring with `keep`); the general path
+    /// ([`recv_step`](Self::recv_step)) then receives, waits or reports the error.
+    #[inline]
+    pub(crate) fn try_recv_fast(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.peer_closed || self.in_ring.is_some() || self.seq.in_progress() {
+            return false;
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return false;
+        };
+        let Ok(chunk) = rx.try_read_chunk() else {
+            return false;
+        };
+        if chunk.tag() != FIRST | LAST || chunk.len() > self.limits.max_message_size {
+            chunk.keep();
+            return false;
+        }
+        out.clear();
+        chunk.extend_vec(0, out);
+        self.last_channel = false;
+        true
+    }
+
     /// Sends frames until done or the ring is full: per `block`, returns `Blocked` at once or
     /// waits for room (until the deadline, if any; `Blocked` then too).
     pub(crate) fn send_step(
