@@ -389,7 +389,9 @@ impl<M> Shared<M> {
         self.report(false)
     }
 
-    /// The oldest report waiting to be sent, taken off the queue; `None` clears the hint.
+    /// The oldest report waiting to be sent, taken off the queue; `None` clears the hint. (The
+    /// async face's reporter task takes reports this way.)
+    #[cfg(feature = "tokio")]
     pub(crate) fn pop_report(&self) -> Option<u64> {
         self.report(true)
     }
