@@ -20,6 +20,13 @@
 //! bytes never exceed the announced total and the LAST frame completes it exactly); anything else
 //! is [`Corruption`]. The ring itself validates its positions and frame headers (`flowipc_core`).
 //!
+//! The common message (one frame, no descriptors, no channel) also has a short path
+//! ([`RingTransport::try_send_fast`], [`RingTransport::try_recv_fast`], called by `Channel` before
+//! its general path): a tagged push, or a read of a frame tagged exactly `FIRST | LAST` within the
+//! size limit between messages, which is the one case where the validator would accept the frame
+//! whole and leave its state unchanged. Every other frame is left in the ring (`keep`) for the
+//! general path, so nothing a peer writes is judged by the short path alone.
+//!
 //! # Descriptors
 //!
 //! Before the FIRST frame of a message with descriptors is published, the descriptors are sent on
