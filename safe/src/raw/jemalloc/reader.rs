@@ -251,7 +251,7 @@ mod tests {
             (POOL_HEADER + 8, 8),
             (first + 8, 8),
             (last, last_len + 1),
-            (first, LEN as usize),
+            (first, LEN),
         ] {
             assert!(
                 out_of_range(r.check(&handle(off as u64, len as u64, 5))),
