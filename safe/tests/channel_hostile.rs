@@ -401,7 +401,8 @@ fn hostile_ring_frames() {
         ),
     ];
     // Cases on either side of the descriptor limit: each must be refused by its own check.
-    let own_check: [(&str, fn(&RecvError) -> bool); 2] = [
+    type Check = fn(&RecvError) -> bool;
+    let own_check: [(&str, Check); 2] = [
         ("descriptors declared, none sent", |e| {
             matches!(
                 e,
