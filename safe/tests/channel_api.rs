@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use flowipc::channel::{Channel, ChannelOptions, OpenError, RecvError, SendError};
+use flowipc::channel::{Channel, ChannelOptions, RecvError, SendError};
 use flowipc::Error;
 
 type Pair = fn() -> (Channel, Channel);
@@ -137,20 +137,28 @@ fn used_ring_end_is_not_transferable() {
 }
 
 /// Outside a runtime, and in a runtime without IO, `into_async` is an error, not a panic.
+#[cfg(feature = "tokio")]
 #[test]
 fn into_async_without_a_runtime_is_an_error() {
     let (a, b) = socket();
-    assert!(matches!(a.into_async(), Err(OpenError::NoRuntime)));
+    assert!(matches!(
+        a.into_async(),
+        Err(flowipc::channel::OpenError::NoRuntime)
+    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let _guard = rt.enter();
     let err = b.into_async().unwrap_err();
-    assert!(matches!(err, OpenError::NoRuntime), "{err:?}");
+    assert!(
+        matches!(err, flowipc::channel::OpenError::NoRuntime),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("enable_io"), "{err}");
 }
 
 /// The async face has the sync face's verbs: channels, timeouts.
+#[cfg(feature = "tokio")]
 #[test]
 fn async_face_has_every_verb() {
     let rt = tokio::runtime::Builder::new_current_thread()

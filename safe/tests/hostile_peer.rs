@@ -182,6 +182,7 @@ fn ring_wakeup_descriptors_cannot_be_jammed() {
 }
 
 /// Attack 1b: the same jam against an async ring channel, which sleeps on its doorbells.
+#[cfg(feature = "tokio")]
 #[test]
 fn async_ring_survives_jammed_and_hung_up_doorbells() {
     let _g = serial();

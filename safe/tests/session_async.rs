@@ -1,6 +1,8 @@
 //! The tokio face of sessions between real processes: async accept and connect, init channels
 //! as `AsyncChannel`s, channels opened from either side with `.await`, peer death.
 
+#![cfg(feature = "tokio")]
+
 mod session_util;
 
 use std::time::Duration;

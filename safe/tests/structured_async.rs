@@ -2,6 +2,8 @@
 //! multi-response, a dropped (timed-out) request whose response comes late, notifications, and
 //! the child SIGKILLed while requests wait.
 
+#![cfg(feature = "tokio")]
+
 mod channel_util;
 mod structured_util;
 
