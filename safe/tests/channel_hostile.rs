@@ -392,6 +392,10 @@ fn hostile_ring_frames() {
         ),
         ("close marker with data", vec![(4, b"x".to_vec())]),
         (
+            "one frame over the size limit",
+            vec![(FIRST | LAST, vec![0; 1001])],
+        ),
+        (
             // Otherwise a complete, valid sequence: only the CHANNEL flag's place is wrong.
             "channel flag on a continuation frame",
             vec![
@@ -402,7 +406,16 @@ fn hostile_ring_frames() {
     ];
     // Cases on either side of the descriptor limit: each must be refused by its own check.
     type Check = fn(&RecvError) -> bool;
-    let own_check: [(&str, Check); 2] = [
+    let own_check: [(&str, Check); 3] = [
+        ("one frame over the size limit", |e| {
+            matches!(
+                e,
+                RecvError::Corrupt(Corruption::TooLarge {
+                    claimed: 1001,
+                    max: 1000
+                })
+            )
+        }),
         ("descriptors declared, none sent", |e| {
             matches!(
                 e,
@@ -426,6 +439,7 @@ fn hostile_ring_frames() {
         let before = open_fds();
         let (mut ch, peer) = ChannelOptions::new()
             .max_fds_per_message(8)
+            .max_message_size(1000)
             .ring_capacity(64 * 1024)
             .ring_pair()
             .unwrap();
@@ -434,12 +448,13 @@ fn hostile_ring_frames() {
         // The peer's first descriptor is its sending ring: write forged frames into it.
         let ring = flowipc::ring::ShmRing::open(peer.fds()[0].try_clone().unwrap()).unwrap();
         let mut tx = ring.sender().unwrap();
-        // A valid message first, so that the forged frames meet a receiver already in use
-        // (whose fast path must leave every frame it does not take for the general one).
-        tx.try_send_tagged(b"ok", FIRST | LAST).unwrap();
+        // A valid message first, as long as the limit allows, so that the forged frames meet a
+        // receiver already in use (whose fast path must leave every frame it does not take for
+        // the general one).
+        tx.try_send_tagged(&[7; 1000], FIRST | LAST).unwrap();
         let mut buf = Vec::new();
         ch.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
-        assert_eq!(buf, b"ok", "{name}");
+        assert_eq!(buf, [7; 1000], "{name}");
         for (tag, payload) in &frames {
             tx.try_send_tagged(payload, *tag).unwrap();
         }
