@@ -148,7 +148,7 @@ impl RingRegion {
         self.raw.capacity()
     }
 
-    /// Makes the producer handle, claiming the sender role in this process.
+    /// Makes the sender handle (a core `Producer`), claiming the sender role in this process.
     pub(crate) fn sender(&self) -> Result<SenderHandle, RingOpenError> {
         let claim = Claim::take(self.id, Role::Sender)?;
         // SAFETY: the handle stores `self.region` (the mapping outlives the producer: fields drop
@@ -162,10 +162,10 @@ impl RingRegion {
         })
     }
 
-    /// Makes the consumer handle, claiming the receiver role in this process.
+    /// Makes the receiver handle (a core `Consumer`), claiming the receiver role in this process.
     pub(crate) fn receiver(&self) -> Result<ReceiverHandle, RingOpenError> {
         let claim = Claim::take(self.id, Role::Receiver)?;
-        // SAFETY: as in `producer`, for the consumer role.
+        // SAFETY: as in `sender`, for the consumer role.
         let inner = unsafe { self.raw.consumer()? };
         Ok(ReceiverHandle {
             inner,
