@@ -474,3 +474,38 @@ fn hostile_ring_frames() {
         assert_eq!(open_fds(), before, "{name}: leaked descriptors");
     }
 }
+
+/// A whole one-frame message forged into the middle of a message that a non-blocking receive
+/// left half-assembled is refused (the ring's short receive path must not take it as a message
+/// of its own).
+#[test]
+fn hostile_ring_frame_inside_a_half_received_message() {
+    let _g = serial();
+    const FIRST: u16 = 1;
+    const LAST: u16 = 2;
+    let (mut ch, peer) = ChannelOptions::new()
+        .ring_capacity(64 * 1024)
+        .ring_pair()
+        .unwrap();
+    let peer: ChannelFds = peer.into_fds().unwrap();
+    let ring = flowipc::ring::ShmRing::open(peer.fds()[0].try_clone().unwrap()).unwrap();
+    let mut tx = ring.sender().unwrap();
+    let mut buf = Vec::new();
+    // Take the receiver into use with a valid message.
+    tx.try_send_tagged(b"ok", FIRST | LAST).unwrap();
+    ch.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+    assert_eq!(buf, b"ok");
+    // The first frame of a 10-byte message, then nothing more yet.
+    let mut first = 10u64.to_le_bytes().to_vec();
+    first.extend_from_slice(b"abc");
+    tx.try_send_tagged(&first, FIRST).unwrap();
+    assert!(matches!(ch.try_recv(&mut buf), Err(RecvError::WouldBlock)));
+    // A complete message where the rest of that one belongs.
+    tx.try_send_tagged(b"x", FIRST | LAST).unwrap();
+    let err = ch.try_recv(&mut buf).unwrap_err();
+    assert!(
+        matches!(err, RecvError::Corrupt(Corruption::BadChunk(_))),
+        "{err:?}"
+    );
+    drop((ch, tx, ring, peer));
+}
